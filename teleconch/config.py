@@ -1,0 +1,376 @@
+"""The config file (shaped like ``teleport.yaml``) read into one typed settings object.
+
+Every key is known: a typo or a bad value stops start-up with a message that
+names the key, so a service never runs on a setting it silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+AUTH_PORT = 3025
+PROXY_SSH_PORT = 3023
+PROXY_WEB_PORT = 3080
+DEFAULT_DATA_DIR = "teleconch-data"
+SESSION_RECORDING_MODES = ("node", "proxy", "off")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@attrs.frozen
+class HostPort:
+    """A ``host:port`` address as operators write it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
+    """Read ``host:port``, ``[v6]:port``, or a bare host when a default port is given."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", text)
+    if m:
+        host, port_text = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" not in text:
+        host, port_text = text, None
+    else:
+        raise ValueError(f"{text!r} is not host:port (write IPv6 as [addr]:port)")
+    if not host:
+        raise ValueError(f"{text!r} has no host")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port; write host:port")
+        return HostPort(host, default_port)
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return HostPort(host, port)
+
+
+def listen_endpoint(text: str) -> str:
+    """Turn a listen address into a Twisted server endpoint string.
+
+    ``0.0.0.0:3025`` and ``[::]:3025`` are what operators write; an endpoint
+    string (``tcp:3025:interface=127.0.0.1``, ``unix:/run/x.sock``) is taken
+    as it is, for those who know Twisted.
+    """
+    if re.match(r"^(tcp6?|unix|systemd):", text):
+        return text
+    hp = parse_host_port(text)
+    try:
+        is_v6 = ipaddress.ip_address(hp.host).version == 6
+    except ValueError:
+        is_v6 = False
+    if is_v6:
+        return f"tcp6:{hp.port}:interface={hp.host.replace(':', chr(92) + ':')}"
+    return f"tcp:{hp.port}:interface={hp.host}"
+
+
+def local_dial_addr(listen_addr: str) -> HostPort:
+    """Where a client on this machine reaches what listens on ``listen_addr``."""
+    m = re.match(r"^tcp6?:(\d+)(?::interface=(.*))?$", listen_addr)
+    if m:
+        hp = HostPort((m.group(2) or "").replace("\\:", ":"), int(m.group(1)))
+    else:
+        hp = parse_host_port(listen_addr)
+    if hp.host in ("", "0.0.0.0"):
+        return HostPort("127.0.0.1", hp.port)
+    if hp.host == "::":
+        return HostPort("::1", hp.port)
+    return hp
+
+
+@attrs.frozen
+class GlobalSettings:
+    nodename: str
+    data_dir: Path
+    auth_servers: tuple[HostPort, ...] = ()
+    auth_token: str | None = attrs.field(default=None, repr=False)
+    ca_pin: str | None = None
+
+
+@attrs.frozen
+class AuthSettings:
+    enabled: bool
+    listen_addr: str
+    cluster_name: str
+    session_recording: str = "node"
+    proxy_checks_host_keys: bool = True
+
+
+@attrs.frozen
+class ProxySettings:
+    enabled: bool
+    listen_addr: str
+    web_listen_addr: str
+    public_addr: HostPort
+    ssh_public_addr: HostPort
+    https_cert_file: Path | None = None
+    https_key_file: Path | None = None
+    allow_unregistered_nodes: bool = False
+
+
+@attrs.frozen
+class Settings:
+    """Everything a teleconch process needs to know to start."""
+
+    teleconch: GlobalSettings
+    auth: AuthSettings
+    proxy: ProxySettings
+    source: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.teleconch.data_dir
+
+
+# --- validation helpers -------------------------------------------------
+
+
+def _check_keys(section: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(
+                f"unknown key {name!r}{hint} (known here: {', '.join(sorted(known))})"
+            )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name!r} must be a mapping of settings")
+    return value
+
+
+def _get(
+    section: Mapping[str, Any],
+    where: str,
+    key: str,
+    kind: Callable[[Any], Any],
+    default: Any,
+) -> Any:
+    if key not in section or section[key] is None:
+        return default
+    try:
+        return kind(section[key])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}.{key}: {e}") from None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{value!r} is not yes/no")
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value).strip()
+        if text:
+            return text
+    raise ValueError(f"{value!r} is not a non-empty string")
+
+
+def _listen(value: Any) -> str:
+    text = _str(value)
+    listen_endpoint(text)  # validates
+    return text
+
+
+def _enum(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = _str(value)
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+def _cluster_name(value: Any) -> str:
+    text = _str(value)
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?", text):
+        raise ValueError(
+            f"{text!r} is not a valid cluster name (letters, digits, '.', '-')"
+        )
+    return text
+
+
+def _pin(value: Any) -> str:
+    text = _str(value)
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+        raise ValueError(
+            f"{text!r} is not a CA pin; copy it from `teleconch-ctl tokens add`"
+        )
+    return text
+
+
+def _auth_servers(value: Any) -> tuple[HostPort, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a list of host:port addresses")
+    return tuple(parse_host_port(_str(v), AUTH_PORT) for v in items)
+
+
+def _token(value: Any) -> str:
+    """A token value, or the path of a file holding it (as Teleport accepts)."""
+    text = _str(value)
+    if text.startswith("/"):
+        try:
+            text = Path(text).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read token file: {e.strerror}") from None
+    return text
+
+
+def _file(value: Any) -> Path:
+    return Path(_str(value))
+
+
+_GLOBAL_KEYS = {"nodename", "data_dir", "auth_servers", "auth_token", "ca_pin"}
+_AUTH_KEYS = {
+    "enabled",
+    "listen_addr",
+    "cluster_name",
+    "session_recording",
+    "proxy_checks_host_keys",
+}
+_PROXY_KEYS = {
+    "enabled",
+    "listen_addr",
+    "web_listen_addr",
+    "public_addr",
+    "ssh_public_addr",
+    "https_cert_file",
+    "https_key_file",
+    "allow_unregistered_nodes",
+}
+
+
+def parse(
+    raw: Mapping[str, Any] | None,
+    source: str = "<config>",
+    data_dir: str | None = None,
+) -> Settings:
+    """Validate a loaded YAML document.  With nothing in it: the all-in-one."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    _check_keys(raw, {"teleconch", "auth_service", "proxy_service", "version"}, "")
+    g, a, p = (_section(raw, n) for n in ("teleconch", "auth_service", "proxy_service"))
+    _check_keys(g, _GLOBAL_KEYS, "teleconch")
+    _check_keys(a, _AUTH_KEYS, "auth_service")
+    _check_keys(p, _PROXY_KEYS, "proxy_service")
+
+    nodename = _get(g, "teleconch", "nodename", _str, None) or socket.gethostname()
+    glob = GlobalSettings(
+        nodename=nodename,
+        data_dir=Path(
+            data_dir or _get(g, "teleconch", "data_dir", _str, DEFAULT_DATA_DIR)
+        ),
+        auth_servers=_get(g, "teleconch", "auth_servers", _auth_servers, ()),
+        auth_token=_get(g, "teleconch", "auth_token", _token, None),
+        ca_pin=_get(g, "teleconch", "ca_pin", _pin, None),
+    )
+    auth = AuthSettings(
+        enabled=_get(a, "auth_service", "enabled", _bool, True),
+        listen_addr=_get(
+            a, "auth_service", "listen_addr", _listen, f"0.0.0.0:{AUTH_PORT}"
+        ),
+        cluster_name=_get(a, "auth_service", "cluster_name", _cluster_name, nodename),
+        session_recording=_get(
+            a,
+            "auth_service",
+            "session_recording",
+            _enum(*SESSION_RECORDING_MODES),
+            "node",
+        ),
+        proxy_checks_host_keys=_get(
+            a, "auth_service", "proxy_checks_host_keys", _bool, True
+        ),
+    )
+
+    def addr(key: str, port: int) -> HostPort:
+        return _get(
+            p,
+            "proxy_service",
+            key,
+            lambda v: parse_host_port(_str(v), port),
+            HostPort(nodename, port),
+        )
+
+    proxy = ProxySettings(
+        enabled=_get(p, "proxy_service", "enabled", _bool, True),
+        listen_addr=_get(
+            p, "proxy_service", "listen_addr", _listen, f"0.0.0.0:{PROXY_SSH_PORT}"
+        ),
+        web_listen_addr=_get(
+            p, "proxy_service", "web_listen_addr", _listen, f"0.0.0.0:{PROXY_WEB_PORT}"
+        ),
+        public_addr=addr("public_addr", PROXY_WEB_PORT),
+        ssh_public_addr=addr("ssh_public_addr", PROXY_SSH_PORT),
+        https_cert_file=_get(p, "proxy_service", "https_cert_file", _file, None),
+        https_key_file=_get(p, "proxy_service", "https_key_file", _file, None),
+        allow_unregistered_nodes=_get(
+            p, "proxy_service", "allow_unregistered_nodes", _bool, False
+        ),
+    )
+    settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    if not (s.auth.enabled or s.proxy.enabled):
+        raise ConfigError(
+            f"{s.source}: no service is enabled; set auth_service.enabled or "
+            "proxy_service.enabled to yes"
+        )
+    if (s.proxy.https_cert_file is None) != (s.proxy.https_key_file is None):
+        raise ConfigError(
+            "proxy_service.https_cert_file and https_key_file go together: set both or neither"
+        )
+    if s.proxy.enabled and not s.auth.enabled and not s.teleconch.auth_servers:
+        raise ConfigError(
+            "teleconch.auth_servers: a proxy without a local auth service must name "
+            "the auth servers to join (host:3025)"
+        )
+
+
+def load(path: str | Path | None, data_dir: str | None = None) -> Settings:
+    """Read a config file; ``None`` gives the all-in-one defaults."""
+    if path is None:
+        return parse({}, "<defaults>", data_dir)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return parse(raw, str(path), data_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

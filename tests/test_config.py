@@ -1,0 +1,113 @@
+"""The config file: defaults, strictness, and the address forms operators write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from teleconch import config as cfg
+
+
+def test_no_config_is_the_all_in_one_on_teleports_ports() -> None:
+    """With nothing configured, auth and proxy run together on 3025/3023/3080."""
+    s = cfg.load(None)
+    assert s.auth.enabled and s.proxy.enabled
+    assert cfg.listen_endpoint(s.auth.listen_addr) == "tcp:3025:interface=0.0.0.0"
+    assert cfg.listen_endpoint(s.proxy.listen_addr) == "tcp:3023:interface=0.0.0.0"
+    assert cfg.listen_endpoint(s.proxy.web_listen_addr) == "tcp:3080:interface=0.0.0.0"
+    assert s.data_dir == Path(cfg.DEFAULT_DATA_DIR)
+    assert s.auth.session_recording == "node"
+
+
+def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) -> None:
+    """A typo stops start-up with the full key name and a suggestion."""
+    path = tmp_path / "t.yaml"
+    path.write_text("proxy_service:\n  listen_adr: 0.0.0.0:3023\n")
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(path)
+    assert "proxy_service.listen_adr" in str(e.value)
+    assert "did you mean 'listen_addr'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        (
+            {"auth_service": {"session_recording": "sometimes"}},
+            "auth_service.session_recording",
+        ),
+        ({"auth_service": {"enabled": "maybe"}}, "auth_service.enabled"),
+        ({"auth_service": {"listen_addr": "nowhere"}}, "auth_service.listen_addr"),
+        ({"auth_service": {"listen_addr": "0.0.0.0:99999"}}, "out of range"),
+        ({"auth_service": {"cluster_name": "bad name!"}}, "auth_service.cluster_name"),
+        ({"teleconch": {"ca_pin": "md5:abc"}}, "teleconch.ca_pin"),
+        ({"proxy_service": {"https_cert_file": "/x.crt"}}, "go together"),
+        ({"auth_service": {"enabled": False}}, "teleconch.auth_servers"),
+        (
+            {"auth_service": {"enabled": False}, "proxy_service": {"enabled": False}},
+            "no service",
+        ),
+        ({"bogus": {}}, "unknown key 'bogus'"),
+    ],
+)
+def test_bad_values_name_the_key(doc: dict, needle: str) -> None:
+    """Each bad value is reported with the key it belongs to."""
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.parse(doc)
+    assert needle in str(e.value)
+
+
+def test_invalid_yaml_is_reported_with_the_file(tmp_path: Path) -> None:
+    """Broken YAML names the file."""
+    path = tmp_path / "t.yaml"
+    path.write_text("teleconch: [\n")
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(path)
+    assert str(path) in str(e.value) and "not valid YAML" in str(e.value)
+
+
+def test_auth_token_may_be_a_file(tmp_path: Path) -> None:
+    """As in Teleport, auth_token may name a file holding the token."""
+    token = tmp_path / "token"
+    token.write_text("abc123\n")
+    s = cfg.parse(
+        {
+            "teleconch": {"auth_token": str(token), "auth_servers": ["auth.example"]},
+            "auth_service": {"enabled": False},
+        }
+    )
+    assert s.teleconch.auth_token == "abc123"
+    assert s.teleconch.auth_servers == (cfg.HostPort("auth.example", 3025),)
+
+
+def test_example_config_file_is_valid() -> None:
+    """The annotated etc/teleconch.yaml loads as it is shipped."""
+    example = Path(__file__).parent.parent / "etc" / "teleconch.yaml"
+    s = cfg.load(example)
+    assert s.auth.cluster_name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:3025", cfg.HostPort("127.0.0.1", 3025)),
+        ("[::1]:3025", cfg.HostPort("::1", 3025)),
+        ("auth.example", cfg.HostPort("auth.example", 3025)),
+    ],
+)
+def test_host_port_forms(text: str, expected: cfg.HostPort) -> None:
+    """host:port, [v6]:port and a bare host with the default port."""
+    assert cfg.parse_host_port(text, 3025) == expected
+
+
+def test_listen_addresses_become_endpoint_strings() -> None:
+    """Operators' addresses map to endpoint strings; endpoint strings pass through."""
+    assert cfg.listen_endpoint("[::]:3023") == "tcp6:3023:interface=\\:\\:"
+    assert (
+        cfg.listen_endpoint("tcp:0:interface=127.0.0.1") == "tcp:0:interface=127.0.0.1"
+    )
+    assert cfg.local_dial_addr("0.0.0.0:3025") == cfg.HostPort("127.0.0.1", 3025)
+    assert cfg.local_dial_addr("tcp:4000:interface=10.0.0.1") == cfg.HostPort(
+        "10.0.0.1", 4000
+    )
