@@ -1,0 +1,1 @@
+"""The auth service: the cluster's CAs, users, roles, tokens and audit log."""

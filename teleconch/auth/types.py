@@ -1,0 +1,115 @@
+"""Value objects of the auth service, shared by the store, the server and the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+#: The role template that stands for the user's own logins (Teleport's trait).
+INTERNAL_LOGINS = "{{internal.logins}}"
+
+#: A label selector that matches every node.
+ALL_NODES: Mapping[str, tuple[str, ...]] = {"*": ("*",)}
+
+
+def _freeze_labels(
+    value: Mapping[str, Any],
+) -> Mapping[str, tuple[str, ...]]:
+    return {str(k): tuple(str(v) for v in vs) for k, vs in value.items()}
+
+
+def _strings(value: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
+def _freeze_fields(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return dict(value)
+
+
+@attrs.frozen
+class Role:
+    """What a user holding this role may do.
+
+    ``node_labels`` maps a label key to the values allowed for it; ``"*"``
+    as key and value matches every node.  ``rules`` names the cluster
+    resources the role may read or write (``"*"`` for all).
+    """
+
+    name: str
+    logins: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    node_labels: Mapping[str, tuple[str, ...]] = attrs.field(
+        converter=_freeze_labels, factory=dict
+    )
+    max_session_ttl: int = 12 * 3600
+    rules: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    builtin: bool = False
+
+
+@attrs.frozen
+class User:
+    """A person.  Secrets are kept out of ``repr`` so they never reach a log."""
+
+    name: str
+    logins: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    roles: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    #: ``"invited"`` until the person has set a password and an OTP app.
+    status: str = "invited"
+    created: float = 0.0
+    password_hash: bytes | None = attrs.field(default=None, repr=False)
+    totp_secret: str | None = attrs.field(default=None, repr=False)
+    #: The TOTP time step of the last code accepted; a code is good once.
+    totp_last_counter: int = -1
+
+
+@attrs.frozen
+class Token:
+    """A single-use secret: an invite, a password reset, or a join token.
+
+    Only the SHA-256 of the secret is stored (``token_hash``); ``name`` is a
+    short prefix of the secret, enough to list and remove it.
+    """
+
+    token_hash: str
+    name: str
+    kind: str  # "invite" | "reset" | "proxy" | "node"
+    created: float
+    expires: float
+    user: str | None = None
+    #: The TOTP secret shown on an invite page: the same on every visit.
+    totp_secret: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class AuditEvent:
+    """One line of the audit log.  ``fields`` never holds a secret."""
+
+    event: str
+    time: float
+    user: str = ""
+    success: bool = True
+    fields: Mapping[str, Any] = attrs.field(converter=_freeze_fields, factory=dict)
+    id: int | None = None
+
+
+@attrs.frozen
+class Node:
+    """A server registered in the cluster."""
+
+    id: str
+    name: str
+    addr: str
+    labels: Mapping[str, str] = attrs.field(converter=dict, factory=dict)
+    created: float = 0.0
+
+
+@attrs.frozen
+class ProxyInfo:
+    """A proxy that joined the cluster, as it last announced itself."""
+
+    id: str
+    name: str
+    public_addr: str
+    ssh_addr: str
+    last_seen: float

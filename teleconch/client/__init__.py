@@ -1,0 +1,1 @@
+"""Command-line clients: teleconch (user) and teleconch-ctl (admin)."""

@@ -1,0 +1,325 @@
+"""``teleconch-ctl``: the administrator's client, like Teleport's tctl.
+
+It talks to the auth service through the AuthAgent, with the admin identity
+the auth service wrote into its data directory at first start; run it on the
+auth server (or anywhere that identity is copied to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from teleconch import config as cfg
+from teleconch.auth import protocol as api
+from teleconch.auth.agent import AuthAgent, AuthUnavailable
+from teleconch.durations import format_duration, parse_duration
+from teleconch.pki import TLSIdentity
+
+
+class CtlError(Exception):
+    pass
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in cells
+    ]
+    return "\n".join(lines)
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _labels(text: str | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in _csv(text):
+        if "=" not in item:
+            raise CtlError(f"label {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def _print_invite(invite: dict[str, Any], action: str) -> None:
+    print(
+        f"User {invite['user']!r} has been {action}; share this URL with them to "
+        f"set a password and a one-time-code app (valid until {_when(invite['expires'])}):\n"
+        f"{invite['url']}\n\n"
+        "NOTE: make sure this URL points at the proxy's public address "
+        "(proxy_service.public_addr)."
+    )
+
+
+async def users_add(agent: AuthAgent, args: argparse.Namespace) -> None:
+    invite = await agent.create_user(args.name, _csv(args.logins), _csv(args.roles))
+    _print_invite(invite, "created")
+
+
+async def users_reset(agent: AuthAgent, args: argparse.Namespace) -> None:
+    _print_invite(await agent.reset_user(args.name), "reset")
+
+
+async def users_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
+    users = await agent.list_users()
+    if args.format == "json":
+        print(json.dumps(users, indent=2))
+        return
+    rows = [
+        (
+            u["name"],
+            ",".join(u["roles"]),
+            ",".join(u["logins"]) or "-",
+            u["status"]
+            + (f" until {_when(u['locked_until'])}" if u["locked_until"] else ""),
+        )
+        for u in users
+    ]
+    print(_table(["User", "Roles", "Logins", "Status"], rows))
+
+
+async def users_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
+    await agent.delete_user(args.name)
+    print(f"User {args.name!r} has been deleted.")
+
+
+async def roles_add(agent: AuthAgent, args: argparse.Namespace) -> None:
+    role: dict[str, Any] = {
+        "name": args.name,
+        "logins": _csv(args.logins),
+        "node_labels": _labels(args.node_labels) if args.node_labels else {"*": ["*"]},
+        "max_session_ttl": parse_duration(args.max_session_ttl),
+    }
+    await agent.upsert_role(role)
+    print(f"Role {args.name!r} has been saved.")
+
+
+async def roles_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
+    roles = await agent.list_roles()
+    if args.format == "json":
+        print(json.dumps(roles, indent=2))
+        return
+    rows = [
+        (
+            r["name"],
+            ",".join(r["logins"]) or "-",
+            ",".join(f"{k}={v}" for k, vs in r["node_labels"].items() for v in vs)
+            or "-",
+            format_duration(r["max_session_ttl"]),
+            "built-in" if r["builtin"] else "",
+        )
+        for r in roles
+    ]
+    print(_table(["Role", "Logins", "Node labels", "Max session TTL", ""], rows))
+
+
+async def roles_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
+    await agent.delete_role(args.name)
+    print(f"Role {args.name!r} has been deleted.")
+
+
+async def tokens_add(agent: AuthAgent, args: argparse.Namespace) -> None:
+    t = await agent.create_token(args.type, parse_duration(args.ttl))
+    print(
+        f"The invite token: {t['token']}\n"
+        f"This token will expire at {_when(t['expires'])}.\n\n"
+        f"Put it in the {args.type}'s config:\n\n"
+        "teleconch:\n"
+        f'  auth_servers: ["{t["auth_addr"]}"]\n'
+        f'  auth_token: "{t["token"]}"\n'
+        f'  ca_pin: "{t["ca_pin"]}"\n\n'
+        "Keep the token secret: whoever holds it can join the cluster once."
+    )
+
+
+async def tokens_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
+    tokens = await agent.list_tokens()
+    rows = [
+        (t["name"] + "...", t["kind"], t["user"] or "-", _when(t["expires"]))
+        for t in tokens
+    ]
+    print(_table(["Token", "Type", "User", "Expires"], rows))
+
+
+async def tokens_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
+    await agent.delete_token(args.name.rstrip("."))
+    print(f"Token {args.name!r} has been deleted.")
+
+
+async def auth_export(agent: AuthAgent, args: argparse.Namespace) -> None:
+    for line in await agent.export_ca(args.type):
+        print(line)
+
+
+async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
+    since = None
+    if args.since:
+        since = agent._reactor.seconds() - parse_duration(args.since)
+    events = await agent.search_events(
+        since=since, events=_csv(args.type), user=args.user, limit=args.limit
+    )
+    if args.format == "json":
+        print(json.dumps(events, indent=2))
+        return
+    rows = [
+        (
+            _when(e["time"]),
+            e["event"],
+            e["user"] or "-",
+            "ok" if e["success"] else "FAILED",
+            " ".join(f"{k}={v}" for k, v in sorted(e["fields"].items())),
+        )
+        for e in events
+    ]
+    print(_table(["Time", "Event", "User", "Result", "Details"], rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="teleconch-ctl", description="Administer a teleconch cluster."
+    )
+    parser.add_argument("-c", "--config", help="the auth service's config file")
+    parser.add_argument("-d", "--data-dir", help="the auth service's data directory")
+    parser.add_argument(
+        "--auth-server", help="HOST:PORT of the auth service (default: from the config)"
+    )
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def group(name: str, help: str) -> Any:
+        g = sub.add_parser(name, help=help)
+        return g.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    users = group("users", "add, list, remove and reset users")
+    p = users.add_parser("add", help="add a user; prints an invite URL")
+    p.add_argument("name")
+    p.add_argument(
+        "--logins", required=True, help="comma-separated OS logins, e.g. alice,root"
+    )
+    p.add_argument(
+        "--roles", default="access", help="comma-separated roles (default access)"
+    )
+    p.set_defaults(run=users_add)
+    p = users.add_parser("ls", help="list users")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(run=users_ls)
+    p = users.add_parser("rm", help="remove a user")
+    p.add_argument("name")
+    p.set_defaults(run=users_rm)
+    p = users.add_parser("reset", help="new invite: password and OTP app set again")
+    p.add_argument("name")
+    p.set_defaults(run=users_reset)
+
+    roles = group("roles", "add and list roles")
+    p = roles.add_parser("add", help="add or replace a role")
+    p.add_argument("name")
+    p.add_argument(
+        "--logins",
+        default="",
+        help="comma-separated logins; {{internal.logins}} is the user's own",
+    )
+    p.add_argument(
+        "--node-labels", help="key=value,... nodes the role reaches (default: all)"
+    )
+    p.add_argument(
+        "--max-session-ttl", default="12h", help="longest certificate, e.g. 8h"
+    )
+    p.set_defaults(run=roles_add)
+    p = roles.add_parser("ls", help="list roles")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(run=roles_ls)
+    p = roles.add_parser("rm", help="remove a role")
+    p.add_argument("name")
+    p.set_defaults(run=roles_rm)
+
+    tokens = group("tokens", "join tokens for proxies and nodes")
+    p = tokens.add_parser("add", help="make a single-use join token")
+    p.add_argument("--type", required=True, choices=["proxy", "node"])
+    p.add_argument("--ttl", default="30m", help="how long it is good for (default 30m)")
+    p.set_defaults(run=tokens_add)
+    tokens.add_parser("ls", help="list live tokens").set_defaults(run=tokens_ls)
+    p = tokens.add_parser("rm", help="remove a token")
+    p.add_argument("name", help="the token or the prefix `tokens ls` shows")
+    p.set_defaults(run=tokens_rm)
+
+    auth = group("auth", "the cluster's certificate authorities")
+    p = auth.add_parser("export", help="print a CA's public key")
+    p.add_argument("--type", required=True, choices=["user", "host"])
+    p.set_defaults(run=auth_export)
+
+    events = group("events", "the audit log")
+    p = events.add_parser("ls", help="list audit events, oldest first")
+    p.add_argument("--since", help="only the last DURATION, e.g. 1h")
+    p.add_argument("--type", help="comma-separated event types, e.g. user.login")
+    p.add_argument("--user")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(run=events_ls)
+    return parser
+
+
+def _connect(reactor: Any, args: argparse.Namespace) -> AuthAgent:
+    settings = cfg.load(args.config, args.data_dir)
+    identity = TLSIdentity.load(settings.data_dir / "admin")
+    if identity is None:
+        raise CtlError(
+            f"no admin identity in {settings.data_dir / 'admin'}: run teleconch-ctl on the "
+            "auth server, with the same --config or --data-dir as the auth service"
+        )
+    if args.auth_server:
+        addr = cfg.parse_host_port(args.auth_server, cfg.AUTH_PORT)
+    else:
+        addr = cfg.local_dial_addr(settings.auth.listen_addr)
+    return AuthAgent(reactor, [addr], identity)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    async def main(reactor: Any) -> None:
+        code = 0
+        agent = None
+        try:
+            agent = _connect(reactor, args)
+            agent.startService()
+            await args.run(agent, args)
+        except (
+            CtlError,
+            cfg.ConfigError,
+            AuthUnavailable,
+            api.AuthAPIError,
+            ValueError,
+        ) as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            code = 1
+        finally:
+            if agent is not None:
+                await agent.stopService()
+        if code:
+            raise SystemExit(code)
+
+    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+
+
+def main() -> None:
+    run()

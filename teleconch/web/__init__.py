@@ -1,0 +1,1 @@
+"""The proxy's web listener: JSON API and static pages."""

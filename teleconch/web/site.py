@@ -1,0 +1,334 @@
+"""The proxy's HTTPS listener: the JSON web API and the static pages.
+
+Resources are thin: they check the shape of a request and hand it to the
+AuthAgent.  Errors become ``{"error": {"message": ...}}`` with a status that
+fits; nothing internal (a traceback, a secret) is ever written to a client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.static import File
+
+from teleconch import __version__
+from teleconch.auth import protocol as api
+from teleconch.auth.agent import AuthAgent, AuthUnavailable
+from teleconch.totp import qr_svg
+
+log = Logger()
+
+MAX_BODY = 64 * 1024
+STATIC_DIR = Path(str(importlib_resources.files("teleconch.web") / "static"))
+
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": b"default-src 'self'; img-src 'self' data:; "
+    b"style-src 'self'; script-src 'self'; frame-ancestors 'none'; "
+    b"base-uri 'none'; form-action 'self'",
+    b"X-Frame-Options": b"DENY",
+    b"X-Content-Type-Options": b"nosniff",
+    # Invite links carry their token in the path: never leak it in a Referer.
+    b"Referrer-Policy": b"no-referrer",
+    b"Strict-Transport-Security": b"max-age=31536000",
+    b"Cache-Control": b"no-store",
+}
+
+_STATUS = {
+    api.BadParameter: 400,
+    api.AuthenticationFailed: 401,
+    api.AccessDenied: 403,
+    api.LockedOut: 403,
+    api.NotFoundError: 404,
+    api.AlreadyExistsError: 409,
+    api.RateLimited: 429,
+}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.define
+class RateLimiter:
+    """A token bucket per client address, against password spraying.
+
+    The per-user lock-out in the auth service stops guessing one account;
+    this slows one address guessing many.
+    """
+
+    clock: IReactorTime
+    capacity: float = 10.0
+    per_second: float = 0.2
+    _buckets: dict[str, tuple[float, float]] = attrs.field(factory=dict)
+
+    def allow(self, key: str) -> bool:
+        now = self.clock.seconds()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.per_second)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        return True
+
+
+@attrs.frozen
+class WebConfig:
+    cluster_name: str
+    proxy_ssh_addr: str
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def _client(request: Request) -> str:
+    addr = request.getClientAddress()
+    return str(getattr(addr, "host", addr))
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    if not (request.getHeader("content-type") or "").startswith("application/json"):
+        raise HTTPError(415, "send the request body as application/json")
+    assert request.content is not None
+    body = request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise HTTPError(413, "request body too large")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise HTTPError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "the request body must be a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type = str) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise HTTPError(400, f"field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+class JSONResource(Resource):
+    """A leaf answering JSON, from coroutines; subclasses define get/post."""
+
+    isLeaf = True
+    get: Handler | None = None
+    post: Handler | None = None
+
+    def render_GET(self, request: Request) -> int | bytes:
+        return self._run(request, self.get)
+
+    def render_POST(self, request: Request) -> int | bytes:
+        return self._run(request, self.post)
+
+    def _run(self, request: Request, handler: Handler | None) -> int:
+        if handler is None:
+            _send(request, 405, {"error": {"message": "method not allowed"}})
+            return NOT_DONE_YET
+        d = Deferred.fromCoroutine(_answer(request, handler))
+        d.addErrback(lambda f: log.failure("answering {uri}", f, uri=request.uri))
+        return NOT_DONE_YET
+
+
+def _send(request: Request, status: int, payload: Any) -> None:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.write(json.dumps(payload).encode("utf-8"))
+    request.finish()
+
+
+async def _answer(request: Request, handler: Handler) -> None:
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+    try:
+        payload = await handler(request)
+        status = 200
+    except HTTPError as e:
+        status, payload = e.status, {"error": {"message": str(e)}}
+    except api.AuthAPIError as e:
+        status = _STATUS.get(type(e), 400)
+        payload = {"error": {"message": str(e)}}
+    except AuthUnavailable:
+        log.failure("auth service unavailable", Failure())
+        status = 503
+        payload = {
+            "error": {"message": "the auth service is unreachable; try again shortly"}
+        }
+    except Exception:
+        log.failure("internal error answering {uri}", Failure(), uri=request.uri)
+        status = 500
+        payload = {
+            "error": {
+                "message": "internal error; the administrator will find the details "
+                "in the proxy's log"
+            }
+        }
+    if not gone:  # the client may have hung up while the auth service answered
+        _send(request, status, payload)
+
+
+class PingResource(JSONResource):
+    def __init__(self, config: WebConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    async def get(self, request: Request) -> Any:
+        return {
+            "cluster_name": self._config.cluster_name,
+            "proxy_ssh_addr": self._config.proxy_ssh_addr,
+            "server_version": __version__,
+            "auth": {"second_factor": "otp", "type": "local"},
+        }
+
+
+class InviteResource(JSONResource):
+    """GET /v1/webapi/users/invite/<token>; POST /v1/webapi/users/invite."""
+
+    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
+        super().__init__()
+        self._agent = agent
+        self._limiter = limiter
+
+    async def get(self, request: Request) -> Any:
+        if not request.postpath or not request.postpath[0]:
+            raise HTTPError(404, "no invite token in the URL")
+        token = request.postpath[0].decode("utf-8", "replace")
+        invite = await self._agent.get_invite(token)
+        return {
+            "user": invite["user"],
+            "totp_secret": invite["totp_secret"],
+            "otpauth_uri": invite["otpauth_uri"],
+            "qr_svg": qr_svg(invite["otpauth_uri"]),
+            "expires": invite["expires"],
+        }
+
+    async def post(self, request: Request) -> Any:
+        if request.postpath and request.postpath[0]:
+            raise HTTPError(404, "POST the invite to /v1/webapi/users/invite")
+        client = _client(request)
+        if not self._limiter.allow(client):
+            raise HTTPError(429, "too many attempts from your address; wait a minute")
+        data = _json_body(request)
+        user = await self._agent.complete_invite(
+            _field(data, "token"),
+            _field(data, "password"),
+            _field(data, "otp_token"),
+            client,
+        )
+        return {"user": user}
+
+
+class SSHCertsResource(JSONResource):
+    """POST /v1/webapi/ssh/certs: password + OTP for a short-lived certificate."""
+
+    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
+        super().__init__()
+        self._agent = agent
+        self._limiter = limiter
+
+    async def post(self, request: Request) -> Any:
+        client = _client(request)
+        if not self._limiter.allow(client):
+            raise HTTPError(
+                429, "too many login attempts from your address; wait a minute"
+            )
+        data = _json_body(request)
+        ttl = data.get("ttl", 0)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+            raise HTTPError(400, "field 'ttl' must be a whole number of seconds")
+        issued = await self._agent.authenticate_ssh_user(
+            user=_field(data, "user"),
+            password=_field(data, "password"),
+            otp_token=_field(data, "otp_token"),
+            pub_key=_field(data, "pub_key"),
+            ttl=ttl,
+            client_addr=client,
+        )
+        return {
+            "username": issued["username"],
+            "cert": issued["cert"],
+            "valid_before": issued["valid_before"],
+            "host_signers": issued["host_signers"],
+        }
+
+
+class _Page(Resource):
+    """One static HTML page, whatever the rest of the path (the token)."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._path.read_bytes()
+
+
+class _NotFound(JSONResource):
+    async def get(self, request: Request) -> Any:
+        raise HTTPError(404, "not found")
+
+    post = get
+
+
+class _Dir(Resource):
+    """An inner node of the URL tree: unknown children get a JSON 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+
+class WebSite(Site):
+    """The proxy's site: security headers on every answer, no tracebacks."""
+
+    displayTracebacks = False
+
+    def __init__(self, root: Resource) -> None:
+        super().__init__(root)
+
+    def getResourceFor(self, request: Request) -> Any:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        return super().getResourceFor(request)
+
+
+def make_site(
+    agent: AuthAgent,
+    config: WebConfig,
+    clock: IReactorTime,
+    limiter: RateLimiter | None = None,
+) -> WebSite:
+    limiter = limiter or RateLimiter(clock)
+    root, v1, webapi, users, ssh, web = (_Dir() for _ in range(6))
+    root.putChild(b"v1", v1)
+    v1.putChild(b"webapi", webapi)
+    webapi.putChild(b"ping", PingResource(config))
+    webapi.putChild(b"users", users)
+    users.putChild(b"invite", InviteResource(agent, limiter))
+    webapi.putChild(b"ssh", ssh)
+    ssh.putChild(b"certs", SSHCertsResource(agent, limiter))
+
+    root.putChild(b"web", web)
+    web.putChild(b"invite", _Page(STATIC_DIR / "invite.html"))
+    static = File(str(STATIC_DIR))
+    static.childNotFound = _NotFound()  # type: ignore[assignment]
+    web.putChild(b"static", static)
+    return WebSite(root)

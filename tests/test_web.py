@@ -1,0 +1,149 @@
+"""The proxy's web listener: JSON errors, security headers, rate limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyRequest
+
+from teleconch.auth import protocol as api
+from teleconch.client.webapi import _Insecure, _read_body
+from teleconch.web.site import JSONResource, RateLimiter
+from tests.harness import Cluster, start_cluster
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    c = await start_cluster(tmp_path / "data")
+    yield c
+    await c.stop()
+
+
+async def _request(
+    c: Cluster,
+    method: bytes,
+    path: str,
+    body: bytes | None = None,
+    ctype: bytes | None = None,
+) -> tuple[int, Headers, bytes]:
+    from io import BytesIO
+
+    from twisted.web.client import FileBodyProducer
+
+    agent = Agent(reactor, contextFactory=_Insecure())
+    headers = Headers()
+    if ctype:
+        headers.addRawHeader(b"content-type", ctype)
+    producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+    response = await agent.request(
+        method, f"https://{c.web_addr}{path}".encode(), headers, producer
+    )
+    return response.code, response.headers, await _read_body(response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_answer_carries_security_headers(cluster: Cluster) -> None:
+    """CSP, no framing, no sniffing, no referrer (invite tokens are in URLs), HSTS."""
+    for path in ["/v1/webapi/ping", "/web/invite/abc", "/nowhere"]:
+        _, headers, _ = await _request(cluster, b"GET", path)
+        assert headers.getRawHeaders(b"x-frame-options") == [b"DENY"]
+        assert headers.getRawHeaders(b"referrer-policy") == [b"no-referrer"]
+        assert (
+            b"default-src 'self'"
+            in headers.getRawHeaders(b"content-security-policy")[0]
+        )
+        assert headers.getRawHeaders(b"strict-transport-security")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_get_a_json_404(cluster: Cluster) -> None:
+    """A wrong URL is answered in the API's error shape, not an HTML page."""
+    for path in ["/nowhere", "/v1/webapi/nothing", "/v1/webapi/users/other"]:
+        code, _, body = await _request(cluster, b"GET", path)
+        assert code == 404
+        assert json.loads(body)["error"]["message"] == "not found"
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "needle"),
+    [
+        (b"{not json", b"application/json", 400, "not valid JSON"),
+        (b"[1, 2]", b"application/json", 400, "JSON object"),
+        (b'{"user": "a"}', b"text/plain", 415, "application/json"),
+        (b'{"user": 5}', b"application/json", 400, "'user'"),
+        (b"x" * (70 * 1024), b"application/json", 413, "too large"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_malformed_login_requests_get_a_clear_400(
+    cluster: Cluster, body: bytes, ctype: bytes, status: int, needle: str
+) -> None:
+    """Bad bodies are refused with what is wrong, and the proxy keeps serving."""
+    code, _, answer = await _request(
+        cluster, b"POST", "/v1/webapi/ssh/certs", body, ctype
+    )
+    assert code == status
+    assert needle in json.loads(answer)["error"]["message"]
+    code, _, _ = await _request(cluster, b"GET", "/v1/webapi/ping")
+    assert code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_invite_page_is_served_for_any_token(cluster: Cluster) -> None:
+    """The sign-up page is static HTML whatever the token; the script does the rest."""
+    code, headers, body = await _request(cluster, b"GET", "/web/invite/sometoken")
+    assert code == 200
+    assert headers.getRawHeaders(b"content-type")[0].startswith(b"text/html")
+    assert b"/web/static/invite.js" in body
+
+
+class _Boom(JSONResource):
+    async def get(self, request: Any) -> Any:  # type: ignore[override]
+        raise RuntimeError("db password is hunter2")
+
+
+class _Denied(JSONResource):
+    async def get(self, request: Any) -> Any:  # type: ignore[override]
+        raise api.AccessDenied("not for you")
+
+
+def _render(resource: JSONResource) -> tuple[int, dict[str, Any]]:
+    request = DummyRequest([b""])
+    resource.render_GET(request)  # type: ignore[arg-type]
+    assert request.finished
+    return request.responseCode, json.loads(b"".join(request.written))
+
+
+def test_an_internal_error_reveals_nothing() -> None:
+    """An unexpected exception becomes a generic 500; its text stays in the log."""
+    code, body = _render(_Boom())
+    assert code == 500
+    assert "hunter2" not in json.dumps(body)
+    assert "proxy's log" in body["error"]["message"]
+
+
+def test_auth_api_errors_keep_their_message_and_map_to_a_status() -> None:
+    """A refusal from the auth service reaches the client as it was written."""
+    code, body = _render(_Denied())
+    assert code == 403
+    assert body == {"error": {"message": "not for you"}}
+
+
+def test_rate_limiter_refills_over_time() -> None:
+    """Ten quick attempts pass, the eleventh waits, and time refills the bucket."""
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    assert all(limiter.allow("10.0.0.1") for _ in range(10))
+    assert not limiter.allow("10.0.0.1")
+    assert limiter.allow("10.0.0.2")
+    clock.advance(5)
+    assert limiter.allow("10.0.0.1")
+    assert not limiter.allow("10.0.0.1")
