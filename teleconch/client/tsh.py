@@ -121,11 +121,12 @@ async def login(reactor: Any, args: argparse.Namespace, store: KeyStore) -> int:
     if sock:
         lifetime = max(1, int(info["valid_before"] - reactor.seconds()))
         try:
+            await _forget_in_agent(reactor, sock, _agent_comment(profile))
             agent = await connect_agent(reactor, sock)
             try:
                 await agent.add_key(
                     key,
-                    f"teleconch:{profile.user}@{profile.proxy_host}",
+                    _agent_comment(profile),
                     certificate=info["blob"],
                     lifetime=lifetime,
                 )
@@ -170,38 +171,28 @@ async def logout(reactor: Any, args: argparse.Namespace, store: KeyStore) -> int
         return 0
     sock = os.environ.get("SSH_AUTH_SOCK")
     for profile in profiles:
-        info = _read_cert(store, profile)
-        paths = store.key_paths(profile.proxy_host, profile.user)
-        if sock and info is not None:
-            blobs = [info["blob"]]
-            try:
-                pub = serialization.load_ssh_public_key(paths.public.read_bytes())
-                blobs.append(
-                    certificate_blob(
-                        pub.public_bytes(
-                            serialization.Encoding.OpenSSH,
-                            serialization.PublicFormat.OpenSSH,
-                        )
-                    )
-                )
-            except (OSError, ValueError):
-                pass
-            await _forget_in_agent(reactor, sock, blobs)
+        if sock:
+            await _forget_in_agent(reactor, sock, _agent_comment(profile))
         await deferToThread(store.remove_profile, profile)
         print(f"Logged out {profile.user} from {profile.web_addr}.")
     return 0
 
 
-async def _forget_in_agent(reactor: Any, sock: str, blobs: Sequence[bytes]) -> None:
+def _agent_comment(profile: Profile) -> str:
+    """How our agent entries are known: one login's key and cert share it."""
+    return f"teleconch:{profile.user}@{profile.proxy_host}"
+
+
+async def _forget_in_agent(reactor: Any, sock: str, comment: str) -> None:
+    """Remove every agent entry an earlier login of this profile added."""
     try:
         agent = await connect_agent(reactor, sock)
     except AgentError:
         return
     try:
-        held = {i.blob for i in await agent.list_identities()}
-        for blob in blobs:
-            if blob in held:
-                await agent.remove(blob)
+        for identity in await agent.list_identities():
+            if identity.comment == comment:
+                await agent.remove(identity.blob)
     finally:
         agent.close()
 
