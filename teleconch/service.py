@@ -443,7 +443,6 @@ class TeleconchService(MultiService):
         ]
         if self.proxy is not None:
             lines.append(f"  web and login:  https://{s.proxy.public_addr}")
-            lines.append(f"  SSH proxy:      {s.proxy.ssh_public_addr}")
         if self.auth is not None:
             data = s.data_dir
             lines.append(f"  auth service:   {self.auth.address}")
