@@ -232,6 +232,34 @@ class AuthAgent(MultiService):
         )["events"]
         return found
 
+    async def upsert_node(
+        self, name: str, addr: str, labels: dict[str, str]
+    ) -> dict[str, Any]:
+        node: dict[str, Any] = (
+            await self.call(api.UpsertNode, name=name, addr=addr, labels=labels)
+        )["node"]
+        return node
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = (await self.call(api.ListNodes))["nodes"]
+        return nodes
+
+    async def delete_node(self, name: str) -> None:
+        await self.call(api.DeleteNode, name=name)
+
+    async def sign_host_certificate(
+        self, public_key: str, hosts: Sequence[str], ttl: int = 0
+    ) -> dict[str, Any]:
+        return await self.call(
+            api.SignHostCertificate, public_key=public_key, hosts=list(hosts), ttl=ttl
+        )
+
+    async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        roles: list[dict[str, Any]] = (
+            await self.call(api.GetRoles, names=list(names))
+        )["roles"]
+        return roles
+
     async def emit_event(
         self, event: str, user: str = "", success: bool = True, **fields: Any
     ) -> None:

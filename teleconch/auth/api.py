@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from teleconch.auth import protocol as api
-from teleconch.auth.server import AuthServer, Identity
+from teleconch.auth.server import AuthServer, Identity, node_to_json
 from teleconch.pki import peer_identity
 
 log = Logger()
@@ -221,6 +221,35 @@ class AuthAPIProtocol(amp.AMP):
         fields = dict(fields, reported_by=f"{caller.role}:{caller.name}")
         await self.server.audit(event, user=user, success=success, **fields)
         return {}
+
+    @serve(api.UpsertNode)
+    async def upsert_node(
+        self, caller: Identity, name: str, addr: str, labels: dict[str, Any]
+    ) -> dict[str, Any]:
+        node = await self.server.upsert_node(name, addr, labels)
+        return {"node": node_to_json(node)}
+
+    @serve(api.ListNodes)
+    async def list_nodes(self, caller: Identity) -> dict[str, Any]:
+        return {"nodes": await self.server.list_nodes()}
+
+    @serve(api.DeleteNode)
+    async def delete_node(self, caller: Identity, name: str) -> dict[str, Any]:
+        await self.server.delete_node(name)
+        return {}
+
+    @serve(api.SignHostCertificate)
+    async def sign_host_certificate(
+        self, caller: Identity, public_key: str, hosts: list[str], ttl: int
+    ) -> dict[str, Any]:
+        cert, principals = await self.server.sign_host_certificate(
+            public_key, hosts, ttl
+        )
+        return {"cert": cert, "principals": principals}
+
+    @serve(api.GetRoles)
+    async def get_roles(self, caller: Identity, names: list[str]) -> dict[str, Any]:
+        return {"roles": await self.server.get_roles(names)}
 
 
 class AuthAPIFactory(Factory):

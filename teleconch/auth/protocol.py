@@ -332,3 +332,53 @@ class EmitAuditEvent(AuthCommand):
         (b"fields", JSON()),
     ]
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
+# nodes
+
+
+class UpsertNode(AuthCommand):
+    """Register a server (an OpenSSH sshd or a teleconch node) by name and address."""
+
+    arguments = [
+        (b"name", amp.Unicode()),
+        (b"addr", amp.Unicode()),
+        (b"labels", JSON()),
+    ]
+    response = [(b"node", JSON())]
+
+
+class ListNodes(AuthCommand):
+    """Every registered node; the proxy filters by the user's roles."""
+
+    roles = frozenset({ROLE_ADMIN, ROLE_PROXY})
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    response = [(b"nodes", JSON())]
+
+
+class DeleteNode(AuthCommand):
+    arguments = [(b"name", amp.Unicode())]
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
+class SignHostCertificate(AuthCommand):
+    """An OpenSSH host certificate for a node's own key (``auth sign --host``).
+
+    The node's private key is made where it will live; only its public key
+    travels here.
+    """
+
+    arguments = [
+        (b"public_key", amp.Unicode()),
+        (b"hosts", amp.ListOf(amp.Unicode())),
+        (b"ttl", amp.Integer()),
+    ]
+    response = [(b"cert", amp.Unicode()), (b"principals", amp.ListOf(amp.Unicode()))]
+
+
+class GetRoles(AuthCommand):
+    """Role definitions by name, for the proxy's access checks."""
+
+    roles = frozenset({ROLE_ADMIN, ROLE_PROXY, ROLE_NODE})
+    arguments = [(b"names", amp.ListOf(amp.Unicode()))]
+    response = [(b"roles", JSON())]

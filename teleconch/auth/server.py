@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -30,6 +31,7 @@ from teleconch.auth.types import (
     ALL_NODES,
     INTERNAL_LOGINS,
     AuditEvent,
+    Node,
     ProxyInfo,
     Role,
     Token,
@@ -42,6 +44,7 @@ from teleconch.ca import (
     fingerprint,
     parse_public_key,
 )
+from teleconch.config import parse_host_port
 from teleconch.pki import ROLE_NODE, ROLE_PROXY, TLSAuthority
 
 log = Logger()
@@ -70,6 +73,7 @@ _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}")
 _LOGIN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL = re.compile(r"[A-Za-z0-9*][A-Za-z0-9./_*-]{0,62}")
+_NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?")
 
 BUILTIN_ROLES = (
     Role(
@@ -103,6 +107,14 @@ def token_hash(token: str) -> str:
 def _prehash(password: str) -> bytes:
     """bcrypt reads at most 72 bytes; hash first so every byte counts."""
     return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _iso(when: float) -> str:
@@ -149,6 +161,16 @@ def role_to_json(role: Role) -> dict[str, Any]:
         "max_session_ttl": role.max_session_ttl,
         "rules": list(role.rules),
         "builtin": role.builtin,
+    }
+
+
+def node_to_json(node: Node) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "addr": node.addr,
+        "labels": dict(node.labels),
+        "created": node.created,
     }
 
 
@@ -763,6 +785,86 @@ class AuthServer:
             }
         ]
         return IssuedCertificate(account.name, cert, now + ttl, signers)
+
+    # --- nodes -----------------------------------------------------------------
+
+    async def upsert_node(
+        self, name: str, addr: str, labels: Mapping[str, Any]
+    ) -> Node:
+        if not _NODE_NAME.fullmatch(name):
+            raise api.BadParameter(
+                f"{name!r} is not a valid node name: letters, digits, '.', '-'"
+            )
+        try:
+            parse_host_port(addr)
+        except ValueError as e:
+            raise api.BadParameter(f"--addr: {e}") from None
+        clean: dict[str, str] = {}
+        for key, value in labels.items():
+            for item in (str(key), str(value)):
+                if not _LABEL.fullmatch(item) or "*" in item:
+                    raise api.BadParameter(
+                        f"{item!r} is not a valid label key or value"
+                    )
+            clean[str(key)] = str(value)
+        existing = await self.store.get_node(name)
+        node = Node(
+            id=existing.id if existing and existing.name == name else str(uuid.uuid4()),
+            name=name,
+            addr=addr,
+            labels=clean,
+            created=existing.created if existing else self._now(),
+        )
+        await self.store.upsert_node(node)
+        await self.audit("node.upsert", node=name, addr=addr, labels=clean)
+        return node
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return [node_to_json(n) for n in await self.store.list_nodes()]
+
+    async def delete_node(self, name: str) -> None:
+        if not await self.store.delete_node(name):
+            raise api.NotFoundError(f"no node {name!r}; see `teleconch-ctl nodes ls`")
+        await self.audit("node.delete", node=name)
+
+    async def sign_host_certificate(
+        self, public_key: str, hosts: Sequence[str], ttl: int
+    ) -> tuple[str, list[str]]:
+        try:
+            key = parse_public_key(public_key)
+        except BadPublicKey as e:
+            raise api.BadParameter(str(e)) from None
+        names = [h.strip() for h in hosts if h.strip()]
+        if not names:
+            raise api.BadParameter("--host needs at least one name")
+        principals: list[str] = []
+        for name in names:
+            principals.append(name)
+            suffix = f".{self.cluster_name}"
+            if not name.endswith(suffix) and not _is_ip(name):
+                principals.append(name + suffix)
+        principals = list(dict.fromkeys(principals))
+        ttl = ttl if 0 < ttl <= HOST_CERT_TTL else HOST_CERT_TTL
+        now = int(self._now())
+        cert = self._host_ca.sign_host_certificate(
+            key,
+            key_id=f"{names[0]}.{self.cluster_name}",
+            principals=principals,
+            valid_after=now - 60,
+            valid_before=now + ttl,
+        )
+        await self.audit(
+            "cert.create",
+            kind="host",
+            principals=principals,
+            key=fingerprint(key),
+            ttl=ttl,
+        )
+        return cert, principals
+
+    async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        found = [await self.store.get_role(n) for n in names]
+        return [role_to_json(r) for r in found if r is not None]
 
     # --- audit -----------------------------------------------------------------
 

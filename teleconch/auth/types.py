@@ -24,6 +24,10 @@ def _strings(value: Iterable[Any]) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _str_map(value: Mapping[str, Any]) -> Mapping[str, str]:
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _freeze_fields(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(value)
 
@@ -100,7 +104,7 @@ class Node:
     id: str
     name: str
     addr: str
-    labels: Mapping[str, str] = attrs.field(converter=dict, factory=dict)
+    labels: Mapping[str, str] = attrs.field(converter=_str_map, factory=dict)
     created: float = 0.0
 
 

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
+from twisted.internet.threads import deferToThread
 
 from teleconch import config as cfg
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.durations import format_duration, parse_duration
+from teleconch.files import write_private_file
 from teleconch.pki import TLSIdentity
 
 
@@ -172,6 +178,74 @@ async def auth_export(agent: AuthAgent, args: argparse.Namespace) -> None:
         print(line)
 
 
+async def nodes_add(agent: AuthAgent, args: argparse.Namespace) -> None:
+    labels = {k: v[-1] for k, v in _labels(args.labels).items()}
+    node = await agent.upsert_node(args.name, args.addr, labels)
+    print(
+        f"Node {node['name']!r} ({node['addr']}) has been registered, id {node['id']}."
+    )
+
+
+async def nodes_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
+    nodes = sorted(await agent.list_nodes(), key=lambda n: n["name"])
+    if args.format == "json":
+        print(json.dumps(nodes, indent=2))
+        return
+    rows = [
+        (
+            n["name"],
+            n["addr"],
+            ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-",
+            n["id"],
+        )
+        for n in nodes
+    ]
+    print(_table(["Node", "Address", "Labels", "ID"], rows))
+
+
+async def nodes_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
+    await agent.delete_node(args.name)
+    print(f"Node {args.name!r} has been removed.")
+
+
+async def auth_sign(agent: AuthAgent, args: argparse.Namespace) -> None:
+    """A host key made here, its certificate from the auth service: for sshd."""
+    if args.format != "openssh":
+        raise CtlError("only --format openssh is supported")
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    signed = await agent.sign_host_certificate(
+        public.decode(), _csv(args.host), parse_duration(args.ttl) if args.ttl else 0
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+
+    out = Path(args.out)
+
+    def save() -> None:
+        write_private_file(out, private)
+        write_private_file(Path(f"{out}.pub"), public + b"\n", 0o644)
+        write_private_file(
+            Path(f"{out}-cert.pub"), signed["cert"].encode() + b"\n", 0o644
+        )
+
+    await deferToThread(save)
+    out = Path(await deferToThread(os.path.abspath, out))
+    print(
+        f"The host key is in {out}, its certificate in {out}-cert.pub\n"
+        f"(principals: {', '.join(signed['principals'])}). In sshd_config:\n\n"
+        f"HostKey {out}\n"
+        f"HostCertificate {out}-cert.pub\n"
+        "TrustedUserCAKeys /etc/ssh/teleconch_user_ca.pub   "
+        "# from `teleconch-ctl auth export --type=user`"
+    )
+
+
 async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     since = None
     if args.since:
@@ -266,6 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = auth.add_parser("export", help="print a CA's public key")
     p.add_argument("--type", required=True, choices=["user", "host"])
     p.set_defaults(run=auth_export)
+
+    p = auth.add_parser("sign", help="make a host key and certificate for an sshd node")
+    p.add_argument("--host", required=True, help="the node's names: web1[,alias,...]")
+    p.add_argument("--format", default="openssh", choices=["openssh"])
+    p.add_argument(
+        "--out", required=True, help="PREFIX: writes PREFIX and PREFIX-cert.pub"
+    )
+    p.add_argument(
+        "--ttl", help="certificate lifetime (default: until the CA is rotated)"
+    )
+    p.set_defaults(run=auth_sign)
+
+    nodes = group("nodes", "register the servers of the cluster")
+    p = nodes.add_parser(
+        "add", help="register a node (an sshd that trusts the user CA)"
+    )
+    p.add_argument("--name", required=True, help="the node's name, e.g. web1")
+    p.add_argument(
+        "--addr", required=True, help="where the proxy reaches it, HOST:PORT"
+    )
+    p.add_argument("--labels", help="key=value,... e.g. env=prod,role=web")
+    p.set_defaults(run=nodes_add)
+    p = nodes.add_parser("ls", help="list nodes")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(run=nodes_ls)
+    p = nodes.add_parser("rm", help="remove a node")
+    p.add_argument("name")
+    p.set_defaults(run=nodes_rm)
 
     events = group("events", "the audit log")
     p = events.add_parser("ls", help="list audit events, oldest first")
