@@ -62,6 +62,8 @@ LOCKOUT_DURATION = 20 * 60
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 4096
 ROLES_EXTENSION = "teleconch-roles"
+#: The user's own logins, so the proxy can expand {{internal.logins}} per role.
+TRAITS_EXTENSION = "teleconch-traits"
 NO_LOGIN_PREFIX = "-teleconch-nologin-"
 
 LOGIN_FAILED = (
@@ -754,6 +756,9 @@ class AuthServer:
         extensions = dict(STANDARD_USER_EXTENSIONS)
         extensions[ROLES_EXTENSION] = json.dumps(
             {"version": "v1", "roles": [r.name for r in roles]}, separators=(",", ":")
+        ).encode()
+        extensions[TRAITS_EXTENSION] = json.dumps(
+            {"logins": list(account.logins)}, separators=(",", ":")
         ).encode()
         cert = self._user_ca.sign_user_certificate(
             key,
