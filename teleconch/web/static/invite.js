@@ -12,6 +12,15 @@
     el.hidden = !message;
   }
 
+  // The server writes its messages for a terminal ("the code is wrong: ...");
+  // in the page they read as sentences.
+  function sentence(message) {
+    const text = String(message).trim();
+    if (!text) return text;
+    const first = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?]$/.test(first) ? first : first + '.';
+  }
+
   function svgToDataUri(svg) {
     const bytes = new TextEncoder().encode(svg);
     let binary = '';
@@ -43,7 +52,7 @@
     if (!resp.ok) {
       const msg = (data && data.error && data.error.message) ||
                   `Request failed (HTTP ${resp.status}).`;
-      const err = new Error(msg);
+      const err = new Error(sentence(msg));
       err.status = resp.status;
       throw err;
     }
@@ -69,7 +78,9 @@
       $('signup').hidden = false;
       $('password').focus();
     } catch (e) {
-      const hint = e.status ? ' Ask your administrator for a new invite.' : '';
+      // The server usually says so itself; say it once.
+      const hint = e.status && !/administrator/i.test(e.message)
+        ? ' Ask your administrator for a new invite.' : '';
       showError(e.message + hint);
     } finally {
       $('loading').hidden = true;
@@ -81,6 +92,19 @@
     if (password !== confirm) return ['password-confirm', 'Passwords do not match.'];
     if (!/^\d{6}$/.test(otp)) return ['otp', 'The one-time code must be 6 digits.'];
     return null;
+  }
+
+  // One span per word, so a narrow screen wraps the command between words,
+  // never inside one ("-" / "-user"); copying it gives the plain command.
+  function showCommand(words) {
+    const pre = $('login-command');
+    pre.textContent = '';
+    words.forEach((word, i) => {
+      if (i > 0) pre.append(' ');
+      const span = document.createElement('span');
+      span.textContent = word;
+      pre.append(span);
+    });
   }
 
   async function onSubmit(event) {
@@ -102,8 +126,7 @@
       const res = await api('POST', '/v1/webapi/users/invite',
                             { token, password, otp_token: otp });
       user = res.user || user;
-      $('login-command').textContent =
-        `teleconch login --proxy ${location.host} --user ${user}`;
+      showCommand(['teleconch', 'login', '--proxy', location.host, '--user', user]);
       $('signup').remove();
       $('done').hidden = false;
     } catch (e) {
