@@ -120,6 +120,7 @@ class ProxySettings:
     enabled: bool
     listen_addr: str
     web_listen_addr: str
+    #: How people reach the listeners; port 0 means the port they are bound to.
     public_addr: HostPort
     ssh_public_addr: HostPort
     https_cert_file: Path | None = None
@@ -310,13 +311,14 @@ def parse(
         ),
     )
 
-    def addr(key: str, port: int) -> HostPort:
+    def addr(key: str) -> HostPort:
+        # Port 0: whatever port the listener is bound to.
         return _get(
             p,
             "proxy_service",
             key,
-            lambda v: parse_host_port(_str(v), port),
-            HostPort(nodename, port),
+            lambda v: parse_host_port(_str(v), 0),
+            HostPort(nodename, 0),
         )
 
     proxy = ProxySettings(
@@ -327,8 +329,8 @@ def parse(
         web_listen_addr=_get(
             p, "proxy_service", "web_listen_addr", _listen, f"0.0.0.0:{PROXY_WEB_PORT}"
         ),
-        public_addr=addr("public_addr", PROXY_WEB_PORT),
-        ssh_public_addr=addr("ssh_public_addr", PROXY_SSH_PORT),
+        public_addr=addr("public_addr"),
+        ssh_public_addr=addr("ssh_public_addr"),
         https_cert_file=_get(p, "proxy_service", "https_cert_file", _file, None),
         https_key_file=_get(p, "proxy_service", "https_key_file", _file, None),
         allow_unregistered_nodes=_get(

@@ -59,6 +59,11 @@ def _bound(port: IListeningPort, fallback_host: str = "127.0.0.1") -> cfg.HostPo
     return cfg.HostPort(host, getattr(addr, "port", 0))
 
 
+def _advertised(configured: cfg.HostPort, bound_port: int) -> cfg.HostPort:
+    """The configured public address; without a port, the port we are bound to."""
+    return configured if configured.port else cfg.HostPort(configured.host, bound_port)
+
+
 class _Starting(MultiService):
     """A service whose start is a coroutine; ``ready`` tells how it went."""
 
@@ -173,7 +178,9 @@ class AuthService(_Starting):
             user_ca=user_ca,
             host_ca=host_ca,
             tls_ca=tls_ca,
-            default_public_addr=str(s.proxy.public_addr),
+            default_public_addr=str(
+                _advertised(s.proxy.public_addr, cfg.PROXY_WEB_PORT)
+            ),
             auth_addr=str(auth_addr),
             bcrypt_rounds=self.bcrypt_rounds,
         )
@@ -264,6 +271,9 @@ class ProxyService(_Starting):
         self._join_source = join_source
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
+        #: How people reach us, as advertised once the listeners are bound.
+        self.public_addr = settings.proxy.public_addr
+        self.ssh_public_addr = settings.proxy.ssh_public_addr
         self._heartbeat: LoopingCall | None = None
 
     def _ssh_host_key(self) -> ed25519.Ed25519PrivateKey:
@@ -353,11 +363,7 @@ class ProxyService(_Starting):
         self.agent = AuthAgent(self.reactor, source.auth_servers, identity)
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
-        self._heartbeat = LoopingCall(self._beat)
-        self._heartbeat.clock = self.reactor
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=True).addErrback(
-            lambda f: log.failure("heartbeat loop stopped", f)
-        )
+        self.ssh_public_addr = _advertised(s.proxy.ssh_public_addr, cfg.PROXY_SSH_PORT)
 
         cert_pem, key_pem = await self._in_thread(self._web_tls)
         pc = PrivateCertificate.loadPEM(cert_pem + key_pem)
@@ -370,7 +376,7 @@ class ProxyService(_Starting):
             self.agent,
             WebConfig(
                 cluster_name=info["cluster_name"],
-                proxy_ssh_addr=str(s.proxy.ssh_public_addr),
+                proxy_ssh_addr=str(self.ssh_public_addr),
             ),
             self.reactor,
         )
@@ -379,15 +385,18 @@ class ProxyService(_Starting):
             TLSMemoryBIOFactory(options, False, site),
         )
         self.web_address = _bound(port)
+        self.public_addr = _advertised(s.proxy.public_addr, self.web_address.port)
         log.info("proxy web listener on https://{addr}", addr=str(self.web_address))
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=True).addErrback(
+            lambda f: log.failure("heartbeat loop stopped", f)
+        )
 
     async def _beat(self) -> None:
         assert self.agent is not None
         try:
-            await self.agent.heartbeat(
-                str(self.settings.proxy.public_addr),
-                str(self.settings.proxy.ssh_public_addr),
-            )
+            await self.agent.heartbeat(str(self.public_addr), str(self.ssh_public_addr))
         except Exception as e:
             log.warn("heartbeat to the auth service failed: {error}", error=str(e))
 
@@ -442,7 +451,7 @@ class TeleconchService(MultiService):
             f"teleconch {s.auth.cluster_name if s.auth.enabled else ''} is running."
         ]
         if self.proxy is not None:
-            lines.append(f"  web and login:  https://{s.proxy.public_addr}")
+            lines.append(f"  web and login:  https://{self.proxy.public_addr}")
         if self.auth is not None:
             data = s.data_dir
             lines.append(f"  auth service:   {self.auth.address}")
