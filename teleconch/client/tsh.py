@@ -6,7 +6,9 @@ import argparse
 import getpass
 import json
 import os
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +20,7 @@ from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 
 from teleconch import config as cfg
+from teleconch.client import openssh
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.webapi import WebAPIClient, WebAPIError
 from teleconch.durations import format_duration, parse_duration
@@ -197,6 +200,171 @@ async def _forget_in_agent(reactor: Any, sock: str, comment: str) -> None:
         agent.close()
 
 
+# --- commands that run the user's OpenSSH client ------------------------------
+
+
+def _profile(store: KeyStore) -> Profile:
+    profile = store.current_profile()
+    if profile is None:
+        raise UsageError(
+            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
+        )
+    return profile
+
+
+def _split_login(target: str, login: str | None, default: str) -> tuple[str, str]:
+    if "@" in target:
+        user, _, host = target.rpartition("@")
+        return login or user, host
+    return login or default, target
+
+
+def _default_login(store: KeyStore, profile: Profile) -> str:
+    info = _read_cert(store, profile)
+    logins = [x for x in (info or {}).get("logins", []) if not x.startswith("-")]
+    if info is None or not logins:
+        raise UsageError(
+            "your certificate has no logins; ask an administrator for a role"
+        )
+    return str(logins[0])
+
+
+def _list_nodes(store: KeyStore, profile: Profile) -> list[dict[str, Any]]:
+    argv = openssh.nodes_argv(store, profile, _default_login(store, profile))
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UsageError(done.stderr.strip() or "the proxy did not list the nodes")
+    nodes: list[dict[str, Any]] = json.loads(done.stdout)
+    return nodes
+
+
+def _matching(
+    nodes: list[dict[str, Any]], selectors: Sequence[str]
+) -> list[dict[str, Any]]:
+    wanted = [tuple(s.split("=", 1)) for s in selectors]
+    for sel in selectors:
+        if "=" not in sel:
+            raise UsageError(f"{sel!r} is not a label selector key=value")
+    return [n for n in nodes if all(n["labels"].get(k) == v for k, v in wanted)]
+
+
+def ls(args: argparse.Namespace, store: KeyStore) -> int:
+    profile = _profile(store)
+    nodes = sorted(
+        _matching(_list_nodes(store, profile), args.labels), key=lambda n: n["name"]
+    )
+    rows = [
+        (
+            n["name"],
+            n["addr"],
+            ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
+            ",".join(n.get("logins", [])),
+        )
+        for n in nodes
+    ]
+    headers = ("Node Name", "Address", "Labels", "Logins")
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def proxy_ssh(args: argparse.Namespace, store: KeyStore) -> int:
+    """The ProxyCommand helper: stdio to LOGIN@HOST:PORT through the proxy."""
+    profile = _profile(store)
+    login, hostport = _split_login(args.target, None, _default_login(store, profile))
+    target = cfg.parse_host_port(hostport, 22)
+    argv = openssh.proxy_subsystem_argv(store, profile, login, target.host, target.port)
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
+def _forwarding_options(args: argparse.Namespace) -> list[str]:
+    options: list[str] = []
+    if args.forward_agent:
+        options.append("-A")
+    if args.tty:
+        options.append("-t")
+    for flag, specs in (("-L", args.local), ("-R", args.remote), ("-D", args.dynamic)):
+        for spec in specs or ():
+            options += [flag, spec]
+    if args.port:
+        options += ["-p", str(args.port)]
+    return options
+
+
+def ssh(args: argparse.Namespace, store: KeyStore) -> int:
+    profile = _profile(store)
+    login, target = _split_login(
+        args.target, args.login, _default_login(store, profile)
+    )
+    options = _forwarding_options(args)
+    if "=" not in target:
+        argv = openssh.node_argv(store, profile, login, target, options, args.command)
+        os.execvp(argv[0], argv)
+    nodes = _matching(_list_nodes(store, profile), [target])
+    if not nodes:
+        raise UsageError(f"no node you can reach has the label {target}")
+    if len(nodes) == 1:
+        argv = openssh.node_argv(
+            store, profile, login, nodes[0]["name"], options, args.command
+        )
+        os.execvp(argv[0], argv)
+    if not args.command:
+        names = ", ".join(sorted(n["name"] for n in nodes))
+        raise UsageError(
+            f"{target} matches {names}: give a command to run on each, or name one"
+        )
+    return _run_on_each(
+        store, profile, login, [n["name"] for n in nodes], options, args.command
+    )
+
+
+def _run_on_each(
+    store: KeyStore,
+    profile: Profile,
+    login: str,
+    names: list[str],
+    options: list[str],
+    command: list[str],
+) -> int:
+    """Run ``command`` on every node at once; each line is prefixed by its node."""
+    lock = threading.Lock()
+    statuses: dict[str, int] = {}
+
+    def one(name: str) -> None:
+        argv = openssh.node_argv(store, profile, login, name, ["-T", *options], command)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            with lock:
+                sys.stdout.write(f"[{name}] {raw.decode(errors='replace')}")
+                sys.stdout.flush()
+        statuses[name] = proc.wait()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in sorted(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = {n: c for n, c in statuses.items() if c}
+    for name, code in sorted(failed.items()):
+        print(f"[{name}] exited with status {code}", file=sys.stderr)
+    return max(failed.values(), default=0)
+
+
+def config(args: argparse.Namespace, store: KeyStore) -> int:
+    print(openssh.ssh_config(store, _profile(store)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="teleconch",
@@ -231,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     store = KeyStore()
+    if getattr(args, "sync", None) is not None:
+        try:
+            code = args.sync(args, store)
+        except (UsageError, ValueError) as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            code = 1
+        raise SystemExit(code)
 
     async def main(reactor: Any) -> None:
         try:
@@ -246,3 +421,7 @@ def run(argv: Sequence[str] | None = None) -> None:
 
 def main() -> None:
     run()
+
+
+if __name__ == "__main__":
+    main()
