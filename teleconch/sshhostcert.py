@@ -1,0 +1,380 @@
+"""Host certificates on both ends, and a certificate-carrying Conch client.
+
+Server side: Conch picks host keys as ``factory.publicKeys[keyAlg].blob()`` and
+``factory.privateKeys[keyAlg].sign(data, signatureType=keyAlg)``, so a small
+object registered under ``ssh-ed25519-cert-v01@openssh.com`` that returns the
+certificate blob and signs with the plain algorithm is all a Conch server needs
+to present a host certificate.
+
+Client side: Conch's client verifies the exchange-hash signature with
+``Key.fromString(host_key_blob)``, which rejects certificates, so
+`CertificateClientTransport` verifies it with the certified key instead; the
+web terminal and the recording proxy connect to nodes with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from hashlib import md5
+from typing import Any
+
+import attrs
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    SSHCertPrivateKeyTypes,
+    load_ssh_public_key,
+)
+from cryptography.hazmat.primitives.serialization.ssh import serialize_ssh_public_key
+from twisted.conch.error import ConchError
+from twisted.conch.ssh import _kex
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.service import SSHService
+from twisted.conch.ssh.transport import (
+    DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
+    DISCONNECT_KEY_EXCHANGE_FAILED,
+    SSHClientTransport,
+)
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from teleconch.sshcert import (
+    USER_CERT_ALGORITHMS,
+    Certificate,
+    CertificateError,
+    CertificatePolicy,
+    CertificateRefused,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+    check_host_certificate,
+    parse_certificate,
+    parse_certificate_line,
+    take_string,
+    verify_ssh_signature,
+)
+
+__all__ = [
+    "HOST_KEY_ALGORITHMS",
+    "CertificateClientTransport",
+    "CertificateSSHFactory",
+    "CertificateUserAuthClient",
+    "HostKeyRefused",
+    "host_keys_with_certificate",
+    "verify_host_key_with_ca",
+    "verify_host_signature",
+]
+
+_log = Logger()
+
+#: Host key algorithm -> (key blob type, signature algorithm), preferred first.
+#: SHA-1 ``ssh-rsa`` is not offered.
+HOST_KEY_ALGORITHMS: Mapping[bytes, tuple[bytes, bytes]] = {
+    **USER_CERT_ALGORITHMS,
+    b"ssh-ed25519": (b"ssh-ed25519", b"ssh-ed25519"),
+    b"ecdsa-sha2-nistp256": (b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp256"),
+    b"ecdsa-sha2-nistp384": (b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp384"),
+    b"ecdsa-sha2-nistp521": (b"ecdsa-sha2-nistp521", b"ecdsa-sha2-nistp521"),
+    b"rsa-sha2-512": (b"ssh-rsa", b"rsa-sha2-512"),
+    b"rsa-sha2-256": (b"ssh-rsa", b"rsa-sha2-256"),
+}
+
+
+class HostKeyRefused(ConchError):
+    """The server's host key is not a trusted certificate for the host we dialled."""
+
+
+# -- server: presenting a host certificate -----------------------------------
+
+
+@attrs.frozen
+class _CertifiedHostKey:
+    """Stands in for a Conch ``Key`` under one ``*-cert-v01`` algorithm name."""
+
+    algorithm: bytes
+    certificate_blob: bytes
+    key: Key
+    signature_algorithm: bytes
+
+    def blob(self) -> bytes:
+        return self.certificate_blob  # K_S in the exchange hash and KEXDH_REPLY
+
+    def supportedSignatureAlgorithms(self) -> list[bytes]:
+        return [self.algorithm]  # what SSHFactory.buildProtocol offers in KEXINIT
+
+    def sign(self, data: bytes, signatureType: bytes | None = None) -> bytes:
+        if signatureType not in (None, self.algorithm):
+            raise ValueError(f"{self.algorithm!r} cannot sign as {signatureType!r}")
+        return self.key.sign(data, signatureType=self.signature_algorithm)
+
+
+def host_keys_with_certificate(
+    private_key: Key | SSHCertPrivateKeyTypes, cert_line: str
+) -> tuple[dict[bytes, Any], dict[bytes, Any]]:
+    """Conch ``(publicKeys, privateKeys)`` presenting `private_key` and its certificate.
+
+    The certificate algorithms come first, so a client that trusts our host CA
+    picks them; the plain key stays available for clients that do not.
+    """
+    key = private_key if isinstance(private_key, Key) else Key(private_key)
+    cert = parse_certificate_line(cert_line)
+    if cert.cert_type != "host":
+        raise CertificateError("that is a user certificate, not a host certificate")
+    if _key_blob(cert.public_key) != key.public().blob():
+        raise CertificateError("the host certificate is for a different key")
+    public: dict[bytes, Any] = {}
+    private: dict[bytes, Any] = {}
+    for algorithm, (blob_type, sig_alg) in USER_CERT_ALGORITHMS.items():
+        if blob_type == cert.key_type.encode():
+            wrapper = _CertifiedHostKey(algorithm, cert.blob, key, sig_alg)
+            public[algorithm] = private[algorithm] = wrapper
+    public[key.sshType()] = key.public()
+    private[key.sshType()] = key
+    return public, private
+
+
+class CertificateSSHFactory(SSHFactory):
+    """An SSH server that presents a host certificate and takes only user ones.
+
+    Users log in through `CertificateUserAuthServer`, which asks
+    `certificate_policy` for the trusted user CAs; the portal needs a
+    `CertificateChecker`. Without `host_certificate` the plain host key is
+    offered alone.
+    """
+
+    protocol = CertificateServerTransport
+    services = {
+        b"ssh-userauth": CertificateUserAuthServer,
+        b"ssh-connection": SSHConnection,
+    }
+
+    def __init__(
+        self,
+        portal: Portal,
+        certificate_policy: CertificatePolicy,
+        host_key: Key | SSHCertPrivateKeyTypes,
+        host_certificate: str | None = None,
+    ) -> None:
+        self.portal = portal
+        self.certificate_policy = certificate_policy
+        if host_certificate is not None:
+            keys = host_keys_with_certificate(host_key, host_certificate)
+        else:
+            key = host_key if isinstance(host_key, Key) else Key(host_key)
+            keys = {key.sshType(): key.public()}, {key.sshType(): key}
+        self.publicKeys, self.privateKeys = keys
+
+
+def _key_blob(public_key: Any) -> bytes:
+    """The SSH wire blob of a `cryptography` public key."""
+    return base64.b64decode(serialize_ssh_public_key(public_key).split()[1])
+
+
+# -- client: checking the server's host certificate --------------------------
+
+
+def verify_host_key_with_ca(
+    trusted_host_ca_lines: Sequence[str], hostname: str, now: float
+) -> Callable[[bytes, bytes], Deferred[bool]]:
+    """A ``verifyHostKey`` accepting only a trusted CA's certificate for `hostname`.
+
+    A plain host key is refused: nodes in the cluster all have host
+    certificates, and trust on first use would defeat the host CA.
+    """
+
+    def verify(host_key_blob: bytes, fingerprint: bytes) -> Deferred[bool]:
+        try:
+            cert = parse_certificate(host_key_blob)
+        except CertificateError as e:
+            return defer.fail(
+                HostKeyRefused(
+                    f"{hostname} did not present a host certificate from the "
+                    f"cluster's host CA ({e}); refusing to connect"
+                )
+            )
+        try:
+            check_host_certificate(cert, trusted_host_ca_lines, now, hostname)
+        except CertificateRefused as e:
+            return defer.fail(
+                HostKeyRefused(
+                    f"{hostname}'s host certificate was refused: {e.user_message} "
+                    f"[{e.reason}]; refusing to connect"
+                )
+            )
+        return defer.succeed(True)
+
+    return verify
+
+
+def verify_host_signature(
+    key_algorithm: bytes, host_key_blob: bytes, signature: bytes, data: bytes
+) -> bool:
+    """Check the exchange-hash signature with the (possibly certified) host key."""
+    if key_algorithm not in HOST_KEY_ALGORITHMS:
+        return False
+    blob_type, sig_alg = HOST_KEY_ALGORITHMS[key_algorithm]
+    try:
+        if take_string(host_key_blob)[0] != blob_type:
+            return False
+        if key_algorithm in USER_CERT_ALGORITHMS:
+            public_key: Any = parse_certificate(host_key_blob).public_key
+        else:
+            line = blob_type + b" " + base64.b64encode(host_key_blob)
+            public_key = load_ssh_public_key(line)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return verify_ssh_signature(public_key, sig_alg, signature, data)
+
+
+class CertificateClientTransport(SSHClientTransport):
+    """A Conch client transport that accepts host certificates.
+
+    It offers the certificate host key algorithms first and verifies the
+    server's signature with the certified key. Only elliptic-curve key
+    exchanges are offered (curve25519, ecdh-nistp*), because that is the one
+    reply handler re-implemented here. Set ``verifyHostKey`` (for example to
+    `verify_host_key_with_ca`) and override ``connectionSecure``; a refused
+    host key is kept in `host_key_failure`.
+    """
+
+    supportedPublicKeys = list(HOST_KEY_ALGORITHMS)
+    supportedKeyExchanges = [
+        k for k in SSHClientTransport.supportedKeyExchanges if _kex.isEllipticCurve(k)
+    ]
+    host_key_failure: Failure | None = None
+
+    def _ssh_KEX_ECDH_REPLY(self, packet: bytes) -> Deferred[None]:
+        host_key, rest = take_string(packet)
+        server_public, rest = take_string(rest)
+        signature, _ = take_string(rest)
+        fingerprint = b":".join(  # Conch's format; the verifier ignores it
+            binascii.hexlify(bytes([c]))
+            for c in md5(host_key, usedforsecurity=False).digest()
+        )
+        d: Deferred[Any] = defer.maybeDeferred(
+            self.verifyHostKey, host_key, fingerprint
+        )
+        d.addCallbacks(
+            lambda _: self._finish_ecdh(host_key, server_public, signature),
+            self._host_key_refused,
+        )
+        d.addErrback(self._key_exchange_failed)
+        return d
+
+    def _host_key_refused(self, reason: Failure) -> None:
+        self.host_key_failure = reason
+        _log.warn("host key refused: {why}", why=reason.getErrorMessage())
+        self.sendDisconnect(DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"host key refused")
+
+    def _key_exchange_failed(self, reason: Failure) -> None:
+        _log.failure("key exchange failed", reason)
+        self.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, b"key exchange failed")
+
+    def _finish_ecdh(
+        self, host_key: bytes, server_public: bytes, signature: bytes
+    ) -> None:
+        shared_secret = self._generateECSharedSecret(self.ecPriv, server_public)
+        h = _kex.getHashProcessor(self.kexAlg)()
+        for part in (
+            self.ourVersionString,
+            self.otherVersionString,
+            self.ourKexInitPayload,
+            self.otherKexInitPayload,
+            host_key,
+            self._encodeECPublicKey(self.ecPub),
+            server_public,
+        ):
+            h.update(NS(part))
+        h.update(shared_secret)
+        exchange_hash = h.digest()
+        if not verify_host_signature(self.keyAlg, host_key, signature, exchange_hash):
+            self.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, b"bad host signature")
+            return
+        self._keySetup(shared_secret, exchange_hash)
+
+
+# -- client: logging in with a user certificate ------------------------------
+
+_CLIENT_ALGORITHM = {
+    "ssh-ed25519-cert-v01@openssh.com": b"ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa-cert-v01@openssh.com": b"rsa-sha2-512-cert-v01@openssh.com",
+    **{
+        f"ecdsa-sha2-{c}-cert-v01@openssh.com": f"ecdsa-sha2-{c}-cert-v01@openssh.com".encode()
+        for c in ("nistp256", "nistp384", "nistp521")
+    },
+}
+
+
+class CertificateUserAuthClient(SSHUserAuthClient):
+    """Logs in by offering one user key with its certificate, signed at once.
+
+    RSA signs with rsa-sha2-512 (OpenSSH 9 refuses SHA-1). Banners the server
+    sends are kept in `banners` so callers can show them to the person.
+    """
+
+    def __init__(
+        self,
+        user: str,
+        instance: SSHService,
+        private_key: SSHCertPrivateKeyTypes,
+        certificate_line: str,
+    ) -> None:
+        super().__init__(user.encode("utf-8"), instance)
+        if not isinstance(
+            private_key,
+            (Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey),
+        ):
+            raise TypeError("unsupported private key type")
+        self.certificate: Certificate = parse_certificate_line(certificate_line)
+        if _key_blob(self.certificate.public_key) != _key_blob(
+            private_key.public_key()
+        ):
+            raise CertificateError("the certificate is for a different key")
+        self._key = Key(private_key)
+        self._algorithm = _CLIENT_ALGORITHM[self.certificate.key_type]
+        self._offered = False
+        self.banners: list[str] = []
+
+    def auth_publickey(self) -> Deferred[bool]:
+        if self._offered:
+            return defer.succeed(False)
+        self._offered = True
+        assert self.transport is not None
+        blob = self.certificate.blob
+        signed = b"".join(
+            [
+                NS(self.transport.sessionID or b""),
+                bytes((MSG_USERAUTH_REQUEST,)),
+                NS(self.user),
+                NS(self.instance.name),
+                NS(b"publickey"),
+                b"\x01",
+                NS(self._algorithm),
+                NS(blob),
+            ]
+        )
+        sig_alg = USER_CERT_ALGORITHMS[self._algorithm][1]
+        signature = self._key.sign(signed, signatureType=sig_alg)
+        self.askForAuth(
+            b"publickey", b"\x01" + NS(self._algorithm) + NS(blob) + NS(signature)
+        )
+        return defer.succeed(True)
+
+    def auth_password(self) -> bool:
+        return False
+
+    def auth_keyboard_interactive(self) -> bool:
+        return False
+
+    def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
+        message, _ = take_string(packet)
+        self.banners.append(message.decode("utf-8", "replace"))
