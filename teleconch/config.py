@@ -330,7 +330,14 @@ def parse(
             p, "proxy_service", "web_listen_addr", _listen, f"0.0.0.0:{PROXY_WEB_PORT}"
         ),
         public_addr=addr("public_addr"),
-        ssh_public_addr=addr("ssh_public_addr"),
+        # People reach both listeners by the same name unless told otherwise.
+        ssh_public_addr=_get(
+            p,
+            "proxy_service",
+            "ssh_public_addr",
+            lambda v: parse_host_port(_str(v), 0),
+            HostPort(addr("public_addr").host, 0),
+        ),
         https_cert_file=_get(p, "proxy_service", "https_cert_file", _file, None),
         https_key_file=_get(p, "proxy_service", "https_key_file", _file, None),
         allow_unregistered_nodes=_get(

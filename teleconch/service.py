@@ -42,6 +42,7 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
+from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
 from teleconch.web.site import WebConfig, make_site
 
 log = Logger()
@@ -264,13 +265,17 @@ class ProxyService(_Starting):
         reactor: Any,
         settings: cfg.Settings,
         join_source: Callable[[bool], Awaitable[JoinSource]],
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(reactor)
+        #: What certificate validity is checked against (the reactor, but in tests).
+        self.clock = clock or reactor
         self.settings = settings
         self.files = ProxyFiles(settings.data_dir)
         self._join_source = join_source
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
+        self.ssh_address: cfg.HostPort | None = None
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
@@ -337,6 +342,9 @@ class ProxyService(_Starting):
         )
         return source, identity
 
+    def _ssh_host_identity(self) -> tuple[ed25519.Ed25519PrivateKey, str]:
+        return self._ssh_host_key(), self.files.ssh_host_cert.read_text().strip()
+
     def _web_tls(self) -> tuple[bytes, bytes]:
         p = self.settings.proxy
         if p.https_cert_file and p.https_key_file:
@@ -363,7 +371,23 @@ class ProxyService(_Starting):
         self.agent = AuthAgent(self.reactor, source.auth_servers, identity)
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
-        self.ssh_public_addr = _advertised(s.proxy.ssh_public_addr, cfg.PROXY_SSH_PORT)
+        host_key, host_cert = await self._in_thread(self._ssh_host_identity)
+        router = Router(
+            self.agent,
+            self.reactor,
+            info["cluster_name"],
+            s.proxy.allow_unregistered_nodes,
+        )
+        policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
+        ssh_port = await self._listen(
+            cfg.listen_endpoint(s.proxy.listen_addr),
+            make_factory(router, policy, host_key, host_cert, self.clock),
+        )
+        self.ssh_address = _bound(ssh_port)
+        self.ssh_public_addr = _advertised(
+            s.proxy.ssh_public_addr, self.ssh_address.port
+        )
+        log.info("proxy SSH listener on {addr}", addr=str(self.ssh_address))
 
         cert_pem, key_pem = await self._in_thread(self._web_tls)
         pc = PrivateCertificate.loadPEM(cert_pem + key_pem)
@@ -425,7 +449,7 @@ class TeleconchService(MultiService):
             self.auth = AuthService(reactor, settings, bcrypt_rounds, clock)
             self.auth.setServiceParent(self)
         if settings.proxy.enabled:
-            self.proxy = ProxyService(reactor, settings, self._join_source)
+            self.proxy = ProxyService(reactor, settings, self._join_source, clock)
             self.proxy.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()
 
@@ -452,6 +476,7 @@ class TeleconchService(MultiService):
         ]
         if self.proxy is not None:
             lines.append(f"  web and login:  https://{self.proxy.public_addr}")
+            lines.append(f"  SSH proxy:      {self.proxy.ssh_public_addr}")
         if self.auth is not None:
             data = s.data_dir
             lines.append(f"  auth service:   {self.auth.address}")

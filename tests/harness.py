@@ -195,3 +195,18 @@ async def run(
     return ProcessResult(
         code, b"".join(proto.out).decode(), b"".join(proto.err).decode()
     )
+
+
+async def wait_for_events(
+    cluster: Cluster, event: str, count: int = 1, **filters: Any
+) -> list[dict[str, Any]]:
+    """Audit events written after the client has gone (a splice's end) arrive shortly."""
+    from twisted.internet.task import deferLater
+
+    events: list[dict[str, Any]] = []
+    for _ in range(200):
+        events = await cluster.admin_agent().search_events(events=[event], **filters)
+        if len(events) >= count:
+            return events
+        await deferLater(reactor, 0.05)
+    raise AssertionError(f"expected {count} {event} events, found {events}")

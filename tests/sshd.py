@@ -55,6 +55,16 @@ class Sshd:
         await self._proto.ended
 
 
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _prepare(directory: Path, ca_file: Path, user_ca_lines: Sequence[str]) -> None:
+    os.makedirs("/run/sshd", exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_file.write_text("".join(line + "\n" for line in user_ca_lines))
+
+
 async def start_sshd(
     directory: Path,
     host_key: Path,
@@ -63,10 +73,8 @@ async def start_sshd(
     extra: Sequence[str] = (),
 ) -> Sshd:
     """Start sshd trusting ``user_ca_lines`` and presenting ``host_cert``."""
-    os.makedirs("/run/sshd", exist_ok=True)
-    directory.mkdir(parents=True, exist_ok=True)
     ca_file = directory / "user_ca.pub"
-    ca_file.write_text("".join(line + "\n" for line in user_ca_lines))
+    _prepare(directory, ca_file, user_ca_lines)
     port = free_port()
     lines = [
         f"Port {port}",
@@ -88,7 +96,7 @@ async def start_sshd(
         *extra,
     ]
     config = directory / "sshd_config"
-    config.write_text("\n".join(lines) + "\n")
+    _write(config, "\n".join(lines) + "\n")
     proto = _Log()
     process = reactor.spawnProcess(
         proto,

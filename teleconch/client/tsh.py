@@ -393,6 +393,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "logout", help="remove your keys and their ssh-agent entries"
     ).set_defaults(run=logout)
+    p = sub.add_parser("ls", help="the nodes you can reach")
+    p.add_argument(
+        "labels", nargs="*", metavar="key=value", help="only nodes with these labels"
+    )
+    p.set_defaults(sync=ls)
+    p = sub.add_parser(
+        "ssh", help="ssh to a node (or every node with a label) through the proxy"
+    )
+    p.add_argument("-l", "--login", help="the login on the node")
+    p.add_argument(
+        "-A", dest="forward_agent", action="store_true", help="forward ssh-agent"
+    )
+    p.add_argument("-t", dest="tty", action="store_true", help="force a terminal")
+    p.add_argument(
+        "-p", "--port", type=int, help="the node's port (registered nodes: ignored)"
+    )
+    p.add_argument(
+        "-L", dest="local", action="append", help="local port forwarding, as ssh -L"
+    )
+    p.add_argument(
+        "-R", dest="remote", action="append", help="remote port forwarding, as ssh -R"
+    )
+    p.add_argument(
+        "-D", dest="dynamic", action="append", help="SOCKS forwarding, as ssh -D"
+    )
+    p.add_argument("target", metavar="[LOGIN@]NODE|key=value")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(sync=ssh)
+    proxy = sub.add_parser("proxy", help="helpers for OpenSSH")
+    proxy_sub = proxy.add_subparsers(
+        dest="proxy_command", required=True, metavar="COMMAND"
+    )
+    p = proxy_sub.add_parser(
+        "ssh", help="ProxyCommand: stdio to LOGIN@HOST:PORT via the proxy"
+    )
+    p.add_argument("target", metavar="LOGIN@HOST:PORT")
+    p.set_defaults(sync=proxy_ssh)
+    sub.add_parser("config", help="an ssh_config block for plain OpenSSH").set_defaults(
+        sync=config
+    )
     return parser
 
 

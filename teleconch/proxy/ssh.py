@@ -1,0 +1,421 @@
+"""The proxy's SSH server: certificate logins, routed and spliced channels.
+
+People arrive with a certificate from ``teleconch login`` and ask for a node
+in one of two ways: a ``direct-tcpip`` channel (``ssh -J``) or the subsystem
+``proxy:HOST:PORT[@CLUSTER]`` (``ProxyCommand ssh -s``).  Either way the
+``Router`` resolves the node and checks the roles, and a ``SplicingChannel``
+moves the bytes with flow control; the SSH session with the node itself stays
+end to end between the client and the node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.conch.avatar import ConchUser
+from twisted.conch.error import ConchError
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common, connection
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teleconch.auth.agent import AuthAgent
+from teleconch.auth.types import Role
+from teleconch.proxy.routing import (
+    Cache,
+    Grant,
+    RoutingError,
+    Target,
+    check_access,
+    logins_on,
+    node_from_json,
+    resolve,
+    role_from_json,
+)
+from teleconch.proxy.splice import FlowControlledConnection, OnClose, SplicingChannel
+from teleconch.sshcert import (
+    Certificate,
+    CertificateChecker,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
+from teleconch.sshhostcert import CertificateSSHFactory
+from teleconch.sshtransport import ModernTransportMixin
+
+log = Logger()
+
+NODES_SUBSYSTEM = b"teleconch-nodes"
+_PROXY_SUBSYSTEM = re.compile(
+    r"proxy:(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d+)(?:@(?P<cluster>.+))?"
+)
+
+
+@attrs.frozen
+class Session:
+    """Who is connected, from their verified certificate."""
+
+    login: str
+    certificate: Certificate
+    client_address: str
+
+    @property
+    def grant(self) -> Grant:
+        return Grant.from_extensions(
+            self.certificate.key_id, self.certificate.extensions
+        )
+
+
+class ProxyPolicy:
+    """What the certificate userauth asks of us: trusted CAs and auditing."""
+
+    def __init__(
+        self, agent: AuthAgent, clock: Any, web_addr: Callable[[], str]
+    ) -> None:
+        self._agent = agent
+        self._cache = Cache(clock)
+        self._web_addr = web_addr
+
+    @property
+    def refusal_message(self) -> str:
+        return (
+            "teleconch: this proxy accepts only certificates from `teleconch login`.\n"
+            f"Run: teleconch login --proxy {self._web_addr()} --user NAME"
+        )
+
+    async def trusted_user_cas(self) -> list[str]:
+        cas: list[str] | None = self._cache.get("user_cas")
+        if cas is None:
+            cas = list((await self._agent.cluster_cas())["user_ca_keys"])
+            self._cache.put("user_cas", cas)
+        return cas
+
+    def on_refused(
+        self, username: str, reason: str, client_address: str | None
+    ) -> None:
+        _emit(
+            self._agent,
+            "proxy.auth",
+            username,
+            False,
+            reason=reason,
+            client_addr=client_address,
+        )
+
+
+def _emit(
+    agent: AuthAgent, event: str, user: str, success: bool, **fields: Any
+) -> None:
+    d = Deferred.fromCoroutine(
+        agent.emit_event(event, user=user, success=success, **fields)
+    )
+    d.addErrback(
+        lambda f: log.failure("could not write audit event {event}", f, event=event)
+    )
+
+
+class Router:
+    """Node lookup, access checks and the audit of every routed connection."""
+
+    def __init__(
+        self,
+        agent: AuthAgent,
+        reactor: Any,
+        cluster_name: str,
+        allow_unregistered: bool,
+    ) -> None:
+        self.agent = agent
+        self.reactor = reactor
+        self.cluster_name = cluster_name
+        self.allow_unregistered = allow_unregistered
+        self._cache = Cache(reactor)
+
+    async def _nodes(self) -> list[Any]:
+        nodes = self._cache.get("nodes")
+        if nodes is None:
+            nodes = [node_from_json(n) for n in await self.agent.list_nodes()]
+            self._cache.put("nodes", nodes)
+        return list(nodes)
+
+    async def _roles(self, names: tuple[str, ...]) -> list[Role]:
+        roles = self._cache.get(("roles", names))
+        if roles is None:
+            roles = [role_from_json(r) for r in await self.agent.get_roles(list(names))]
+            self._cache.put(("roles", names), roles)
+        return list(roles)
+
+    async def route(
+        self, session: Session, host: str, port: int, login: str | None, how: str
+    ) -> Target:
+        """Where ``host:port`` leads for this session; refusals are audited."""
+        grant = session.grant
+        try:
+            target = resolve(
+                host,
+                port,
+                await self._nodes(),
+                self.cluster_name,
+                self.allow_unregistered,
+            )
+            check_access(target, await self._roles(grant.roles), grant, login)
+        except RoutingError as e:
+            _emit(
+                self.agent, "proxy.connect", grant.user, False,
+                login=login or session.login, node=host, port=port, how=how,
+                client_addr=session.client_address, reason=e.reason, message=str(e),
+            )  # fmt: skip
+            raise
+        return target
+
+    async def reachable(self, session: Session) -> list[dict[str, Any]]:
+        """The nodes this session's roles allow, with the logins they allow there."""
+        grant = session.grant
+        roles = await self._roles(grant.roles)
+        out = []
+        for node in await self._nodes():
+            target = Target(node.addr, 0, node)
+            logins = logins_on(target, roles, grant)
+            if logins:
+                out.append(
+                    {"name": node.name, "id": node.id, "addr": node.addr,
+                     "labels": dict(node.labels), "logins": logins}
+                )  # fmt: skip
+        return sorted(out, key=lambda n: n["name"])
+
+    def audit_close(
+        self, session: Session, target: Target, login: str | None, how: str
+    ) -> OnClose:
+        """What to call when a routed connection ends: one audit record of it."""
+        started = self.reactor.seconds()
+        user = session.grant.user
+
+        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+            _emit(
+                self.agent, "proxy.session", user, True,
+                login=login or session.login, node=target.name,
+                addr=f"{target.host}:{target.port}", how=how,
+                client_addr=session.client_address, start=started,
+                end=self.reactor.seconds(), bytes_up=bytes_up, bytes_down=bytes_down,
+                reason=reason,
+            )  # fmt: skip
+
+        return on_close
+
+    async def connect(self, channel: SplicingChannel, target: Target) -> None:
+        endpoint = HostnameEndpoint(self.reactor, target.host, target.port, timeout=15)
+        try:
+            await channel.connect(endpoint)
+        except Exception as e:
+            log.info("could not reach {target}: {e}", target=target.name, e=str(e))
+
+
+def _open_failure(message: str) -> ConchError:
+    return ConchError(message, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+
+
+class ProxyAvatar(ConchUser):
+    """A connected user: their session channels and direct-tcpip requests."""
+
+    def __init__(self, session: Session, router: Router) -> None:
+        super().__init__()
+        self.session = session
+        self.router = router
+        self.channelLookup[b"session"] = self._session_channel
+        self.channelLookup[b"direct-tcpip"] = self._direct_tcpip
+
+    def _session_channel(self, **kw: Any) -> ProxySessionChannel:
+        kw["avatar"] = self
+        return ProxySessionChannel(**kw)
+
+    def _direct_tcpip(
+        self, remoteWindow: int, remoteMaxPacket: int, data: bytes, avatar: Any
+    ) -> SplicingChannel:
+        host_b, rest = common.getNS(data)
+        port = int.from_bytes(rest[:4], "big")
+        host = host_b.decode("utf-8", "replace")
+        audit: list[OnClose] = []
+
+        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+            for record in audit:
+                record(bytes_up, bytes_down, reason)
+
+        channel = SplicingChannel(
+            on_close=on_close,
+            remoteWindow=remoteWindow, remoteMaxPacket=remoteMaxPacket, data=data, avatar=avatar,
+        )  # fmt: skip
+
+        async def route() -> None:
+            try:
+                target = await self.router.route(
+                    self.session, host, port, None, "direct-tcpip"
+                )
+            except RoutingError as e:
+                channel.abort(str(e), connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+                return
+            except Exception:
+                log.failure("routing {host}", host=host)
+                channel.abort("the proxy could not route the request; try again")
+                return
+            audit.append(
+                self.router.audit_close(self.session, target, None, "direct-tcpip")
+            )
+            await self.router.connect(channel, target)
+
+        Deferred.fromCoroutine(route())
+        return channel
+
+
+class ProxySessionChannel(SplicingChannel):
+    """``ssh proxy``: a subsystem routes to a node; anything else explains itself."""
+
+    name = b"session"
+
+    def __init__(self, *, avatar: ProxyAvatar, **kw: Any) -> None:
+        self._avatar = avatar
+        self._audit: OnClose | None = None  # set once a subsystem routes us
+        super().__init__(
+            on_close=self._closed, confirm_after_connect=False, avatar=avatar, **kw
+        )
+
+    def _closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
+        if self._audit is not None:
+            self._audit(bytes_up, bytes_down, reason)
+
+    def request_subsystem(self, data: bytes) -> Deferred[bool] | bool:
+        name = common.getNS(data)[0].decode("utf-8", "replace")
+        if name == NODES_SUBSYSTEM.decode():
+            Deferred.fromCoroutine(self._list_nodes())
+            return True
+        # A refusal accepts the request, then explains on stderr and exits 1 (as
+        # Teleport does): OpenSSH drops a channel's stderr once a request fails.
+        m = _PROXY_SUBSYSTEM.fullmatch(name)
+        router = self._avatar.router
+        if not name.startswith("proxy:"):
+            self._refuse(f"teleconch: unknown subsystem {name!r}\n")
+        elif m is None or (m["cluster"] and m["cluster"] != router.cluster_name):
+            self._refuse(
+                f'teleconch: invalid format for proxy request: "{name}", expected '
+                f'"proxy:host:port@{router.cluster_name}"\n'
+            )
+        else:
+            return Deferred.fromCoroutine(
+                self._route(m["host"].strip("[]"), int(m["port"]))
+            )
+        return True
+
+    async def _route(self, host: str, port: int) -> bool:
+        session = self._avatar.session
+        router = self._avatar.router
+        try:
+            target = await router.route(session, host, port, session.login, "subsystem")
+        except RoutingError as e:
+            self._refuse(f"teleconch: {e}\n")
+            return True
+        self._audit = router.audit_close(session, target, session.login, "subsystem")
+        Deferred.fromCoroutine(router.connect(self, target))
+        return True
+
+    async def _list_nodes(self) -> None:
+        try:
+            nodes = await self._avatar.router.reachable(self._avatar.session)
+            self.write(json.dumps(nodes).encode() + b"\n")
+            self._exit(0)
+        except Exception:
+            log.failure("listing nodes")
+            self._explain("teleconch: the proxy could not list the nodes; try again\n")
+
+    def _refuse(self, message: str) -> None:
+        """Explain once the request's success reply has gone out."""
+        self._avatar.router.reactor.callLater(0, self._explain, message)
+
+    def _explain(self, message: str) -> None:
+        self.writeExtended(connection.EXTENDED_DATA_STDERR, message.encode())
+        self._exit(1)
+
+    def _exit(self, status: int) -> None:
+        assert self.conn is not None
+        self.conn.sendRequest(self, b"exit-status", status.to_bytes(4, "big"))
+        self.send_eof()  # after whatever is queued, never before
+        self.loseConnection()
+
+    def request_pty_req(self, data: bytes) -> bool:
+        return True
+
+    def request_env(self, data: bytes) -> bool:
+        return False
+
+    def request_shell(self, data: bytes) -> bool:
+        self._usage()
+        return True
+
+    def request_exec(self, data: bytes) -> bool:
+        self._usage()
+        return True
+
+    def _usage(self) -> None:
+        cluster = self._avatar.router.cluster_name
+        login = self._avatar.session.login
+        self._explain(
+            f"teleconch: this is the SSH proxy of cluster {cluster}; it does not run "
+            "commands itself. Reach a node through it:\n"
+            f"  ssh -J {login}@<this proxy> {login}@NODE.{cluster}\n"
+            f"  teleconch ssh {login}@NODE\n"
+            "  teleconch ls            (the nodes you can reach)\n"
+        )
+
+
+@implementer(IRealm)
+class ProxyRealm:
+    """Turns a verified certificate login into a ProxyAvatar."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any
+    ) -> Any:
+        if IConchUser not in interfaces or not isinstance(avatarId, bytes):
+            raise NotImplementedError("only SSH avatars")
+        session = Session(
+            login=avatarId.decode(),
+            certificate=mind.certificate,
+            client_address=mind.client_address or "",
+        )
+        avatar = ProxyAvatar(session, self.router)
+        return IConchUser, avatar, lambda: None
+
+
+class ProxyServerTransport(ModernTransportMixin, CertificateServerTransport):
+    """Modern ciphers and strict KEX, with our server-sig-algs."""
+
+
+class ProxySSHFactory(CertificateSSHFactory):
+    protocol = ProxyServerTransport
+    services = {
+        b"ssh-userauth": CertificateUserAuthServer,
+        b"ssh-connection": FlowControlledConnection,
+    }
+
+
+def make_factory(
+    router: Router,
+    policy: ProxyPolicy,
+    host_key: Any,
+    host_certificate: str,
+    clock: IReactorTime,
+) -> ProxySSHFactory:
+    class UserAuth(CertificateUserAuthServer):
+        """Certificate validity read from the given clock."""
+
+    UserAuth.clock = clock
+    portal = Portal(ProxyRealm(router), [CertificateChecker()])
+    factory = ProxySSHFactory(portal, policy, host_key, host_certificate)
+    factory.services = {**factory.services, b"ssh-userauth": UserAuth}
+    return factory

@@ -1,0 +1,332 @@
+"""Reaching a real sshd node through the proxy with the real OpenSSH client.
+
+Interop: the cluster runs in this process; sshd, ssh, scp, sftp and
+ssh-agent are the Debian OpenSSH programs, all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import pytest_twisted
+
+from tests.harness import (
+    Cluster,
+    ProcessResult,
+    current_code,
+    run,
+    sign_up,
+    start_cluster,
+    wait_for_events,
+)
+from tests.sshd import Sshd, start_sshd
+
+pytestmark = pytest.mark.interop
+
+
+@attrs.define
+class World:
+    cluster: Cluster
+    sshd: Sshd
+    home: Path
+    config: Path
+    tmp: Path
+
+    @property
+    def proxy_port(self) -> int:
+        assert self.cluster.service.proxy and self.cluster.service.proxy.ssh_address
+        return self.cluster.service.proxy.ssh_address.port
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"TELECONCH_HOME": str(self.home), **extra}
+
+    async def ssh(self, *args: str, **env: str) -> ProcessResult:
+        return await run(["ssh", "-F", str(self.config), "-o", "BatchMode=yes", *args],
+                         env=self.env(**env))  # fmt: skip
+
+    async def ctl(self, *args: str) -> ProcessResult:
+        c = self.cluster
+        return await run(["teleconch-ctl", "--data-dir", str(c.data_dir),
+                          "--auth-server", str(c.auth_addr), *args])  # fmt: skip
+
+
+async def _login(c: Cluster, home: Path, name: str, password: str, secret: str) -> None:
+    code = current_code(secret, c.clock)
+    r = await run(
+        [
+            "teleconch",
+            "login",
+            "--proxy",
+            str(c.web_addr),
+            "--user",
+            name,
+            "--insecure",
+        ],
+        env={"TELECONCH_HOME": str(home)},
+        stdin=f"{password}\n{code}\n".encode(),
+    )
+    c.clock.advance(30)
+    assert r.code == 0, r.err
+
+
+@pytest_twisted.async_yield_fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A cluster, one registered sshd node (web1, env=test), alice logged in."""
+    cluster = await start_cluster(tmp_path / "data")
+    sshd = None
+    try:
+        prefix = tmp_path / "node" / "web1"
+        prefix.parent.mkdir()
+        agent = cluster.admin_agent()
+        r = await run(["teleconch-ctl", "--data-dir", str(cluster.data_dir), "--auth-server",
+                       str(cluster.auth_addr), "auth", "sign", "--host", "web1", "--out",
+                       str(prefix)])  # fmt: skip
+        assert r.code == 0, r.err
+        user_ca = (await agent.export_ca("user"))[0]
+        sshd = await start_sshd(
+            tmp_path / "sshd", prefix, Path(f"{prefix}-cert.pub"), [user_ca]
+        )
+        await agent.upsert_node(
+            "web1", f"127.0.0.1:{sshd.port}", {"env": "test", "role": "web"}
+        )
+        alice = await sign_up(cluster, logins=("root",))
+        home = tmp_path / "tsh"
+        await _login(cluster, home, "alice", alice.password, alice.totp_secret)
+        r = await run(["teleconch", "config"], env={"TELECONCH_HOME": str(home)})
+        assert r.code == 0, r.err
+        config = tmp_path / "ssh_config"
+        config.write_text(r.out)
+        yield World(cluster, sshd, home, config, tmp_path)
+    finally:
+        if sshd is not None:
+            await sshd.stop()
+        await cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_ssh_with_teleconch_config_reaches_the_node(world: World) -> None:
+    """`teleconch config` + `ssh root@web1.<cluster>`: no prompt, exit status kept."""
+    r = await world.ssh("root@web1.test.example", "echo reached; exit 3")
+    assert r.out == "reached\n", r.err + world.sshd.log
+    assert r.code == 3
+    assert re.search(r"Accepted publickey for root .* ID alice ", world.sshd.log)
+    events = await wait_for_events(world.cluster, "proxy.session")
+    assert events[-1]["user"] == "alice"
+    fields = events[-1]["fields"]
+    assert fields["node"] == "web1" and fields["login"] == "root"
+    assert (
+        fields["how"] == "subsystem"
+        and fields["bytes_up"] > 0
+        and fields["bytes_down"] > 0
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_jump_host_reaches_the_node(world: World) -> None:
+    """ssh -J through the proxy's direct-tcpip."""
+    r = await world.ssh("-J", f"root@127.0.0.1:{world.proxy_port}", "root@web1.test.example",
+                        "echo", "jumped")  # fmt: skip
+    assert r.code == 0, r.err + world.sshd.log
+    assert r.out == "jumped\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_command_with_ssh_s_reaches_the_node(world: World) -> None:
+    """ProxyCommand ssh -p PORT %r@proxy -s proxy:%h:%p, as Teleport documents it."""
+    command = (f"ssh -F {world.config} -o BatchMode=yes -p {world.proxy_port} "
+               "%r@127.0.0.1 -s proxy:%h:%p")  # fmt: skip
+    r = await world.ssh(
+        "-o", f"ProxyCommand={command}", "root@web1.test.example", "echo", "ok"
+    )
+    assert r.code == 0, r.err + world.sshd.log
+    assert r.out == "ok\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_teleconch_ssh_by_name_and_by_label(world: World) -> None:
+    """teleconch ssh reaches a node by name and by a label matching it."""
+    r = await run(["teleconch", "ssh", "root@web1", "echo", "by-name"], env=world.env())
+    assert r.code == 0, r.err
+    assert r.out == "by-name\n"
+    r = await run(["teleconch", "ssh", "-l", "root", "role=web", "echo", "by-label"],
+                  env=world.env())  # fmt: skip
+    assert r.code == 0, r.err
+    assert r.out == "by-label\n"
+    r = await run(["teleconch", "ls"], env=world.env())
+    assert r.code == 0, r.err
+    assert re.search(r"web1\s+127\.0\.0\.1:\d+\s+env=test,role=web\s+root", r.out), (
+        r.out
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_on_a_label_runs_on_every_matching_node(world: World) -> None:
+    """Two nodes with env=test: each prints, prefixed by its name."""
+    agent = world.cluster.admin_agent()
+    await agent.upsert_node("web2", f"127.0.0.1:{world.sshd.port}", {"env": "test"})
+    # web2 is the same sshd: its host certificate names web1, so use a cert for web2 too.
+    r = await run(["teleconch", "ssh", "root@env=test", "echo", "hi"], env=world.env())
+    lines = sorted(r.out.splitlines())
+    assert "[web1] hi" in lines, r.out + r.err
+    assert any(
+        line.startswith("[web2]") for line in r.out.splitlines() + r.err.splitlines()
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_scp_and_sftp_move_10_mb_unchanged(world: World) -> None:
+    """scp and sftp through the proxy: byte-identical copies."""
+    src = world.tmp / "ten.bin"
+    src.write_bytes(os.urandom(10 * 1024 * 1024))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    r = await run(["scp", "-F", str(world.config), "-o", "BatchMode=yes", str(src),
+                   "root@web1.test.example:" + str(world.tmp / "scp.bin")],
+                  env=world.env())  # fmt: skip
+    assert r.code == 0, r.err
+    assert hashlib.sha256((world.tmp / "scp.bin").read_bytes()).hexdigest() == digest
+    batch = world.tmp / "batch"
+    batch.write_text(f"get {src} {world.tmp / 'sftp.bin'}\n")
+    r = await run(["sftp", "-F", str(world.config), "-o", "BatchMode=yes", "-b", str(batch),
+                   "root@web1.test.example"], env=world.env())  # fmt: skip
+    assert r.code == 0, r.err
+    assert hashlib.sha256((world.tmp / "sftp.bin").read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nosuch.test.example", "not a registered node"),
+        ("10.1.2.3", "not a registered address"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_unknown_and_unregistered_hosts_are_refused(
+    world: World, target: str, message: str
+) -> None:
+    """The refusal says how to register the node, and is audited (nothing is dialled)."""
+    r = await world.ssh(
+        "-p", str(world.proxy_port), "root@127.0.0.1", "-s", f"proxy:{target}:22"
+    )
+    assert r.code == 1
+    assert message in r.err and "teleconch-ctl nodes add" in r.err
+    events = await wait_for_events(world.cluster, "proxy.connect")
+    assert (
+        events[-1]["fields"]["reason"] == "unknown node" and not events[-1]["success"]
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ambiguous_label_is_refused_naming_the_nodes(world: World) -> None:
+    """A label that matches two nodes names both."""
+    await world.cluster.admin_agent().upsert_node(
+        "web2", "127.0.0.1:1", {"role": "web"}
+    )
+    command = (f"ssh -F {world.config} -o BatchMode=yes -p {world.proxy_port} "
+               "%r@127.0.0.1 -s proxy:role=web:22")  # fmt: skip
+    r = await world.ssh(
+        "-o", f"ProxyCommand={command}", "root@web1.test.example", "true"
+    )
+    assert r.code != 0
+    assert "role=web matches several nodes (web1, web2)" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_the_roles_do_not_allow_is_refused_saying_why(
+    world: World,
+) -> None:
+    """bob's role reaches env=prod only: web1 (env=test) is refused, and audited."""
+    agent = world.cluster.admin_agent()
+    await agent.upsert_role(
+        {"name": "prod", "logins": ["root"], "node_labels": {"env": ["prod"]}}
+    )
+    bob = await sign_up(world.cluster, "bob", logins=("root",), roles=("prod",))
+    home = world.tmp / "bob"
+    await _login(world.cluster, home, "bob", bob.password, bob.totp_secret)
+    r = await run(
+        ["teleconch", "ssh", "root@web1", "true"], env={"TELECONCH_HOME": str(home)}
+    )
+    assert r.code != 0
+    assert "your roles (prod) do not allow web1 (env=test,role=web)" in r.err
+    events = await wait_for_events(world.cluster, "proxy.connect", user="bob")
+    assert events[-1]["fields"]["reason"] == "roles do not select the node"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_key_or_password_is_refused_with_what_to_do(world: World) -> None:
+    """Without a certificate the proxy says to run teleconch login."""
+    key = world.tmp / "plain"
+    r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    assert r.code == 0
+    # Not BatchMode: the explanation comes with the keyboard-interactive refusal.
+    r = await run(["ssh", "-F", "/dev/null", "-o", "IdentitiesOnly=yes",
+                   "-i", str(key), "-o", f"UserKnownHostsFile={world.home / 'known_hosts'}",
+                   "-p", str(world.proxy_port), "root@127.0.0.1", "true"])  # fmt: skip
+    assert r.code == 255
+    assert "teleconch login" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_from_another_ca_is_refused(world: World) -> None:
+    """A user certificate signed by someone else's CA does not get in."""
+    ca, user = world.tmp / "rogue_ca", world.tmp / "rogue"
+    for path in (ca, user):
+        r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)])
+        assert r.code == 0
+    r = await run(["ssh-keygen", "-q", "-s", str(ca), "-I", "alice", "-n", "root",
+                   "-V", "-5m:+1h", f"{user}.pub"])  # fmt: skip
+    assert r.code == 0, r.err
+    r = await run(["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                   "-i", str(user), "-o", f"UserKnownHostsFile={world.home / 'known_hosts'}",
+                   "-p", str(world.proxy_port), "root@127.0.0.1", "true"])  # fmt: skip
+    assert r.code == 255
+    assert "teleconch login" in r.err
+    events = await wait_for_events(world.cluster, "proxy.auth")
+    assert any(not e["success"] for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_proxy_itself_explains_how_to_reach_nodes(world: World) -> None:
+    """`ssh proxy` runs nothing: it prints how to reach nodes and exits non-zero."""
+    r = await world.ssh("-p", str(world.proxy_port), "root@127.0.0.1", "ls")
+    assert r.code == 1
+    assert "does not run commands" in r.err and "ssh -J" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_proxy_subsystem_gets_teleports_message(world: World) -> None:
+    """proxy:host without a port, or another cluster, is explained."""
+    r = await world.ssh(
+        "-p", str(world.proxy_port), "root@127.0.0.1", "-s", "proxy:web1"
+    )
+    assert r.code != 0
+    assert 'expected "proxy:host:port@test.example"' in r.err
+    r = await world.ssh("-p", str(world.proxy_port), "root@127.0.0.1", "-s",
+                        "proxy:web1:22@other.cluster")  # fmt: skip
+    assert 'expected "proxy:host:port@test.example"' in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_agent_forwarding_reaches_the_node(world: World) -> None:
+    """ssh -A through the proxy: the node sees the user's agent."""
+    sock = world.tmp / "agent.sock"
+    agent = await run(["ssh-agent", "-a", str(sock)])
+    assert agent.code == 0
+    pid = re.search(r"SSH_AGENT_PID=(\d+)", agent.out)
+    assert pid
+    try:
+        key = world.home / "keys" / "127.0.0.1" / "alice"
+        r = await run(["ssh-add", str(key)], env={"SSH_AUTH_SOCK": str(sock)})
+        assert r.code == 0, r.err
+        r = await world.ssh(
+            "-A", "root@web1.test.example", "ssh-add -L", SSH_AUTH_SOCK=str(sock)
+        )
+        assert r.code == 0, r.err + world.sshd.log
+        assert "ssh-ed25519-cert-v01@openssh.com" in r.out
+    finally:
+        os.kill(int(pid.group(1)), 15)
