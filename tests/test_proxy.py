@@ -85,7 +85,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         prefix.parent.mkdir()
         agent = cluster.admin_agent()
         r = await run(["teleconch-ctl", "--data-dir", str(cluster.data_dir), "--auth-server",
-                       str(cluster.auth_addr), "auth", "sign", "--host", "web1", "--out",
+                       str(cluster.auth_addr), "auth", "sign", "--host", "web1,web2", "--out",
                        str(prefix)])  # fmt: skip
         assert r.code == 0, r.err
         user_ca = (await agent.export_ca("user"))[0]
@@ -167,16 +167,15 @@ async def test_teleconch_ssh_by_name_and_by_label(world: World) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_on_a_label_runs_on_every_matching_node(world: World) -> None:
-    """Two nodes with env=test: each prints, prefixed by its name."""
+    """Two nodes with env=test: the command runs on each, lines prefixed by node."""
     agent = world.cluster.admin_agent()
+    # web2 is the same sshd; its host certificate (auth sign --host web1,web2) names both.
     await agent.upsert_node("web2", f"127.0.0.1:{world.sshd.port}", {"env": "test"})
-    # web2 is the same sshd: its host certificate names web1, so use a cert for web2 too.
     r = await run(["teleconch", "ssh", "root@env=test", "echo", "hi"], env=world.env())
-    lines = sorted(r.out.splitlines())
-    assert "[web1] hi" in lines, r.out + r.err
-    assert any(
-        line.startswith("[web2]") for line in r.out.splitlines() + r.err.splitlines()
-    )
+    assert r.code == 0, r.out + r.err
+    assert sorted(r.out.splitlines()) == ["[web1] hi", "[web2] hi"]
+    r = await run(["teleconch", "ssh", "root@env=test", "exit 7"], env=world.env())
+    assert r.code == 7 and "[web1] exited with status 7" in r.err
 
 
 @pytest_twisted.ensureDeferred
