@@ -335,16 +335,7 @@ class AuthServer:
         if not 0 < ttl <= 7 * 86400:
             raise api.BadParameter("token TTL must be between 1 second and 7 days")
         token = secrets.token_hex(32)
-        now = self._now()
-        await self.store.add_token(
-            Token(
-                token_hash=token_hash(token),
-                name=token[:8],
-                kind=kind,
-                created=now,
-                expires=now + ttl,
-            )
-        )
+        now = await self._add_token(token, kind, ttl)
         await self.audit("token.create", kind=kind, name=token[:8], ttl=ttl)
         return {
             "token": token,
@@ -465,8 +456,10 @@ class AuthServer:
                 f"no such role: {', '.join(missing)} (see `teleconch-ctl roles ls`)"
             )
 
-    async def _new_invite(self, user: str, kind: str) -> Invite:
-        token = secrets.token_urlsafe(32)
+    async def _add_token(
+        self, token: str, kind: str, ttl: float, user: str | None = None
+    ) -> float:
+        """Keep a new single-use token (its hash only); return the time it was made."""
         now = self._now()
         await self.store.add_token(
             Token(
@@ -474,11 +467,16 @@ class AuthServer:
                 name=token[:8],
                 kind=kind,
                 created=now,
-                expires=now + INVITE_TTL,
+                expires=now + ttl,
                 user=user,
-                totp_secret=totp.new_secret(),
+                totp_secret=totp.new_secret() if user is not None else None,
             )
         )
+        return now
+
+    async def _new_invite(self, user: str, kind: str) -> Invite:
+        token = secrets.token_urlsafe(32)
+        now = await self._add_token(token, kind, INVITE_TTL, user)
         url = f"https://{await self._public_addr()}/web/invite/{token}"
         return Invite(user=user, token=token, url=url, expires=now + INVITE_TTL)
 
