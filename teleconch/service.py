@@ -276,6 +276,7 @@ class ProxyService(_Starting):
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
         self.ssh_address: cfg.HostPort | None = None
+        self.router: Router | None = None
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
@@ -372,7 +373,7 @@ class ProxyService(_Starting):
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
         host_key, host_cert = await self._in_thread(self._ssh_host_identity)
-        router = Router(
+        self.router = router = Router(
             self.agent,
             self.reactor,
             info["cluster_name"],

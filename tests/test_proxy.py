@@ -9,12 +9,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from tests.harness import (
     Cluster,
@@ -329,3 +336,79 @@ async def test_agent_forwarding_reaches_the_node(world: World) -> None:
         assert "ssh-ed25519-cert-v01@openssh.com" in r.out
     finally:
         os.kill(int(pid.group(1)), 15)
+
+
+class _SlowReader(ProcessProtocol):
+    """An ssh client whose stdout we stop reading, as a slow terminal would."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", None) or 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_reader_keeps_the_proxy_flat_and_others_fast(world: World) -> None:
+    """256 MB from the node, read slowly: the proxy holds at most about one window
+    for it, and another login goes through while it is stalled."""
+    size = 256 * 1024 * 1024
+    proto = _SlowReader()
+    argv = ["ssh", "-F", str(world.config), "-o", "BatchMode=yes",
+            "-J", f"root@127.0.0.1:{world.proxy_port}", "root@web1.test.example",
+            f"head -c {size} /dev/zero"]  # fmt: skip
+    process = reactor.spawnProcess(
+        proto, shutil.which("ssh") or "ssh", argv, env={**os.environ, **world.env()}
+    )
+    proxy = world.cluster.service.proxy
+    assert proxy is not None and proxy.router is not None
+    try:
+        while proto.received < 8 * 1024 * 1024 and not proto.ended.called:
+            await deferLater(reactor, 0.01)
+        process.pauseProducing()  # stop reading ssh's stdout
+        rss_before = _rss()
+        peak = 0
+        for _ in range(40):  # 2 s of a stalled client
+            await deferLater(reactor, 0.05)
+            peak = max(peak, sum(_held_for(c) for c in proxy.router.active))
+        # Window (2 MiB) + one packet + one TCP read at most, not the ~248 MB left.
+        assert proxy.router.active
+        assert peak <= 2 * 1024 * 1024 + 32 * 1024 + 64 * 1024, peak
+        assert _rss() - rss_before < 32 * 1024 * 1024
+        other = await world.ssh("root@web1.test.example", "echo", "still-fast")
+        assert other.code == 0 and other.out == "still-fast\n", other.err
+    finally:
+        process.resumeProducing()
+    assert await proto.ended == 0, proto.err
+    assert proto.received == size
+    events = await wait_for_events(world.cluster, "proxy.session", count=2)
+    assert max(e["fields"]["bytes_down"] for e in events) >= size
+
+
+def _held_for(channel: Any) -> int:
+    """Bytes the proxy holds for one splice: its queue and both TCP write buffers."""
+    held = int(channel.buffered)
+    client_tcp = getattr(getattr(channel.conn, "transport", None), "transport", None)
+    for transport in (client_tcp, channel.node_transport):
+        if transport is not None:
+            held += len(getattr(transport, "dataBuffer", b"")) - getattr(
+                transport, "offset", 0
+            )
+            held += getattr(transport, "_tempDataLen", 0)
+    return held
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

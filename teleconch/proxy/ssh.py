@@ -40,7 +40,12 @@ from teleconch.proxy.routing import (
     resolve,
     role_from_json,
 )
-from teleconch.proxy.splice import FlowControlledConnection, OnClose, SplicingChannel
+from teleconch.proxy.splice import (
+    FlowControlledConnection,
+    OnClose,
+    SpliceState,
+    SplicingChannel,
+)
 from teleconch.sshcert import (
     Certificate,
     CertificateChecker,
@@ -136,6 +141,8 @@ class Router:
         self.cluster_name = cluster_name
         self.allow_unregistered = allow_unregistered
         self._cache = Cache(reactor)
+        #: The splices moving bytes now (to list sessions; to watch memory).
+        self.active: set[SplicingChannel] = set()
 
     async def _nodes(self) -> list[Any]:
         nodes = self._cache.get("nodes")
@@ -197,6 +204,7 @@ class Router:
         user = session.grant.user
 
         def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+            self.active = {c for c in self.active if c.state is not SpliceState.CLOSED}
             _emit(
                 self.agent, "proxy.session", user, True,
                 login=login or session.login, node=target.name,
@@ -210,9 +218,11 @@ class Router:
 
     async def connect(self, channel: SplicingChannel, target: Target) -> None:
         endpoint = HostnameEndpoint(self.reactor, target.host, target.port, timeout=15)
+        self.active.add(channel)
         try:
             await channel.connect(endpoint)
         except Exception as e:
+            self.active.discard(channel)
             log.info("could not reach {target}: {e}", target=target.name, e=str(e))
 
 
