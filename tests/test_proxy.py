@@ -412,3 +412,20 @@ def _rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_certificate_is_refused_saying_so(world: World) -> None:
+    """A certificate from the cluster's own CA, but expired, is refused with its date."""
+    user = world.tmp / "old"
+    r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user)])
+    assert r.code == 0
+    ca = world.cluster.data_dir / "auth" / "user_ca"
+    r = await run(["ssh-keygen", "-q", "-s", str(ca), "-I", "alice", "-n", "root",
+                   "-V", "20200101:20200102", f"{user}.pub"])  # fmt: skip
+    assert r.code == 0, r.err
+    r = await run(["ssh", "-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-i", str(user),
+                   "-o", f"UserKnownHostsFile={world.home / 'known_hosts'}",
+                   "-p", str(world.proxy_port), "root@127.0.0.1", "true"])  # fmt: skip
+    assert r.code == 255
+    assert "expired" in r.err and "teleconch login" in r.err
