@@ -429,3 +429,21 @@ async def test_an_expired_certificate_is_refused_saying_so(world: World) -> None
                    "-p", str(world.proxy_port), "root@127.0.0.1", "true"])  # fmt: skip
     assert r.code == 255
     assert "expired" in r.err and "teleconch login" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_login_is_refused_with_what_to_do(world: World) -> None:
+    """A client trying passwords is told to run teleconch login; no password is asked."""
+    askpass = world.tmp / "askpass"
+    askpass.write_text("#!/bin/sh\necho hunter2\n")
+    askpass.chmod(0o755)
+    r = await run(["ssh", "-F", "/dev/null", "-o", "PubkeyAuthentication=no",
+                   "-o", "PreferredAuthentications=password,keyboard-interactive",
+                   "-o", f"UserKnownHostsFile={world.home / 'known_hosts'}",
+                   "-p", str(world.proxy_port), "root@127.0.0.1", "true"],
+                  env={"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+                       "DISPLAY": ":0"})  # fmt: skip
+    assert r.code == 255
+    assert "teleconch login" in r.err
+    events = await wait_for_events(world.cluster, "proxy.auth")
+    assert all("hunter2" not in str(e) for e in events)
