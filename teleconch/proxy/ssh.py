@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 from twisted.conch.avatar import ConchUser
-from twisted.conch.error import ConchError
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import common, connection
 from twisted.cred.portal import IRealm, Portal
@@ -224,10 +223,6 @@ class Router:
         except Exception as e:
             self.active.discard(channel)
             log.info("could not reach {target}: {e}", target=target.name, e=str(e))
-
-
-def _open_failure(message: str) -> ConchError:
-    return ConchError(message, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
 
 
 class ProxyAvatar(ConchUser):
