@@ -43,7 +43,7 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
-from teleconch.web.site import WebConfig, make_site
+from teleconch.web.site import STATIC_DIR, WebConfig, make_site
 
 log = Logger()
 
@@ -404,6 +404,7 @@ class ProxyService(_Starting):
                 proxy_ssh_addr=str(self.ssh_public_addr),
             ),
             self.reactor,
+            await self._in_thread((STATIC_DIR / "invite.html").read_bytes),
         )
         port = await self._listen(
             cfg.listen_endpoint(s.proxy.web_listen_addr),

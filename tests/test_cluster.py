@@ -20,8 +20,6 @@ from teleconch.client.webapi import WebAPIError
 from teleconch.pki import TLSIdentity, anonymous_client_options
 from tests.harness import PASSWORD, Cluster, current_code, sign_up, start_cluster
 
-pytestmark = pytest.mark.usefixtures("tmp_path")
-
 
 def _pub_key() -> str:
     key = ed25519.Ed25519PrivateKey.generate().public_key()

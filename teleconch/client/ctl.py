@@ -249,7 +249,7 @@ async def auth_sign(agent: AuthAgent, args: argparse.Namespace) -> None:
 async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     since = None
     if args.since:
-        since = agent._reactor.seconds() - parse_duration(args.since)
+        since = args.now - parse_duration(args.since)
     events = await agent.search_events(
         since=since, events=_csv(args.type), user=args.user, limit=args.limit
     )
@@ -402,6 +402,7 @@ def run(argv: Sequence[str] | None = None) -> None:
         code = 0
         agent = None
         try:
+            args.now = reactor.seconds()
             agent = _connect(reactor, args)
             agent.startService()
             await args.run(agent, args)

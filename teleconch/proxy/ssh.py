@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -140,8 +141,12 @@ class Router:
         self.cluster_name = cluster_name
         self.allow_unregistered = allow_unregistered
         self._cache = Cache(reactor)
-        #: The splices moving bytes now (to list sessions; to watch memory).
-        self.active: set[SplicingChannel] = set()
+        self._splices: weakref.WeakSet[SplicingChannel] = weakref.WeakSet()
+
+    @property
+    def active(self) -> list[SplicingChannel]:
+        """The splices moving bytes now (to list sessions; to watch memory)."""
+        return [c for c in self._splices if c.state is not SpliceState.CLOSED]
 
     async def _nodes(self) -> list[Any]:
         nodes = self._cache.get("nodes")
@@ -203,7 +208,6 @@ class Router:
         user = session.grant.user
 
         def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
-            self.active = {c for c in self.active if c.state is not SpliceState.CLOSED}
             _emit(
                 self.agent, "proxy.session", user, True,
                 login=login or session.login, node=target.name,
@@ -217,11 +221,10 @@ class Router:
 
     async def connect(self, channel: SplicingChannel, target: Target) -> None:
         endpoint = HostnameEndpoint(self.reactor, target.host, target.port, timeout=15)
-        self.active.add(channel)
+        self._splices.add(channel)
         try:
             await channel.connect(endpoint)
         except Exception as e:
-            self.active.discard(channel)
             log.info("could not reach {target}: {e}", target=target.name, e=str(e))
 
 

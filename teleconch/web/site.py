@@ -269,17 +269,20 @@ class SSHCertsResource(JSONResource):
 
 
 class _Page(Resource):
-    """One static HTML page, whatever the rest of the path (the token)."""
+    """One static HTML page, whatever the rest of the path (the token).
+
+    Read once at start (off the reactor, by the caller), not per request.
+    """
 
     isLeaf = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, html: bytes) -> None:
         super().__init__()
-        self._path = path
+        self._html = html
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return self._path.read_bytes()
+        return self._html
 
 
 class _NotFound(JSONResource):
@@ -314,6 +317,7 @@ def make_site(
     agent: AuthAgent,
     config: WebConfig,
     clock: IReactorTime,
+    invite_html: bytes,
     limiter: RateLimiter | None = None,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
@@ -327,7 +331,7 @@ def make_site(
     ssh.putChild(b"certs", SSHCertsResource(agent, limiter))
 
     root.putChild(b"web", web)
-    web.putChild(b"invite", _Page(STATIC_DIR / "invite.html"))
+    web.putChild(b"invite", _Page(invite_html))
     static = File(str(STATIC_DIR))
     static.childNotFound = _NotFound()  # type: ignore[assignment]
     web.putChild(b"static", static)
