@@ -19,15 +19,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from teleconch.auth import protocol as api
@@ -79,6 +81,51 @@ def _tls_endpoint(
     )
 
 
+class NotAnAuthServer(Exception):
+    """The peer's certificate is from the cluster's CA but not an auth server's."""
+
+
+@implementer(IHandshakeListener)
+class AuthClientProtocol(amp.AMP):
+    """An AMP client that sends nothing until the peer is shown to be an auth server.
+
+    TLS verification proves the peer is of this cluster and names itself
+    teleconch-auth; only the role in its certificate proves it is the auth
+    service rather than a proxy or node that joined under that name.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verified: Deferred[None] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        assert self.transport is not None
+        found = peer_identity(self.transport.getPeerCertificate())  # type: ignore[attr-defined]
+        if found is not None and found[0] == ROLE_AUTH:
+            self.verified.callback(None)
+            return
+        role = found[0] if found else "none"
+        log.error(
+            "refusing {peer}: its certificate is for role {role}, not auth; is "
+            "auth_servers pointing at the auth service?",
+            peer=str(self.transport.getPeer()),
+            role=role,
+        )
+        self.verified.errback(
+            NotAnAuthServer(
+                f"the server's certificate is for a {role} of the cluster, not the "
+                "auth service"
+            )
+        )
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.verified.called:
+            self.verified.errback(reason)
+        self.verified.addErrback(lambda _: None)
+        super().connectionLost(reason)
+
+
 async def _call(
     reactor: IReactorTime, proto: amp.AMP, command: type[amp.Command], **kw: Any
 ) -> dict[str, Any]:
@@ -107,7 +154,7 @@ class AuthAgent(MultiService):
         )
         self._client = ClientService(
             endpoint,
-            Factory.forProtocol(amp.AMP),
+            Factory.forProtocol(AuthClientProtocol),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=15.0),
             clock=reactor,
         )
@@ -115,15 +162,18 @@ class AuthAgent(MultiService):
 
     async def call(self, command: type[amp.Command], **kw: Any) -> dict[str, Any]:
         """Send one command; raise AuthUnavailable if no auth server answers."""
+        where = ", ".join(str(a) for a in self.auth_servers)
         try:
             proto = await self._client.whenConnected(failAfterFailures=3)
+            assert isinstance(proto, AuthClientProtocol)
+            await proto.verified
+        except NotAnAuthServer as e:
+            raise AuthUnavailable(f"refusing {where}: {e}") from None
         except Exception as e:
-            where = ", ".join(str(a) for a in self.auth_servers)
             raise AuthUnavailable(
                 f"cannot reach the auth service at {where}: {e}; is it running, and "
                 "is this identity issued by its cluster?"
             ) from None
-        assert isinstance(proto, amp.AMP)
         return await _call(self._reactor, proto, command, **kw)
 
     # --- the API -----------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
-import re
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,16 +24,26 @@ from twisted.logger import Logger
 
 from teleconch import __version__, totp
 from teleconch.auth import protocol as api
+from teleconch.auth.joining import Claims, JoinRefusal, check_join, host_principals
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.types import (
     ALL_NODES,
     INTERNAL_LOGINS,
     AuditEvent,
+    JoinedIdentity,
     Node,
     ProxyInfo,
     Role,
     Token,
     User,
+)
+from teleconch.auth.validation import (
+    LABEL,
+    LOGIN,
+    NODE_NAME,
+    ROLE_NAME,
+    USER_NAME,
+    is_ip,
 )
 from teleconch.ca import (
     STANDARD_USER_EXTENSIONS,
@@ -71,11 +79,6 @@ LOGIN_FAILED = (
     "(check that your device's clock is right)"
 )
 
-_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]{0,63}")
-_LOGIN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-_ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_LABEL = re.compile(r"[A-Za-z0-9*][A-Za-z0-9./_*-]{0,62}")
-_NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?")
 
 BUILTIN_ROLES = (
     Role(
@@ -109,14 +112,6 @@ def token_hash(token: str) -> str:
 def _prehash(password: str) -> bytes:
     """bcrypt reads at most 72 bytes; hash first so every byte counts."""
     return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _iso(when: float) -> str:
@@ -376,56 +371,62 @@ class AuthServer:
         client_addr: str,
     ) -> JoinResult:
         h = token_hash(token)
+
+        async def refuse(reason: str, message: str) -> NoReturn:
+            await self.audit(
+                "join",
+                success=False,
+                role=role,
+                name=name,
+                client_addr=client_addr,
+                reason=reason,
+            )
+            raise api.AccessDenied(message)
+
         found = await self.store.get_token(h)
         if (
             found is None
             or found.kind != role
             or found.kind not in (ROLE_PROXY, ROLE_NODE)
         ):
-            await self.audit(
-                "join",
-                success=False,
-                role=role,
-                name=name,
-                client_addr=client_addr,
-                reason="unknown token or wrong type",
-            )
-            raise api.AccessDenied(
+            await refuse(
+                "unknown token or wrong type",
                 f"the join token is invalid, expired or already used: create a new one "
-                f"with `teleconch-ctl tokens add --type={role}`"
+                f"with `teleconch-ctl tokens add --type={role}`",
             )
+        addresses = (public_addr, ssh_addr)
+        claims = Claims(
+            self.cluster_name,
+            await self.store.list_nodes(),
+            await self.store.list_identities(),
+        )
+        try:
+            check_join(name, addresses, additional_principals, claims)
+        except JoinRefusal as e:
+            await refuse(e.reason, str(e))
         try:
             ssh_key = parse_public_key(ssh_public_key)
         except BadPublicKey as e:
             raise api.BadParameter(f"host key: {e}") from None
         if await self.store.consume_token(h, self._now()) is None:
-            await self.audit(
-                "join",
-                success=False,
-                role=role,
-                name=name,
-                client_addr=client_addr,
-                reason="token expired",
-            )
-            raise api.AccessDenied(
+            await refuse(
+                "token expired",
                 f"the join token has expired: create a new one with "
-                f"`teleconch-ctl tokens add --type={role}`"
+                f"`teleconch-ctl tokens add --type={role}`",
             )
         now = self._now()
         host_id = str(uuid.uuid4())
-        principals = [
-            host_id,
-            name,
-            f"{name}.{self.cluster_name}",
-            "localhost",
-            "127.0.0.1",
-        ]
-        for extra in (public_addr, ssh_addr):
-            host = extra.rsplit(":", 1)[0].strip("[]") if extra else ""
-            if host:
-                principals.append(host)
-        principals.extend(additional_principals)
-        principals = list(dict.fromkeys(principals))
+        principals = host_principals(host_id, name, self.cluster_name, addresses)
+        try:
+            await self.store.add_identity(
+                JoinedIdentity(host_id, role, name, principals, now)
+            )
+        except AlreadyExists:
+            await refuse(
+                "name taken meanwhile",
+                f"another {role} joined as {name!r} at the same moment: create a new "
+                "token and join under another teleconch.nodename",
+            )
         tls_cert = self._tls_ca.issue(
             tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
         )
@@ -483,12 +484,12 @@ class AuthServer:
     async def create_user(
         self, name: str, logins: Sequence[str], roles: Sequence[str]
     ) -> Invite:
-        if not _USER_NAME.fullmatch(name):
+        if not USER_NAME.fullmatch(name):
             raise api.BadParameter(
                 f"{name!r} is not a valid user name: use letters, digits and . _ @ + -"
             )
         for login in logins:
-            if not _LOGIN.fullmatch(login):
+            if not LOGIN.fullmatch(login):
                 raise api.BadParameter(
                     f"{login!r} is not a valid login: lower-case letters, digits, _ . -"
                 )
@@ -568,14 +569,14 @@ class AuthServer:
             ttl = int(spec.get("max_session_ttl", MAX_CERT_TTL))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise api.BadParameter(f"malformed role: {e}") from None
-        if not _ROLE_NAME.fullmatch(name):
+        if not ROLE_NAME.fullmatch(name):
             raise api.BadParameter(f"{name!r} is not a valid role name")
         for login in logins:
-            if login != INTERNAL_LOGINS and not _LOGIN.fullmatch(login):
+            if login != INTERNAL_LOGINS and not LOGIN.fullmatch(login):
                 raise api.BadParameter(f"{login!r} is not a valid login")
         for key, values in labels.items():
             for item in (key, *values):
-                if not _LABEL.fullmatch(item):
+                if not LABEL.fullmatch(item):
                     raise api.BadParameter(
                         f"{item!r} is not a valid label key or value"
                     )
@@ -794,7 +795,7 @@ class AuthServer:
     async def upsert_node(
         self, name: str, addr: str, labels: Mapping[str, Any]
     ) -> Node:
-        if not _NODE_NAME.fullmatch(name):
+        if not NODE_NAME.fullmatch(name):
             raise api.BadParameter(
                 f"{name!r} is not a valid node name: letters, digits, '.', '-'"
             )
@@ -805,11 +806,17 @@ class AuthServer:
         clean: dict[str, str] = {}
         for key, value in labels.items():
             for item in (str(key), str(value)):
-                if not _LABEL.fullmatch(item) or "*" in item:
+                if not LABEL.fullmatch(item) or "*" in item:
                     raise api.BadParameter(
                         f"{item!r} is not a valid label key or value"
                     )
             clean[str(key)] = str(value)
+        for identity in await self.store.list_identities():
+            if name == identity.name or name in identity.principals:
+                raise api.AlreadyExistsError(
+                    f"{name!r} is the name of the {identity.role} {identity.host_id} "
+                    "that joined this cluster: give the node another name"
+                )
         existing = await self.store.get_node(name)
         node = Node(
             id=existing.id if existing and existing.name == name else str(uuid.uuid4()),
@@ -844,7 +851,7 @@ class AuthServer:
         for name in names:
             principals.append(name)
             suffix = f".{self.cluster_name}"
-            if not name.endswith(suffix) and not _is_ip(name):
+            if not name.endswith(suffix) and not is_ip(name):
                 principals.append(name + suffix)
         principals = list(dict.fromkeys(principals))
         ttl = ttl if 0 < ttl <= HOST_CERT_TTL else HOST_CERT_TTL

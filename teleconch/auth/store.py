@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from teleconch.auth.types import AuditEvent, Node, ProxyInfo, Role, Token, User
+from teleconch.auth.types import (
+    AuditEvent,
+    JoinedIdentity,
+    Node,
+    ProxyInfo,
+    Role,
+    Token,
+    User,
+)
 
 
 class StoreError(Exception):
@@ -115,3 +123,9 @@ class Store(Protocol):
     # proxies that joined
     async def upsert_proxy(self, proxy: ProxyInfo) -> None: ...
     async def list_proxies(self) -> list[ProxyInfo]: ...
+
+    # identities that joined with a token (their names are theirs)
+    async def add_identity(self, identity: JoinedIdentity) -> None:
+        """Raise AlreadyExists when the host id or the name is taken."""
+
+    async def list_identities(self) -> list[JoinedIdentity]: ...

@@ -117,3 +117,18 @@ class ProxyInfo:
     public_addr: str
     ssh_addr: str
     last_seen: float
+
+
+@attrs.frozen
+class JoinedIdentity:
+    """A proxy or node that traded a join token for its identity.
+
+    Its name and host principals are its own from then on: no later joiner
+    and no registered node may take them.
+    """
+
+    host_id: str
+    role: str
+    name: str
+    principals: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    joined: float = 0.0

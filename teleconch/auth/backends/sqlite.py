@@ -19,7 +19,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from teleconch.auth.store import AlreadyExists, NotFound, StoreError
-from teleconch.auth.types import AuditEvent, Node, ProxyInfo, Role, Token, User
+from teleconch.auth.types import (
+    AuditEvent,
+    JoinedIdentity,
+    Node,
+    ProxyInfo,
+    Role,
+    Token,
+    User,
+)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=attrs.AttrsInstance)
@@ -66,6 +74,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE proxies (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, public_addr TEXT NOT NULL,
             ssh_addr TEXT NOT NULL, last_seen REAL NOT NULL)""",
+    ),
+    (
+        """CREATE TABLE identities (
+            host_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
+            principals TEXT NOT NULL, joined REAL NOT NULL)""",
     ),
 )
 
@@ -124,6 +137,7 @@ _TOKENS = _Table("tokens", Token)
 _EVENTS = _Table("events", AuditEvent, json=("fields",), bools=("success",), auto="id")
 _NODES = _Table("nodes", Node, json=("labels",))
 _PROXIES = _Table("proxies", ProxyInfo)
+_IDENTITIES = _Table("identities", JoinedIdentity, json=("principals",))
 
 
 def _create_private(path: str) -> None:
@@ -456,3 +470,12 @@ class SQLiteStore:
 
     async def list_proxies(self) -> list[ProxyInfo]:
         return await self._list(_PROXIES, "SELECT * FROM proxies ORDER BY name, id")
+
+    async def add_identity(self, identity: JoinedIdentity) -> None:
+        sql = _IDENTITIES.insert + " ON CONFLICT DO NOTHING"
+        if await self._write(sql, _IDENTITIES.params(identity)) == 0:
+            raise AlreadyExists(f"an identity named {identity.name!r} exists")
+
+    async def list_identities(self) -> list[JoinedIdentity]:
+        sql = "SELECT * FROM identities ORDER BY name"
+        return await self._list(_IDENTITIES, sql)

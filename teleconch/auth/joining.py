@@ -1,0 +1,151 @@
+"""What a peer joining with a token may be called, and the principals it gets.
+
+A join buys a TLS identity and an SSH host certificate: a name that is the
+auth server's, a node's or another peer's would let the joiner pose as it.
+The auth service therefore checks the requested name and address and derives
+the host principals itself; nothing the caller lists is signed as it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from teleconch.auth.types import JoinedIdentity, Node
+from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_ip, is_node_name
+from teleconch.pki import AUTH_SERVER_NAME
+
+#: Names no joiner may take, whatever the cluster.
+RESERVED_NAMES = frozenset({AUTH_SERVER_NAME, "localhost", "localhost.localdomain"})
+RESERVED_PREFIX = "teleconch-"
+#: Every joiner is reachable as these on its own machine (the all-in-one's
+#: users dial localhost); a man in the middle on loopback is on that machine.
+LOOPBACK_PRINCIPALS = ("localhost", "127.0.0.1", "::1")
+
+
+class JoinRefusal(Exception):
+    """Why a join is refused: ``reason`` for the audit log, the text for the joiner."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _host(addr: str) -> str:
+    return addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr.strip("[]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    if not is_ip(host):
+        return False
+    return ipaddress.ip_address(host).is_loopback
+
+
+@attrs.frozen
+class Claims:
+    """The names already spoken for in a cluster."""
+
+    cluster_name: str
+    nodes: Sequence[Node]
+    identities: Sequence[JoinedIdentity]
+
+    def taken_by_node(self, host: str) -> Node | None:
+        suffix = f".{self.cluster_name}"
+        bare = host[: -len(suffix)] if host.endswith(suffix) else host
+        for node in self.nodes:
+            if bare == node.name or host == _host(node.addr):
+                return node
+        return None
+
+    def taken_by_identity(self, host: str) -> JoinedIdentity | None:
+        suffix = f".{self.cluster_name}"
+        bare = host[: -len(suffix)] if host.endswith(suffix) else host
+        for identity in self.identities:
+            if bare == identity.name or host in identity.principals:
+                return identity
+        return None
+
+    def reserved(self, host: str) -> bool:
+        c = self.cluster_name
+        return (
+            host in RESERVED_NAMES
+            or host.startswith(RESERVED_PREFIX)
+            or host == c
+            or host == f"{AUTH_SERVER_NAME}.{c}"
+        )
+
+
+def _check_claimable(what: str, host: str, claims: Claims) -> None:
+    if claims.reserved(host):
+        raise JoinRefusal(
+            f"{what} {host!r} is reserved",
+            f"{host!r} is reserved (the auth service, localhost, the cluster's own "
+            "name and teleconch-* names are not for joiners): set "
+            "teleconch.nodename to another name",
+        )
+    node = claims.taken_by_node(host)
+    if node is not None:
+        raise JoinRefusal(
+            f"{what} {host!r} is registered node {node.name}",
+            f"{host!r} belongs to the registered node {node.name!r}: a joiner cannot "
+            "take a node's name or address; set teleconch.nodename (or the public "
+            "address) to another name",
+        )
+    peer = claims.taken_by_identity(host)
+    if peer is not None:
+        raise JoinRefusal(
+            f"{what} {host!r} is taken by {peer.role} {peer.host_id}",
+            f"a {peer.role} named {peer.name!r} has already joined this cluster and "
+            f"holds {host!r}: give this one another teleconch.nodename",
+        )
+
+
+def check_join(
+    name: str,
+    addresses: Iterable[str],
+    additional_principals: Sequence[str],
+    claims: Claims,
+) -> None:
+    """Raise JoinRefusal unless ``name`` and the addresses pose as nobody else."""
+    if additional_principals:
+        raise JoinRefusal(
+            "additional principals requested",
+            "additional principals are not accepted: the auth service derives a "
+            "joiner's host principals from its name and public address",
+        )
+    if not is_node_name(name):
+        raise JoinRefusal(
+            "invalid name",
+            f"{name[:80]!r} is not a valid name to join with: use {NODE_NAME_RULE}; "
+            "set teleconch.nodename",
+        )
+    _check_claimable("name", name, claims)
+    _check_claimable("name", f"{name}.{claims.cluster_name}", claims)
+    for addr in addresses:
+        host = _host(addr)
+        if not host or _is_loopback(host):
+            continue
+        if not is_host(host):
+            raise JoinRefusal(
+                "invalid public address",
+                f"{addr[:80]!r} is not a valid public address: use host:port with a "
+                "DNS name or an IP address (no wildcards); check "
+                "proxy_service.public_addr",
+            )
+        _check_claimable("address", host, claims)
+
+
+def host_principals(
+    host_id: str, name: str, cluster_name: str, addresses: Iterable[str]
+) -> list[str]:
+    """The principals of a joiner's host certificate, from checked inputs only."""
+    principals = [host_id, name, f"{name}.{cluster_name}", *LOOPBACK_PRINCIPALS]
+    for addr in addresses:
+        host = _host(addr)
+        if host:
+            principals.append(host)
+    return list(dict.fromkeys(principals))
