@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from teleconch import __version__, totp
 from teleconch.auth import protocol as api
+from teleconch.auth.audit import bounded_fields, bounded_user
 from teleconch.auth.joining import Claims, JoinRefusal, check_join, host_principals
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.types import (
@@ -42,8 +43,9 @@ from teleconch.auth.validation import (
     LOGIN,
     NODE_NAME,
     ROLE_NAME,
-    USER_NAME,
+    USER_NAME_RULE,
     is_ip,
+    is_user_name,
 )
 from teleconch.ca import (
     STANDARD_USER_EXTENSIONS,
@@ -54,6 +56,7 @@ from teleconch.ca import (
 )
 from teleconch.config import parse_host_port
 from teleconch.pki import ROLE_NODE, ROLE_PROXY, TLSAuthority
+from teleconch.text import printable
 
 log = Logger()
 
@@ -239,6 +242,8 @@ class AuthServer:
     async def audit(
         self, event: str, user: str = "", success: bool = True, **fields: Any
     ) -> None:
+        user = bounded_user(user)
+        fields = bounded_fields(fields)
         await self.store.append_event(
             AuditEvent(
                 event=event, time=self._now(), user=user, success=success, fields=fields
@@ -484,9 +489,9 @@ class AuthServer:
     async def create_user(
         self, name: str, logins: Sequence[str], roles: Sequence[str]
     ) -> Invite:
-        if not USER_NAME.fullmatch(name):
+        if not is_user_name(name):
             raise api.BadParameter(
-                f"{name!r} is not a valid user name: use letters, digits and . _ @ + -"
+                f"{printable(name, 80)!r} is not a valid user name: use {USER_NAME_RULE}"
             )
         for login in logins:
             if not LOGIN.fullmatch(login):
@@ -700,6 +705,17 @@ class AuthServer:
         self, name: str, password: str, otp_token: str, client_addr: str
     ) -> User:
         """Password and one-time code, with lock-out; the one door for people."""
+        if not is_user_name(name):
+            await self.audit(
+                "user.login",
+                user=name,
+                success=False,
+                client_addr=client_addr,
+                reason="invalid user name",
+            )
+            raise api.BadParameter(
+                f"{printable(name, 80)!r} is not a valid user name: use {USER_NAME_RULE}"
+            )
         now = self._now()
         until = await self.store.get_lock(name)
         if until is not None and until > now:

@@ -28,6 +28,7 @@ from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.durations import format_duration, parse_duration
 from teleconch.files import write_private_file
 from teleconch.pki import TLSIdentity
+from teleconch.text import printable
 
 
 class CtlError(Exception):
@@ -40,8 +41,11 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = 200
+) -> str:
+    """Aligned columns; each cell escaped (no forged rows) and clipped to ``limit``."""
+    cells = [[printable(str(c), limit) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = [
         "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
@@ -262,11 +266,14 @@ async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
             e["event"],
             e["user"] or "-",
             "ok" if e["success"] else "FAILED",
-            " ".join(f"{k}={v}" for k, v in sorted(e["fields"].items())),
+            " ".join(
+                f"{printable(k, 40)}={printable(str(v), 120)}"
+                for k, v in sorted(e["fields"].items())
+            ),
         )
         for e in events
     ]
-    print(_table(["Time", "Event", "User", "Result", "Details"], rows))
+    print(_table(["Time", "Event", "User", "Result", "Details"], rows, limit=800))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,55 @@
+"""Bounds on what an audit event may hold.
+
+Fields of an event often come from outside (a name someone tried, the login
+an SSH client asked for, a proxy's report): each is capped so that one event
+stays small, whatever was sent.  Control characters are kept as they came,
+for the record; every place that prints an event escapes them
+(``teleconch.text``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from teleconch.text import clip
+
+MAX_USER = 128
+MAX_STRING = 1024
+MAX_ITEMS = 64
+MAX_KEY = 64
+MAX_DEPTH = 4
+
+
+def bounded_user(user: str) -> str:
+    return clip(user, MAX_USER)
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string, list and mapping in it capped."""
+    if isinstance(value, str):
+        return clip(value, MAX_STRING)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if depth >= MAX_DEPTH:
+        return clip(str(value), MAX_STRING)
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {
+            clip(str(k), MAX_KEY): bounded(v, depth + 1) for k, v in items[:MAX_ITEMS]
+        }
+        if len(items) > MAX_ITEMS:
+            out["..."] = f"{len(items) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = list(value)
+        out_list = [bounded(v, depth + 1) for v in seq[:MAX_ITEMS]]
+        if len(seq) > MAX_ITEMS:
+            out_list.append(f"... {len(seq) - MAX_ITEMS} more")
+        return out_list
+    return clip(str(value), MAX_STRING)
+
+
+def bounded_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = bounded(dict(fields), depth=1)
+    return out
