@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
+from teleconch.logs import SEVERITIES, LogSettings
+
 AUTH_PORT = 3025
 PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
@@ -104,6 +106,7 @@ class GlobalSettings:
     auth_servers: tuple[HostPort, ...] = ()
     auth_token: str | None = attrs.field(default=None, repr=False)
     ca_pin: str | None = None
+    log: LogSettings = attrs.field(factory=LogSettings)
 
 
 @attrs.frozen
@@ -248,7 +251,42 @@ def _file(value: Any) -> Path:
     return Path(_str(value))
 
 
-_GLOBAL_KEYS = {"nodename", "data_dir", "auth_servers", "auth_token", "ca_pin"}
+def _size(value: Any) -> int:
+    """Bytes, as people write them: 10MB, 512KB, 1GB, or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"(\d+)\s*([KMG]i?B?)?", _str(value), re.IGNORECASE)
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a size; write e.g. 10MB, 512KB or 1GB")
+    unit = (m.group(2) or "B")[0].upper()
+    return int(m.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"{value!r} is not a whole number >= 0")
+
+
+def _log(value: Any) -> LogSettings:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping (severity, output, max_size, max_backups)")
+    _check_keys(value, _LOG_KEYS, "teleconch.log")
+    where = "teleconch.log"
+    default = LogSettings()
+    return LogSettings(
+        severity=_get(
+            value, where, "severity", lambda v: _enum(*SEVERITIES)(_str(v).lower()),
+            default.severity,
+        ),
+        output=_get(value, where, "output", _str, None),
+        max_size=_get(value, where, "max_size", _size, default.max_size),
+        max_backups=_get(value, where, "max_backups", _count, default.max_backups),
+    )  # fmt: skip
+
+
+_LOG_KEYS = {"severity", "output", "max_size", "max_backups"}
+_GLOBAL_KEYS = {"nodename", "data_dir", "auth_servers", "auth_token", "ca_pin", "log"}
 _AUTH_KEYS = {
     "enabled",
     "listen_addr",
@@ -292,6 +330,7 @@ def parse(
         auth_servers=_get(g, "teleconch", "auth_servers", _auth_servers, ()),
         auth_token=_get(g, "teleconch", "auth_token", _token, None),
         ca_pin=_get(g, "teleconch", "ca_pin", _pin, None),
+        log=_get(g, "teleconch", "log", _log, LogSettings()),
     )
     auth = AuthSettings(
         enabled=_get(a, "auth_service", "enabled", _bool, True),

@@ -469,7 +469,9 @@ class TeleconchService(MultiService):
         for svc in (self.auth, self.proxy):
             if svc is not None:
                 await svc.ready
-        log.info("{banner}", banner=self.banner())
+        # One event per line: the log escapes line breaks inside an event.
+        for line in self.banner().splitlines():
+            log.info("{line}", line=line)
 
     def banner(self) -> str:
         s = self.settings

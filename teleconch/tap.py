@@ -9,12 +9,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from teleconch import config as cfg
+from teleconch.logs import use_for_twistd
 from teleconch.service import TeleconchService
 
 log = Logger()
 
 
 class Options(usage.Options):
+    optFlags = [["debug", None, "Log at debug severity (teleconch.log.severity)."]]
     optParameters = [
         [
             "config",
@@ -37,6 +39,24 @@ class Options(usage.Options):
             self["settings"] = cfg.load(self["config"], self["data-dir"])
         except cfg.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        self._use_our_log_observer()
+
+    def _use_our_log_observer(self) -> None:
+        """Make twistd log through ``teleconch.logs``, unless told otherwise.
+
+        twistd reads its ``logger`` option after the subcommand's options are
+        parsed; a --logger or --syslog given on its command line wins.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None or parent.get("logger") or parent.get("syslog"):
+            return
+        settings: cfg.Settings = self["settings"]
+        parent["logger"] = use_for_twistd(
+            settings.teleconch.log,
+            parent.get("logfile") or None,
+            bool(parent.get("nodaemon")),
+            bool(self["debug"]),
+        )
 
 
 def _serve(settings: cfg.Settings) -> IService:

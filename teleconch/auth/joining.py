@@ -70,12 +70,11 @@ class Claims:
         return None
 
     def reserved(self, host: str) -> bool:
-        c = self.cluster_name
+        """The cluster's own name stays free: the all-in-one's proxy takes it."""
         return (
             host in RESERVED_NAMES
             or host.startswith(RESERVED_PREFIX)
-            or host == c
-            or host == f"{AUTH_SERVER_NAME}.{c}"
+            or host == f"{AUTH_SERVER_NAME}.{self.cluster_name}"
         )
 
 
@@ -83,8 +82,8 @@ def _check_claimable(what: str, host: str, claims: Claims) -> None:
     if claims.reserved(host):
         raise JoinRefusal(
             f"{what} {host!r} is reserved",
-            f"{host!r} is reserved (the auth service, localhost, the cluster's own "
-            "name and teleconch-* names are not for joiners): set "
+            f"{host!r} is reserved (the auth service's name, localhost and "
+            "teleconch-* names are not for joiners): set "
             "teleconch.nodename to another name",
         )
     node = claims.taken_by_node(host)
