@@ -8,6 +8,7 @@ test or the all-in-one banner can wait for it.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -51,6 +53,27 @@ HEARTBEAT_INTERVAL = 60.0
 IDENTITY_TTL = 10 * 365 * 86400
 
 
+class StartupError(Exception):
+    """A service cannot start; the message says why and what to change."""
+
+
+def _cannot_listen(key: str, address: str, e: CannotListenError) -> str:
+    err = e.socketError
+    code = getattr(err, "errno", None)
+    if code == errno.EADDRINUSE:
+        why = "another process holds the port"
+    elif code == errno.EACCES:
+        why = "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif code == errno.EADDRNOTAVAIL:
+        why = "this machine has no such address"
+    else:
+        why = str(getattr(err, "strerror", None) or err)
+    return (
+        f"cannot listen on {address} ({key}): {why}; stop what holds it, or set "
+        f"{key} to another address"
+    )
+
+
 def _bound(port: IListeningPort, fallback_host: str = "127.0.0.1") -> cfg.HostPort:
     """Where a client on this machine reaches a port we listen on."""
     addr = port.getHost()
@@ -58,6 +81,15 @@ def _bound(port: IListeningPort, fallback_host: str = "127.0.0.1") -> cfg.HostPo
     if host in ("0.0.0.0", "::", ""):
         host = fallback_host
     return cfg.HostPort(host, getattr(addr, "port", 0))
+
+
+def _listening(port: IListeningPort) -> str:
+    """The address a port is bound to, as the kernel says (0.0.0.0 included)."""
+    addr = port.getHost()
+    host, number = getattr(addr, "host", None), getattr(addr, "port", None)
+    if host is None or number is None:
+        return str(addr)
+    return str(cfg.HostPort(host, number))
 
 
 def _advertised(configured: cfg.HostPort, bound_port: int) -> cfg.HostPort:
@@ -82,10 +114,13 @@ class _Starting(MultiService):
     async def _start(self) -> None:
         raise NotImplementedError
 
-    async def _listen(self, description: str, factory: Any) -> IListeningPort:
-        port: IListeningPort = await serverFromString(self.reactor, description).listen(
-            factory
-        )
+    async def _listen(self, key: str, address: str, factory: Any) -> IListeningPort:
+        """Listen on ``address``, the value of config ``key``."""
+        endpoint = serverFromString(self.reactor, cfg.listen_endpoint(address))
+        try:
+            port: IListeningPort = await endpoint.listen(factory)
+        except CannotListenError as e:
+            raise StartupError(_cannot_listen(key, address, e)) from None
         self._ports.append(port)
         return port
 
@@ -141,6 +176,8 @@ class AuthService(_Starting):
         self.bcrypt_rounds = bcrypt_rounds
         self.server: AuthServer | None = None
         self.address: cfg.HostPort | None = None
+        #: What the listener is bound to (0.0.0.0:3025), for the banner.
+        self.listening = ""
         self._store: SQLiteStore | None = None
 
     def _prepare_files(
@@ -197,8 +234,11 @@ class AuthService(_Starting):
         factory = TLSMemoryBIOFactory(
             identity.server_options(), False, AuthAPIFactory(self.server)
         )
-        port = await self._listen(cfg.listen_endpoint(s.auth.listen_addr), factory)
+        port = await self._listen(
+            "auth_service.listen_addr", s.auth.listen_addr, factory
+        )
         self.address = _bound(port)
+        self.listening = _listening(port)
         self.server.auth_addr = str(
             cfg.HostPort(s.teleconch.nodename, self.address.port)
         )
@@ -276,6 +316,8 @@ class ProxyService(_Starting):
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
         self.ssh_address: cfg.HostPort | None = None
+        self.web_listening = ""
+        self.ssh_listening = ""
         self.router: Router | None = None
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
@@ -381,10 +423,12 @@ class ProxyService(_Starting):
         )
         policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
         ssh_port = await self._listen(
-            cfg.listen_endpoint(s.proxy.listen_addr),
+            "proxy_service.listen_addr",
+            s.proxy.listen_addr,
             make_factory(router, policy, host_key, host_cert, self.clock),
         )
         self.ssh_address = _bound(ssh_port)
+        self.ssh_listening = _listening(ssh_port)
         self.ssh_public_addr = _advertised(
             s.proxy.ssh_public_addr, self.ssh_address.port
         )
@@ -407,10 +451,12 @@ class ProxyService(_Starting):
             await self._in_thread((STATIC_DIR / "invite.html").read_bytes),
         )
         port = await self._listen(
-            cfg.listen_endpoint(s.proxy.web_listen_addr),
+            "proxy_service.web_listen_addr",
+            s.proxy.web_listen_addr,
             TLSMemoryBIOFactory(options, False, site),
         )
         self.web_address = _bound(port)
+        self.web_listening = _listening(port)
         self.public_addr = _advertised(s.proxy.public_addr, self.web_address.port)
         log.info("proxy web listener on https://{addr}", addr=str(self.web_address))
         self._heartbeat = LoopingCall(self._beat)
@@ -479,11 +525,20 @@ class TeleconchService(MultiService):
             f"teleconch {s.auth.cluster_name if s.auth.enabled else ''} is running."
         ]
         if self.proxy is not None:
-            lines.append(f"  web and login:  https://{self.proxy.public_addr}")
-            lines.append(f"  SSH proxy:      {self.proxy.ssh_public_addr}")
+            p = self.proxy
+            lines.append(
+                f"  web API, sign-up pages: https://{p.public_addr}  "
+                f"(listening on {p.web_listening})"
+            )
+            lines.append(
+                f"  SSH proxy:              {p.ssh_public_addr}  "
+                f"(listening on {p.ssh_listening})"
+            )
         if self.auth is not None:
             data = s.data_dir
-            lines.append(f"  auth service:   {self.auth.address}")
+            lines.append(
+                f"  auth service:           listening on {self.auth.listening}"
+            )
             lines.append(
                 "Add the first user (prints an invite link to open in a browser):"
             )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import NoReturn
+
 import attrs
 from twisted.application.service import IService
 from twisted.logger import Logger
@@ -9,8 +13,10 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from teleconch import config as cfg
+from teleconch.auth import protocol as api
+from teleconch.auth.agent import AuthUnavailable, JoinRefused
 from teleconch.logs import use_for_twistd
-from teleconch.service import TeleconchService
+from teleconch.service import StartupError, TeleconchService
 
 log = Logger()
 
@@ -38,7 +44,7 @@ class Options(usage.Options):
         try:
             self["settings"] = cfg.load(self["config"], self["data-dir"])
         except cfg.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            config_error(str(e))
         self._use_our_log_observer()
 
     def _use_our_log_observer(self) -> None:
@@ -59,14 +65,41 @@ class Options(usage.Options):
         )
 
 
+def config_error(message: str) -> NoReturn:
+    """The message alone (not twistd's usage text), and exit status 2."""
+    print(f"teleconch: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+#: Start-up failures whose message says it all: no traceback for these.
+EXPECTED_FAILURES = (
+    StartupError,
+    JoinRefused,
+    AuthUnavailable,
+    api.AuthAPIError,
+    cfg.ConfigError,
+    ValueError,
+    OSError,
+)
+
+
+def _exit_with(status: int) -> None:
+    """After the reactor has shut down: twistd itself can only exit 0."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def _serve(settings: cfg.Settings) -> IService:
     from twisted.internet import reactor  # the composition root picks the reactor
 
     service = TeleconchService(reactor, settings)
 
     def fatal(failure: Failure) -> None:
-        log.failure("teleconch could not start", failure)
+        if not failure.check(*EXPECTED_FAILURES):
+            log.failure("teleconch could not start: an unexpected error", failure)
         log.critical("teleconch cannot start: {error}", error=failure.getErrorMessage())
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_with, 1)
         reactor.stop()
 
     service.ready.addErrback(fatal)
@@ -81,8 +114,6 @@ def makeAuthService(options: Options) -> IService:
     """Only the auth role of the config, for a separate auth server."""
     settings: cfg.Settings = options["settings"]
     if not settings.auth.enabled:
-        raise usage.UsageError(
-            "auth_service.enabled is no in the config: nothing to run"
-        )
+        config_error("auth_service.enabled is no in the config: nothing to run")
     proxy = attrs.evolve(settings.proxy, enabled=False)
     return _serve(attrs.evolve(settings, proxy=proxy))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -383,6 +384,11 @@ async def test_twistd_teleproxy_starts_prints_its_banner_and_stops(
             await deferLater(reactor, 0.05)
         text = proto.output.decode()
         assert "teleconch smoke.test is running." in text, text
+        # The banner says where each listener is bound, and names no page
+        # that does not exist.
+        assert re.search(r"auth service: +listening on 127\.0\.0\.1:\d+", text), text
+        assert re.search(r"SSH proxy: .*\(listening on 127\.0\.0\.1:\d+\)", text)
+        assert "web and login" not in text
         assert "teleconch-ctl --data-dir" in text
         web = re.search(r"proxy web listener on https://(\S+)", text)
         assert web, text
@@ -414,6 +420,39 @@ async def test_twistd_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> Non
     config = tmp_path / "teleconch.yaml"
     config.write_text("auth_service:\n  cluster_nam: x\n")
     r = await run(["twistd", "--pidfile=", "-n", "teleproxy", "--config", str(config)])
-    assert r.code != 0
-    assert "auth_service.cluster_nam" in r.out + r.err
+    assert r.code == 2
+    assert "auth_service.cluster_nam" in r.err
     assert "Traceback" not in r.out + r.err
+    # The message alone: not twistd's usage text nor the program's path.
+    assert "Usage:" not in r.out + r.err and "--pidfile" not in r.out + r.err
+    assert len((r.out + r.err).strip().splitlines()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_exits_non_zero_in_one_line_when_a_port_is_taken(
+    tmp_path: Path,
+) -> None:
+    """Another process on the auth port: which address, which key, exit 1, no traceback."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    config = tmp_path / "teleconch.yaml"
+    config.write_text(
+        f"teleconch:\n  data_dir: {tmp_path / 'data'}\n"
+        f"auth_service:\n  listen_addr: 127.0.0.1:{port}\n"
+        "proxy_service:\n  listen_addr: 127.0.0.1:0\n  web_listen_addr: 127.0.0.1:0\n"
+    )
+    try:
+        r = await run(
+            ["twistd", "--pidfile=", "-n", "teleproxy", "--config", str(config)]
+        )
+    finally:
+        holder.close()
+    text = r.out + r.err
+    assert r.code == 1, text
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if "cannot" in line]
+    assert len(lines) == 1, text
+    assert f"cannot listen on 127.0.0.1:{port} (auth_service.listen_addr)" in lines[0]
+    assert "another process holds the port" in lines[0]

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,21 @@ class CtlError(Exception):
     pass
 
 
+#: Audit fields that hold a time, shown as timestamps rather than epoch floats.
+_TIME_FIELDS = frozenset({"start", "end", "until", "expires", "created", "last_seen"})
+
+
 def _when(ts: float | None) -> str:
+    """A local ISO 8601 timestamp with its UTC offset."""
     if not ts:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _detail(key: str, value: Any) -> str:
+    if key in _TIME_FIELDS and isinstance(value, int | float) and value > 0:
+        value = _when(value)
+    return f"{printable(key, 40)}={printable(str(value), 120)}"
 
 
 def _table(
@@ -137,11 +148,11 @@ async def roles_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
             ",".join(f"{k}={v}" for k, vs in r["node_labels"].items() for v in vs)
             or "-",
             format_duration(r["max_session_ttl"]),
-            "built-in" if r["builtin"] else "",
+            "built-in" if r["builtin"] else "custom",
         )
         for r in roles
     ]
-    print(_table(["Role", "Logins", "Node labels", "Max session TTL", ""], rows))
+    print(_table(["Role", "Logins", "Node labels", "Max session TTL", "Kind"], rows))
 
 
 async def roles_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
@@ -152,7 +163,7 @@ async def roles_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
 async def tokens_add(agent: AuthAgent, args: argparse.Namespace) -> None:
     t = await agent.create_token(args.type, parse_duration(args.ttl))
     print(
-        f"The invite token: {t['token']}\n"
+        f"The join token: {t['token']}\n"
         f"This token will expire at {_when(t['expires'])}.\n\n"
         f"Put it in the {args.type}'s config:\n\n"
         "teleconch:\n"
@@ -266,10 +277,7 @@ async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
             e["event"],
             e["user"] or "-",
             "ok" if e["success"] else "FAILED",
-            " ".join(
-                f"{printable(k, 40)}={printable(str(v), 120)}"
-                for k, v in sorted(e["fields"].items())
-            ),
+            " ".join(_detail(k, v) for k, v in sorted(e["fields"].items())),
         )
         for e in events
     ]
