@@ -111,3 +111,17 @@ def test_listen_addresses_become_endpoint_strings() -> None:
     assert cfg.local_dial_addr("tcp:4000:interface=10.0.0.1") == cfg.HostPort(
         "10.0.0.1", 4000
     )
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [{"session_recording": "proxy"}, {"proxy_checks_host_keys": True}],
+)
+def test_settings_of_the_unbuilt_recording_proxy_are_refused(
+    auth: dict[str, object],
+) -> None:
+    """A key that would do nothing yet stops start-up saying so, never silently."""
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.parse({"auth_service": auth})
+    assert "not available yet" in str(e.value)
+    assert cfg.parse({"auth_service": {"session_recording": "off"}})
