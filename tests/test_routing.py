@@ -80,6 +80,16 @@ def test_an_unregistered_host_is_refused_with_how_to_register_it() -> None:
         resolve("mail.example.org", 22, NODES, "example.com", False)
 
 
+def test_an_unknown_node_under_the_cluster_suggests_its_bare_name() -> None:
+    """web9.example.com is reached by that name, but registered as web9."""
+    with pytest.raises(RoutingError) as e:
+        resolve("web9.example.com", 22, NODES, "example.com", False)
+    assert "nodes add --name web9 --addr HOST:22" in str(e.value)
+    with pytest.raises(RoutingError) as e:
+        resolve("10.9.9.9", 2222, NODES, "example.com", False)
+    assert "nodes add --name NAME --addr 10.9.9.9:2222" in str(e.value)
+
+
 def test_unregistered_hosts_pass_where_allowed() -> None:
     """allow_unregistered_nodes lets DNS names and IPs through, on the port asked."""
     t = resolve("10.9.9.9", 2200, NODES, "example.com", True)

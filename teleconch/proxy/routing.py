@@ -118,10 +118,14 @@ def resolve(
         raise RoutingError(f"no node has the label {host}", "unknown label")
     if allow_unregistered:
         return Target(host, port)
-    what = "address" if _is_ip(host) else "node"
+    if _is_ip(host):
+        what, add = "address", f"--name NAME --addr {host}:{port}"
+    else:
+        # web9.<cluster> is how people reach it; its registered name is web9.
+        what, add = "node", f"--name {name} --addr HOST:{port}"
     raise RoutingError(
         f"{host} is not a registered {what} of cluster {cluster}; an administrator can "
-        f"register it with `teleconch-ctl nodes add --name NAME --addr {host}:{port}` "
+        f"register it with `teleconch-ctl nodes add {add}` "
         "(see `teleconch ls` for the nodes you can reach)",
         "unknown node",
     )
