@@ -186,6 +186,7 @@ async def test_login_writes_keys_known_hosts_and_agent_entries(
     assert "--insecure" in r.err  # the warning
     assert "Logged in as: alice" in r.out and "Logins:       alice, root" in r.out
     assert "valid for 1h" in r.out or "valid for 59m" in r.out
+    assert "ssh-agent: added the key and certificate (for " in r.out, r.out
 
     keys = home / "keys" / "127.0.0.1"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
@@ -212,6 +213,7 @@ async def test_login_writes_keys_known_hosts_and_agent_entries(
     r = await _login(cluster, home, alice, SSH_AUTH_SOCK=agent_sock)
     assert r.code == 0, r.err
     assert (home / "known_hosts").read_text().count("@cert-authority") == 1
+    assert "replacing 2 from an earlier login" in r.out, r.out
 
     r = await run(["teleconch", "status"], env={"TELECONCH_HOME": str(home)})
     assert (
@@ -219,17 +221,31 @@ async def test_login_writes_keys_known_hosts_and_agent_entries(
         and "Logged in as: alice" in r.out
         and "Cluster:      test.example" in r.out
     )
+    # The extensions in words (ssh-keygen -L dumps ours as hex).
+    assert "Roles:        access" in r.out
+    assert "permit-agent-forwarding, permit-port-forwarding, permit-pty" in r.out
+    assert "Traits:       logins=alice,root" in r.out
 
     r = await run(
         ["teleconch", "logout"],
         env={"TELECONCH_HOME": str(home), "SSH_AUTH_SOCK": agent_sock},
     )
     assert r.code == 0, r.err
+    assert "ssh-agent: removed 2 entries of this login" in r.out
     assert not (keys / "alice").exists()
     r = await run(["ssh-add", "-L"], env={"SSH_AUTH_SOCK": agent_sock})
     assert "ssh-ed25519" not in r.out
     r = await run(["teleconch", "status"], env={"TELECONCH_HOME": str(home)})
     assert r.code == 1 and "Not logged in" in r.out
+
+    # Without an agent, both say so instead of staying silent.
+    r = await _login(cluster, home, alice, SSH_AUTH_SOCK="")
+    assert r.code == 0, r.err
+    assert "no agent running (SSH_AUTH_SOCK is not set)" in r.out
+    r = await run(
+        ["teleconch", "logout"], env={"TELECONCH_HOME": str(home), "SSH_AUTH_SOCK": ""}
+    )
+    assert "no agent running (SSH_AUTH_SOCK is not set)" in r.out
 
 
 @pytest_twisted.ensureDeferred

@@ -28,6 +28,7 @@ from teleconch.sshagent import AgentError, certificate_blob, connect_agent
 
 DEFAULT_TTL = 12 * 3600
 ROLES_EXTENSION = b"teleconch-roles"
+TRAITS_EXTENSION = b"teleconch-traits"
 
 
 class UsageError(Exception):
@@ -63,9 +64,22 @@ def cert_info(cert_line: str) -> dict[str, Any]:
             roles = list(json.loads(raw)["roles"])
         except (ValueError, KeyError, TypeError):
             roles = []
+    traits: dict[str, Any] = {}
+    raw_traits = cert.extensions.get(TRAITS_EXTENSION)
+    if raw_traits:
+        try:
+            traits = dict(json.loads(raw_traits))
+        except (ValueError, TypeError):
+            traits = {}
     return {
         "user": cert.key_id.decode(),
         "logins": [p.decode() for p in cert.valid_principals],
+        "extensions": sorted(
+            e.decode("utf-8", "replace")
+            for e in cert.extensions
+            if e not in (ROLES_EXTENSION, TRAITS_EXTENSION)
+        ),
+        "traits": traits,
         "valid_before": cert.valid_before,
         "valid_after": cert.valid_after,
         "roles": roles,
@@ -80,9 +94,17 @@ def _print_status(profile: Profile, info: dict[str, Any], now: float) -> None:
     print(f"> Profile URL:  https://{profile.web_addr}")
     print(f"  Logged in as: {info['user']}")
     print(f"  Cluster:      {profile.cluster}")
+    traits = info["traits"]
     print(f"  Roles:        {', '.join(info['roles']) or '-'}")
     print(f"  Logins:       {', '.join(logins) or '-'}")
     print(f"  Valid until:  {_when(info['valid_before'])} [{validity}]")
+    print(f"  Extensions:   {', '.join(info['extensions']) or '-'}")
+    if traits:
+        shown = "; ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in sorted(traits.items())
+        )
+        print(f"  Traits:       {shown}")
 
 
 async def login(reactor: Any, args: argparse.Namespace, store: KeyStore) -> int:
@@ -121,23 +143,34 @@ async def login(reactor: Any, args: argparse.Namespace, store: KeyStore) -> int:
     await deferToThread(save)
     info = cert_info(issued["cert"])
     sock = os.environ.get("SSH_AUTH_SOCK")
-    if sock:
-        lifetime = max(1, int(info["valid_before"] - reactor.seconds()))
-        try:
-            await _forget_in_agent(reactor, sock, _agent_comment(profile))
-            agent = await connect_agent(reactor, sock)
-            try:
-                await agent.add_key(
-                    key,
-                    _agent_comment(profile),
-                    certificate=info["blob"],
-                    lifetime=lifetime,
-                )
-            finally:
-                agent.close()
-        except AgentError as e:
-            print(f"WARNING: could not add the key to ssh-agent: {e}", file=sys.stderr)
     _print_status(profile, info, reactor.seconds())
+    if not sock:
+        print(
+            "ssh-agent: no agent running (SSH_AUTH_SOCK is not set); ssh uses the "
+            f"key files in {store.key_paths(proxy.host, profile.user).directory}"
+        )
+        return 0
+    lifetime = max(1, int(info["valid_before"] - reactor.seconds()))
+    try:
+        replaced = await _forget_in_agent(reactor, sock, _agent_comment(profile))
+        agent = await connect_agent(reactor, sock)
+        try:
+            await agent.add_key(
+                key,
+                _agent_comment(profile),
+                certificate=info["blob"],
+                lifetime=lifetime,
+            )
+        finally:
+            agent.close()
+    except AgentError as e:
+        print(f"WARNING: could not add the key to ssh-agent: {e}", file=sys.stderr)
+        return 0
+    again = f", replacing {replaced} from an earlier login" if replaced else ""
+    print(
+        f"ssh-agent: added the key and certificate (for {format_duration(lifetime)})"
+        f"{again}"
+    )
     return 0
 
 
@@ -174,10 +207,16 @@ async def logout(reactor: Any, args: argparse.Namespace, store: KeyStore) -> int
         return 0
     sock = os.environ.get("SSH_AUTH_SOCK")
     for profile in profiles:
-        if sock:
-            await _forget_in_agent(reactor, sock, _agent_comment(profile))
         await deferToThread(store.remove_profile, profile)
         print(f"Logged out {profile.user} from {profile.web_addr}.")
+        if not sock:
+            print("ssh-agent: no agent running (SSH_AUTH_SOCK is not set)")
+            continue
+        removed = await _forget_in_agent(reactor, sock, _agent_comment(profile))
+        if removed is None:
+            print(f"ssh-agent: could not reach the agent at {sock}; nothing removed")
+        else:
+            print(f"ssh-agent: removed {removed} entries of this login")
     return 0
 
 
@@ -186,18 +225,22 @@ def _agent_comment(profile: Profile) -> str:
     return f"teleconch:{profile.user}@{profile.proxy_host}"
 
 
-async def _forget_in_agent(reactor: Any, sock: str, comment: str) -> None:
-    """Remove every agent entry an earlier login of this profile added."""
+async def _forget_in_agent(reactor: Any, sock: str, comment: str) -> int | None:
+    """Remove every agent entry an earlier login of this profile added;
+    how many, or None when the agent cannot be reached."""
     try:
         agent = await connect_agent(reactor, sock)
     except AgentError:
-        return
+        return None
+    removed = 0
     try:
         for identity in await agent.list_identities():
             if identity.comment == comment:
                 await agent.remove(identity.blob)
+                removed += 1
     finally:
         agent.close()
+    return removed
 
 
 # --- commands that run the user's OpenSSH client ------------------------------
