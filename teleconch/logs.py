@@ -19,10 +19,12 @@ import attrs
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     eventAsText,
 )
 from twisted.python.logfile import LogFile
@@ -68,12 +70,36 @@ def format_event(event: LogEvent) -> str | None:
     return line
 
 
+#: Info events that Twisted writes for every connection; debug for us, so a
+#: short session logs a few lines, not hundreds.
+CHATTER_FORMATS = frozenset(
+    {
+        "Starting factory {factory!r}",
+        "Stopping factory {factory!r}",
+        "{cls} connection established (HOST:{host} PEER:{peer})",
+        "{cls} connection lost (HOST:{host} PEER:{peer})",
+    }
+)
+
+
+@implementer(ILogFilterPredicate)
+class _Chatter:
+    """Treat connection chatter as debug: dropped unless debug is asked for."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if event.get("log_format") in CHATTER_FORMATS:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def filtered(observer: ILogObserver, severity: str) -> ILogObserver:
     """``observer`` seeing only events at ``severity`` or above."""
-    predicate = LogLevelFilterPredicate(
-        defaultLogLevel=LogLevel.levelWithName(severity)
-    )
-    result: ILogObserver = FilteringLogObserver(observer, [predicate])
+    level = LogLevel.levelWithName(severity)
+    predicates: list[ILogFilterPredicate] = []
+    if level > LogLevel.debug:
+        predicates.append(_Chatter())
+    predicates.append(LogLevelFilterPredicate(defaultLogLevel=level))
+    result: ILogObserver = FilteringLogObserver(observer, predicates)
     return result
 
 

@@ -41,6 +41,28 @@ def test_debug_events_are_dropped_before_formatting_at_info(tmp_path: Path) -> N
     assert text.count("\n") == 1 and "proxy listening on 127.0.0.1:3023" in text
 
 
+def test_connection_chatter_is_debug(tmp_path: Path) -> None:
+    """Factories starting and AMP connections coming and going are not info lines."""
+    path = tmp_path / "teleconch.log"
+    observer = make_observer(LogSettings(output=str(path)))
+    observer(_event(LogLevel.info, "Starting factory {factory!r}", factory="f"))
+    observer(
+        _event(
+            LogLevel.info,
+            "{cls} connection established (HOST:{host} PEER:{peer})",
+            cls="AMP",
+            host="h",
+            peer="p",
+        )  # fmt: skip
+    )
+    observer.close()
+    assert path.read_text() == ""
+    debug = make_observer(LogSettings(severity="debug", output=str(path)))
+    debug(_event(LogLevel.info, "Starting factory {factory!r}", factory="f"))
+    debug.close()
+    assert "Starting factory" in path.read_text()
+
+
 def test_debug_severity_writes_debug_events(tmp_path: Path) -> None:
     """``teleconch.log.severity: debug`` (or --debug) lets them through."""
     path = tmp_path / "teleconch.log"
