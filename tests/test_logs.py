@@ -46,15 +46,8 @@ def test_connection_chatter_is_debug(tmp_path: Path) -> None:
     path = tmp_path / "teleconch.log"
     observer = make_observer(LogSettings(output=str(path)))
     observer(_event(LogLevel.info, "Starting factory {factory!r}", factory="f"))
-    observer(
-        _event(
-            LogLevel.info,
-            "{cls} connection established (HOST:{host} PEER:{peer})",
-            cls="AMP",
-            host="h",
-            peer="p",
-        )  # fmt: skip
-    )
+    established = "{cls} connection established (HOST:{host} PEER:{peer})"
+    observer(_event(LogLevel.info, established, cls="AMP", host="h", peer="p"))
     observer.close()
     assert path.read_text() == ""
     debug = make_observer(LogSettings(severity="debug", output=str(path)))
