@@ -23,17 +23,30 @@ ensure_apt() {
 }
 
 # ensure_venv EXTRAS: a virtualenv in .venv with teleconch installed (editable).
+# Quiet: one line when done; pip's full output goes to a log file whose path is
+# printed if the install fails.
 ensure_venv() {
   local extras=$1
+  local log="$VENV/pip-install.log"
   if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
     ensure_apt python3-venv
   fi
   if [ ! -x "$VENV/bin/python" ]; then
     echo "==> creating $VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
   fi
-  echo "==> pip install -e .$extras"
-  # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
-  "$VENV/bin/pip" install -q -e ".$extras" --config-settings editable_mode=compat
+  : >"$log"
+  if ! { "$VENV/bin/pip" install --upgrade pip &&
+         "$VENV/bin/pip" install -e ".$extras"; } >>"$log" 2>&1; then
+    echo "ERROR: installing teleconch$extras into $VENV failed; pip's output is in $log" >&2
+    tail -n 15 "$log" >&2
+    exit 1
+  fi
+  # twistd finds plugins in the twisted/plugins directories on sys.path: put
+  # the checkout there, so it finds twisted/plugins/teleconch_plugins.py.
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+  echo "$ROOT" >"$site/teleconch-checkout.pth"
+  echo "==> teleconch$extras installed in $VENV ($("$VENV/bin/python" -c \
+    'import teleconch; print("version", teleconch.__version__)'))"
 }
