@@ -1,188 +1,40 @@
-"""The Auth API's AMP side in memory: box limits, deadlines, caps, the role check
-before any argument is decoded, rate-limited refusal audit, and malformed boxes.
-
-Each connection is an AuthAPIProtocol on a StringTransport that plays the TLS
-transport (a peer certificate or none); time is a task.Clock.
+"""The Auth API's limits, in memory: box limits counted as bytes arrive, the role
+check before any argument is decoded, deadlines, caps per address, and the
+rate-limited audit of refused anonymous calls (the hardening issue, item 5).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography import x509
-from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
-from twisted.protocols import amp
-from twisted.protocols.basic import Int16StringReceiver
-from zope.interface import implementer
+from twisted.logger import LogEvent
 
 from teleconch.auth import protocol as api
-from teleconch.auth.api import AuthAPIFactory, AuthAPIProtocol
+from teleconch.auth.api import AuthAPIFactory
 from teleconch.auth.guard import GuardLimits
 from teleconch.auth.server import AuthServer
-from teleconch.auth.types import AuditEvent
-from teleconch.ca import SSHCertificateAuthority
-from teleconch.pki import ROLE_ADMIN, ROLE_PROXY, TLSAuthority
+from teleconch.pki import ROLE_PROXY, TLSAuthority
+from tests import amp_memory
+from tests.amp_memory import (
+    KIB,
+    AuditRows,
+    Conn,
+    cert_for,
+    pair,
+    tracebacks,
+    warnings_about,
+)
 
-KIB = 1024
-
-
-class AuditRows:
-    """Just enough of the Store for AuthServer.audit: rows kept in a list."""
-
-    def __init__(self) -> None:
-        self.rows: list[AuditEvent] = []
-
-    async def append_event(self, event: AuditEvent) -> int:
-        self.rows.append(event)
-        return len(self.rows)
-
-    def denied(self) -> list[AuditEvent]:
-        return [r for r in self.rows if r.event == "auth.api.denied"]
-
-
-@implementer(ISSLTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that says which certificate the peer showed."""
-
-    def __init__(self, host: str, cert: x509.Certificate | None) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", host, 40000))
-        self.cert = cert
-
-    def getPeerCertificate(self) -> x509.Certificate | None:
-        return self.cert
-
-
-@pytest.fixture(scope="module")
-def tls_ca() -> TLSAuthority:
-    return TLSAuthority.generate("test.example", 0.0)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store() -> AuditRows:
-    return AuditRows()
-
-
-@pytest.fixture
-def server(tls_ca: TLSAuthority, clock: Clock, store: AuditRows) -> AuthServer:
-    return AuthServer(
-        clock=clock,
-        threads=None,
-        store=store,  # type: ignore[arg-type]
-        cluster_name="test.example",
-        user_ca=SSHCertificateAuthority.generate(),
-        host_ca=SSHCertificateAuthority.generate(),
-        tls_ca=tls_ca,
-        default_public_addr="127.0.0.1:3080",
-        auth_addr="127.0.0.1:3025",
-    )
-
-
-@pytest.fixture
-def factory(server: AuthServer, clock: Clock) -> Iterator[AuthAPIFactory]:
-    f = AuthAPIFactory(server, clock)
-    f.doStart()
-    yield f
-    f.doStop()
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
-def cert_for(tls_ca: TLSAuthority, role: str, name: str) -> x509.Certificate:
-    identity = tls_ca.issue_identity(role, name, 0.0, 3600)
-    return x509.load_pem_x509_certificate(identity.cert_pem)
-
-
-class Conn:
-    """One client connection to the Auth API, in memory."""
-
-    def __init__(
-        self,
-        factory: AuthAPIFactory,
-        host: str = "10.0.0.1",
-        cert: x509.Certificate | None = None,
-        handshake: bool = True,
-    ) -> None:
-        self.transport = TLSStringTransport(host, cert)
-        proto = factory.buildProtocol(self.transport.getPeer())
-        assert isinstance(proto, AuthAPIProtocol)
-        self.proto = proto
-        proto.makeConnection(self.transport)
-        if handshake and not self.transport.disconnected:
-            proto.handshakeCompleted()
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def call(self, command: type[amp.Command], tag: bytes = b"1", **kw: Any) -> None:
-        box = command.makeArguments(kw, self.proto)
-        box[b"_command"] = command.commandName
-        box[b"_ask"] = tag
-        self.send(box.serialize())
-
-    def answers(self) -> list[dict[bytes, bytes]]:
-        boxes: list[dict[bytes, bytes]] = []
-        strings: list[bytes] = []
-        parser = Int16StringReceiver()
-        parser.stringReceived = strings.append  # type: ignore[method-assign]
-        parser.dataReceived(self.transport.value())
-        box: dict[bytes, bytes] = {}
-        it = iter(strings)
-        for key in it:
-            if not key:
-                boxes.append(box)
-                box = {}
-            else:
-                box[key] = next(it)
-        return boxes
-
-    @property
-    def cut(self) -> bool:
-        return bool(self.transport.disconnected)
-
-    def close(self) -> None:
-        from twisted.internet.error import ConnectionDone
-        from twisted.python.failure import Failure
-
-        self.proto.connectionLost(Failure(ConnectionDone()))
-
-
-def pair(key: bytes, value: bytes) -> bytes:
-    return struct.pack("!H", len(key)) + key + struct.pack("!H", len(value)) + value
-
-
-def tracebacks(events: list[LogEvent]) -> list[LogEvent]:
-    return [e for e in events if "log_failure" in e]
-
-
-def warnings_about(events: list[LogEvent], word: str) -> list[LogEvent]:
-    from twisted.logger import formatEvent
-
-    return [
-        e
-        for e in events
-        if e.get("log_level") in (LogLevel.info, LogLevel.warn)
-        and e.get("log_namespace", "").startswith("teleconch")
-        and word in formatEvent(e)
-    ]
-
+# the fixtures
+clock = amp_memory.clock
+factory = amp_memory.factory
+logged = amp_memory.logged
+server = amp_memory.server
+store = amp_memory.store
+tls_ca = amp_memory.tls_ca
 
 # --- item 5: box limits counted as bytes arrive
 
@@ -252,10 +104,19 @@ def test_the_json_chunk_cap_of_arguments_agrees_with_the_box_limit() -> None:
     biggest = api.JSON.CHUNK * api.ARGUMENT_CHUNKS
     assert biggest < limits.cluster_box_bytes <= api.MAX_COMMAND_BYTES
     ok = {"f": "a" * (biggest - 20)}
-    box = api.EmitAuditEvent.makeArguments(
+    encoded = api.EmitAuditEvent.makeArguments(
         {"event": "e", "user": "u", "success": True, "fields": ok}, None
     )
-    assert len(box.serialize()) < limits.cluster_box_bytes
+    assert len(encoded.serialize()) < limits.cluster_box_bytes
+    json_arguments = [
+        argument
+        for command in vars(api).values()
+        if isinstance(command, type) and issubclass(command, api.AuthCommand)
+        for _, argument in command.arguments
+        if isinstance(argument, api.JSON)
+    ]
+    assert len(json_arguments) == 3
+    assert {a.max_chunks for a in json_arguments} == {api.ARGUMENT_CHUNKS}
     with pytest.raises(ValueError, match="too large"):
         api.EmitAuditEvent.makeArguments(
             {
@@ -435,164 +296,18 @@ def test_refusals_of_cluster_identities_are_all_audited(
     )
 
 
-# --- item 9: malformed boxes are protocol errors, never tracebacks
-
-
-def _admin(factory: AuthAPIFactory, tls_ca: TLSAuthority) -> Conn:
-    return Conn(factory, cert=cert_for(tls_ca, ROLE_ADMIN, "admin"))
-
-
-def _box(*pairs: tuple[bytes, bytes]) -> bytes:
-    return b"".join(pair(k, v) for k, v in pairs) + struct.pack("!H", 0)
-
-
-ANSWERABLE = {
-    "unknown command": _box((b"_command", b"NoSuch"), (b"_ask", b"1")),
-    "empty command": _box((b"_command", b""), (b"_ask", b"1")),
-    "bad integer": _box(
-        (b"_command", b"CreateToken"),
-        (b"_ask", b"1"),
-        (b"kind", b"node"),
-        (b"ttl", b"x"),
-    ),
-    "missing argument": _box(
-        (b"_command", b"CreateToken"), (b"_ask", b"1"), (b"kind", b"node")
-    ),
-    "bad utf-8": _box(
-        (b"_command", b"DeleteUser"), (b"_ask", b"1"), (b"name", b"\xff")
-    ),
-    "bad json count": _box(
-        (b"_command", b"UpsertRole"), (b"_ask", b"1"), (b"role", b"nope")
-    ),
-    "json count over the cap": _box(
-        (b"_command", b"UpsertRole"), (b"_ask", b"1"), (b"role", b"4096")
-    ),
-    "json missing chunk": _box(
-        (b"_command", b"UpsertRole"),
-        (b"_ask", b"1"),
-        (b"role", b"2"),
-        (b"role.0", b"{"),
-    ),
-    "invalid json": _box(
-        (b"_command", b"UpsertRole"),
-        (b"_ask", b"1"),
-        (b"role", b"1"),
-        (b"role.0", b"{nope"),
-    ),
-    "bad boolean": _box(
-        (b"_command", b"EmitAuditEvent"),
-        (b"_ask", b"1"),
-        (b"event", b"e"),
-        (b"user", b"u"),
-        (b"success", b"maybe"),
-        (b"fields", b"1"),
-        (b"fields.0", b"{}"),
-    ),
-    "bad utf-8 in a list": _box(
-        (b"_command", b"GetRoles"), (b"_ask", b"1"), (b"names", b"\x00\x01\xff")
-    ),
-    "huge integer": _box(
-        (b"_command", b"CreateToken"),
-        (b"_ask", b"1"),
-        (b"kind", b"node"),
-        (b"ttl", b"9" * 5000),
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(ANSWERABLE))
-def test_a_malformed_command_gets_an_amp_error_and_one_log_line(
-    case: str, factory: AuthAPIFactory, tls_ca: TLSAuthority, logged: list[LogEvent]
+def test_refusals_not_yet_audited_are_counted_in_a_log_line_at_shutdown(
+    server: AuthServer, clock: Clock, store: AuditRows, logged: list[LogEvent]
 ) -> None:
-    """A command box that cannot be decoded is answered with a short error,
-    logged in one line, and the connection stays usable."""
-    role = ROLE_PROXY if b"EmitAuditEvent" in ANSWERABLE[case] else ROLE_ADMIN
-    conn = Conn(factory, cert=cert_for(tls_ca, role, "caller"))
-    conn.send(ANSWERABLE[case])
-    answers = conn.answers()
-    assert len(answers) == 1
-    assert answers[0][b"_error"] == b"1"
-    assert answers[0][b"_error_code"] in (b"BAD_PARAMETER", b"UNHANDLED")
-    assert len(answers[0][b"_error_description"]) < 200
-    assert tracebacks(logged) == []
-    assert (
-        len([e for e in logged if e.get("log_namespace", "").startswith("teleconch")])
-        == 1
-    )
-    assert not conn.cut
-    conn.call(api.Ping, tag=b"2")
-    assert conn.answers()[-1][b"_answer"] == b"2"
-
-
-UNANSWERABLE = {
-    "command without _ask": _box((b"_command", b"Ping")),
-    "answer for an unknown tag": _box((b"_answer", b"99")),
-    "error for an unknown tag": _box(
-        (b"_error", b"99"), (b"_error_code", b"X"), (b"_error_description", b"x")
-    ),
-    "error without a code": _box((b"_error", b"99")),
-    "empty box": struct.pack("!H", 0),
-    "box of plain keys": _box((b"a", b"b")),
-    "key longer than 255 bytes": struct.pack("!H", 300) + b"k" * 300,
-}
-
-
-@pytest.mark.parametrize("case", sorted(UNANSWERABLE))
-def test_a_box_that_cannot_be_answered_closes_the_connection_quietly(
-    case: str, factory: AuthAPIFactory, tls_ca: TLSAuthority, logged: list[LogEvent]
-) -> None:
-    """A box that is not a command with a tag is a protocol error: the
-    connection is closed with one log line and no traceback."""
-    conn = _admin(factory, tls_ca)
-    conn.send(UNANSWERABLE[case] + _box((b"_command", b"Ping"), (b"_ask", b"2")))
-    assert conn.cut
-    assert conn.answers() == []
-    assert tracebacks(logged) == []
-    assert (
-        len([e for e in logged if e.get("log_namespace", "").startswith("teleconch")])
-        == 1
-    )
-
-
-def test_random_boxes_and_bytes_never_raise_nor_log_a_traceback(
-    factory: AuthAPIFactory,
-    tls_ca: TLSAuthority,
-    logged: list[LogEvent],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A small fuzz of the AMP side (the responders are stubbed: this is about
-    framing, dispatch and decoding): random commands, keys and values from an
-    admin and from anonymous callers, then random bytes, are answered or cut
-    off, never raised nor logged as a traceback."""
-    import random
-
-    from teleconch.auth import api as api_side
-
-    async def stub(self: AuthAPIProtocol, caller: Any, **kw: Any) -> dict[str, Any]:
-        raise api.NotFoundError("stub")
-
-    monkeypatch.setattr(
-        api_side,
-        "RESPONDERS",
-        {name: (cmd, stub) for name, (cmd, _) in api_side.RESPONDERS.items()},
-    )
-    rnd = random.Random(3025)
-    names = [*api_side.RESPONDERS, b"StartTLS", b"", b"\xff"]
-    keys = [b"_ask", b"_command", b"_answer", b"_error", b"name", b"ttl", b"role"]
-    keys += [b"role.0", b"role.1", b"names", b"fields", b"success", b"token", b"x"]
-    admin = cert_for(tls_ca, ROLE_ADMIN, "admin")
-    for i in range(400):
-        conn = Conn(factory, host=f"10.2.{i % 250}.1", cert=admin if i % 2 else None)
-        pairs = [(b"_command", rnd.choice(names)), (b"_ask", b"1")]
-        for _ in range(rnd.randrange(6)):
-            junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(8)))
-            value = rnd.choice([junk, b"1", b"0", b"2", b"-1", b"{}", b"[1]", b"True"])
-            pairs.append((rnd.choice(keys), value))
-        rnd.shuffle(pairs)
-        conn.send(_box(*pairs))
-        conn.close()
-    for i in range(300):
-        conn = Conn(factory, host=f"10.3.{i % 250}.1", cert=admin if i % 2 else None)
-        conn.send(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 400))))
-        conn.close()
-    assert tracebacks(logged) == []
+    """Stopping the listener cancels the pending flush and says how many
+    refusals it had not written yet."""
+    factory = AuthAPIFactory(server, clock, GuardLimits(audit_burst=1))
+    factory.doStart()
+    conn = Conn(factory)
+    for i in range(5):
+        conn.call(api.ListUsers, tag=b"%d" % i)
+    assert len(store.denied()) == 1
+    conn.close()
+    factory.doStop()
+    assert clock.getDelayedCalls() == []
+    assert len(warnings_about(logged, "4 refused anonymous calls")) == 1

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -309,14 +309,15 @@ class GuardedAMP(amp.AMP):
         port = getattr(address, "port", None)
         return f"{self.host}:{port}" if port is not None else self.host
 
-    def cut(self, why: str) -> None:
+    def cut(self, why: str, level: LogLevel = LogLevel.warn) -> None:
         """Drop the connection now, with one log line; read nothing more."""
         if self._cut_off:
             return
         self._cut_off = True
         self.paused = True  # stops Int16StringReceiver's loop over buffered data
         role = self.identity[0] if self.identity else api.ANONYMOUS
-        log.warn(
+        log.emit(
+            level,
             "auth API: dropped {role} connection from {peer}: {why}",
             role=role,
             peer=self.peer(),
@@ -328,11 +329,13 @@ class GuardedAMP(amp.AMP):
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        self.cut(f"no TLS handshake within {self.guard.limits.handshake_timeout:g} s")
+        timeout = self.guard.limits.handshake_timeout
+        self.cut(f"no TLS handshake within {timeout:g} s", LogLevel.info)
 
     def _anonymous_expired(self) -> None:
         self._anonymous_timer = None
-        self.cut(f"still anonymous after {self.guard.limits.anonymous_timeout:g} s")
+        timeout = self.guard.limits.anonymous_timeout
+        self.cut(f"still anonymous after {timeout:g} s", LogLevel.info)
 
     def _cancel(self, name: str) -> None:
         timer: IDelayedCall | None = getattr(self, name)
