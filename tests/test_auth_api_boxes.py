@@ -65,6 +65,15 @@ ANSWERABLE = {
         (b"role", b"1"),
         (b"role.0", b"{nope"),
     ),
+    "json argument not an object": box(
+        (b"_command", b"EmitAuditEvent"),
+        (b"_ask", b"1"),
+        (b"event", b"e"),
+        (b"user", b"u"),
+        (b"success", b"True"),
+        (b"fields", b"1"),
+        (b"fields.0", b"[1,2]"),
+    ),
     "bad boolean": box(
         (b"_command", b"EmitAuditEvent"),
         (b"_ask", b"1"),

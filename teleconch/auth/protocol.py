@@ -79,14 +79,18 @@ class JSON(amp.Argument):
     One AMP value holds at most 64 KiB; listings (users, events) can be
     longer, so the encoded text is cut into numbered chunks, at most
     ``max_chunks`` of them: few for a command's argument (the box it travels
-    in is bounded), more for a response.
+    in is bounded), more for a response.  With ``object_only`` the value must
+    be a JSON object.
     """
 
     CHUNK = 0xFF00
 
-    def __init__(self, optional: bool = False, max_chunks: int = 4096) -> None:
+    def __init__(
+        self, optional: bool = False, max_chunks: int = 4096, object_only: bool = False
+    ) -> None:
         super().__init__(optional)
         self.max_chunks = max_chunks
+        self.object_only = object_only
 
     def toBox(
         self,
@@ -118,7 +122,10 @@ class JSON(amp.Argument):
         if not 0 < count <= self.max_chunks:
             raise ValueError(f"bad chunk count for {name!r}")
         data = b"".join(strings.pop(b"%s.%d" % (name, i)) for i in range(count))
-        objects[name.decode("ascii")] = json.loads(data)
+        value = json.loads(data)
+        if self.object_only and not isinstance(value, dict):
+            raise ValueError(f"{name!r} is not a JSON object")
+        objects[name.decode("ascii")] = value
 
 
 #: The chunks of a JSON argument of a command: all of them, with room for the
@@ -127,7 +134,8 @@ ARGUMENT_CHUNKS = MAX_COMMAND_BYTES // JSON.CHUNK - 1
 
 
 def _json_argument() -> JSON:
-    return JSON(max_chunks=ARGUMENT_CHUNKS)
+    """A command's JSON argument: an object, in at most ARGUMENT_CHUNKS chunks."""
+    return JSON(max_chunks=ARGUMENT_CHUNKS, object_only=True)
 
 
 # --- commands
