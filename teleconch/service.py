@@ -232,7 +232,7 @@ class AuthService(_Starting):
             ip_addresses=["127.0.0.1"],
         )
         factory = TLSMemoryBIOFactory(
-            identity.server_options(), False, AuthAPIFactory(self.server)
+            identity.server_options(), False, AuthAPIFactory(self.server, self.reactor)
         )
         port = await self._listen(
             "auth_service.listen_addr", s.auth.listen_addr, factory

@@ -9,9 +9,14 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from teleconch import totp
 from teleconch.auth import protocol as api
@@ -229,6 +234,70 @@ async def test_auth_api_refuses_a_client_without_certificate(cluster: Cluster) -
         proto.transport.loseConnection()
     denied = await cluster.admin_agent().search_events(events=["auth.api.denied"])
     assert [e["fields"]["command"] for e in denied] == ["ListUsers", "CreateUser"]
+
+
+@implementer(IPullProducer)
+class EndlessBox(Protocol):
+    """Sends the start of a Ping box, then keys and values until cut off (or
+    until ``cap`` bytes, when it gives up and closes itself)."""
+
+    cap = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self._write(b"\x00\x08_command\x00\x04Ping\x00\x04_ask\x00\x011")
+        self.transport.registerProducer(self, False)  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if self.written >= self.cap:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        value = b"\x03\xe8" + b"v" * 1000
+        self._write(b"".join(b"\x00\x02k%d" % (i % 10) + value for i in range(16)))
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_anonymous_endless_box_is_cut_off_and_the_service_keeps_serving(
+    cluster: Cluster,
+) -> None:
+    """Over real TLS, a caller without a certificate streaming one endless box
+    is dropped once the box passes 8 KiB (one log line, no traceback), long
+    before it gives up; the auth service then answers a normal call."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        endpoint = wrapClientTLS(
+            anonymous_client_options(),
+            HostnameEndpoint(reactor, cluster.auth_addr.host, cluster.auth_addr.port),
+        )
+        sender = await endpoint.connect(Factory.forProtocol(EndlessBox))
+        await sender.closed
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert sender.written < EndlessBox.cap
+    drops = [formatEvent(e) for e in events if "dropped" in formatEvent(e)]
+    assert len(drops) == 1 and "a box over 8192 bytes" in drops[0], drops
+    assert [e for e in events if "log_failure" in e] == []
+    assert (await cluster.admin_agent().ping())["caller_role"] == "admin"
+    proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
+    try:
+        assert (await proto.callRemote(api.Ping))["caller_role"] == api.ANONYMOUS
+    finally:
+        proto.transport.loseConnection()
 
 
 @pytest_twisted.ensureDeferred

@@ -1,87 +1,144 @@
 """The Auth API's AMP side: a thin protocol that names the caller and calls AuthServer.
 
 The caller's role comes from its verified TLS client certificate; the
-command's ``roles`` decide, here and only here, whether it may proceed.
+command's ``roles`` decide, in ``AuthAPIProtocol.locateResponder`` and only
+there, whether it may proceed, before any of its arguments is decoded.  The
+connection guards (box limits, deadlines, caps) live in ``guard``.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from twisted.internet.interfaces import IAddress, ISSLTransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
 from teleconch.auth import protocol as api
+from teleconch.auth.guard import ConnectionGuard, GuardedAMP, GuardLimits
 from teleconch.auth.server import AuthServer, Identity, node_to_json
-from teleconch.pki import peer_identity
 
 log = Logger()
 
 _R = TypeVar("_R")
 Responder = Callable[..., Awaitable[_R]]
 
-
-def _addr(address: IAddress) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address)
+#: Every command of the Auth API and its responder, by wire name.
+RESPONDERS: dict[bytes, tuple[type[api.AuthCommand], Responder[Any]]] = {}
 
 
 def serve(command: type[api.AuthCommand]) -> Callable[[Responder[_R]], Responder[_R]]:
-    """Register a responder for ``command`` that only the allowed roles reach."""
+    """Make ``fn`` the responder of ``command``; only its ``roles`` reach it."""
 
     def decorate(fn: Responder[_R]) -> Responder[_R]:
-        @functools.wraps(fn)
-        async def responder(self: AuthAPIProtocol, **kw: Any) -> _R:
-            caller = self.caller()
-            if caller.role not in command.roles:
-                await self.server.audit(
-                    "auth.api.denied",
-                    user=caller.name,
-                    success=False,
-                    command=command.__name__,
-                    caller_role=caller.role,
-                    client_addr=self.peer(),
-                )
-                if caller.role == api.ANONYMOUS:
-                    raise api.AccessDenied(
-                        f"{command.__name__} needs a client certificate of this cluster; "
-                        "join with a token (`teleconch-ctl tokens add`) or use the "
-                        "admin identity on the auth server"
-                    )
-                raise api.AccessDenied(
-                    f"{command.__name__} is not allowed for a {caller.role} identity"
-                )
-            return await fn(self, caller, **kw)
-
-        return command.responder(responder)
+        assert command.commandName not in RESPONDERS, command
+        RESPONDERS[command.commandName] = (command, fn)
+        return fn
 
     return decorate
 
 
-class AuthAPIProtocol(amp.AMP):
+def _error_code(command: type[api.AuthCommand], error: Exception) -> bytes | None:
+    for kind, code in command.errors.items():
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+class AuthAPIProtocol(GuardedAMP):
     """One connection to the Auth API."""
 
-    def __init__(self, server: AuthServer) -> None:
-        super().__init__()
+    def __init__(self, server: AuthServer, guard: ConnectionGuard) -> None:
+        super().__init__(guard)
         self.server = server
 
     def caller(self) -> Identity:
-        transport = self.transport
-        cert: Any = None
-        if ISSLTransport.providedBy(transport):
-            cert = transport.getPeerCertificate()
-        found = peer_identity(cert)
-        if found is None:
+        if self.identity is None:
             return Identity(api.ANONYMOUS, "")
-        return Identity(*found)
+        return Identity(*self.identity)
 
-    def peer(self) -> str:
-        return _addr(self.transport.getPeer()) if self.transport else "?"
+    def locateResponder(
+        self, name: bytes
+    ) -> Callable[[amp.AmpBox], Deferred[amp.AmpBox]] | None:
+        found = RESPONDERS.get(name)
+        if found is None:
+            log.info(
+                "auth API: unknown command {name!r} from {peer}",
+                name=name[:64],
+                peer=self.peer(),
+            )
+            return None
+        command, fn = found
+
+        def respond(box: amp.AmpBox) -> Deferred[amp.AmpBox]:
+            return Deferred.fromCoroutine(self._respond(command, fn, box))
+
+        return respond
+
+    async def _respond(
+        self, command: type[api.AuthCommand], fn: Responder[Any], box: amp.AmpBox
+    ) -> amp.AmpBox:
+        caller = self.caller()
+        if caller.role not in command.roles:
+            await self._refused(command, caller)
+        kw = self._parse(command, caller, box)
+        try:
+            result = await fn(self, caller, **kw)
+        except Exception as e:
+            code = _error_code(command, e)
+            if code is None:
+                raise
+            raise amp.RemoteAmpError(code, str(e)) from None
+        response: amp.AmpBox = command.makeResponse(result, self)
+        return response
+
+    async def _refused(self, command: type[api.AuthCommand], caller: Identity) -> None:
+        fields = {
+            "user": caller.name,
+            "command": command.__name__,
+            "caller_role": caller.role,
+            "client_addr": self.peer(),
+        }
+        if caller.role == api.ANONYMOUS:
+            await self.guard.refusals.refused(self.host, fields)
+            message = (
+                f"{command.__name__} needs a client certificate of this cluster; "
+                "join with a token (`teleconch-ctl tokens add`) or use the "
+                "admin identity on the auth server"
+            )
+        else:
+            await self.server.audit("auth.api.denied", success=False, **fields)
+            message = f"{command.__name__} is not allowed for a {caller.role} identity"
+        raise amp.RemoteAmpError(api.ERRORS[api.AccessDenied], message)
+
+    def _parse(
+        self, command: type[api.AuthCommand], caller: Identity, box: amp.AmpBox
+    ) -> dict[str, Any]:
+        """The command's arguments, or a BAD_PARAMETER answer naming the bad one."""
+        strings = box.copy()
+        objects: dict[str, Any] = {}
+        for name, argument in command.arguments:
+            try:
+                argument.fromBox(name, strings, objects, self)
+            except Exception as e:  # any failure to decode a peer's bytes
+                arg = name.decode("ascii")
+                log.warn(
+                    "auth API: {command} from {role} {peer}: argument {arg} is "
+                    "missing or malformed ({error})",
+                    command=command.__name__,
+                    role=caller.role,
+                    peer=self.peer(),
+                    arg=arg,
+                    error=type(e).__name__,
+                )
+                raise amp.RemoteAmpError(
+                    api.ERRORS[api.BadParameter],
+                    f"{command.__name__}: argument {arg} is missing or malformed",
+                ) from None
+        return objects
 
     @serve(api.Ping)
     async def ping(self, caller: Identity) -> dict[str, Any]:
@@ -253,10 +310,25 @@ class AuthAPIProtocol(amp.AMP):
 
 
 class AuthAPIFactory(Factory):
-    """Makes one AuthAPIProtocol per connection, all sharing one AuthServer."""
+    """Makes one AuthAPIProtocol per connection, all sharing one AuthServer
+    and one ConnectionGuard (per-address caps, the refusal audit's rate)."""
 
-    def __init__(self, server: AuthServer) -> None:
+    def __init__(
+        self,
+        server: AuthServer,
+        clock: IReactorTime,
+        limits: GuardLimits | None = None,
+    ) -> None:
         self.server = server
+        self.guard = ConnectionGuard(
+            clock, limits or GuardLimits(), self._audit_refusal
+        )
+
+    async def _audit_refusal(self, row: dict[str, Any]) -> None:
+        await self.server.audit("auth.api.denied", success=False, **row)
+
+    def stopFactory(self) -> None:
+        self.guard.refusals.stop()
 
     def buildProtocol(self, addr: IAddress | None) -> AuthAPIProtocol:
-        return AuthAPIProtocol(self.server)
+        return AuthAPIProtocol(self.server, self.guard)

@@ -16,6 +16,11 @@ from twisted.protocols import amp
 from teleconch.pki import ROLE_ADMIN, ROLE_AUTH, ROLE_NODE, ROLE_PROXY
 
 ANONYMOUS = "anonymous"
+
+#: The largest box the auth service accepts from a cluster identity (the
+#: guard's default).  Its biggest commands (UpsertRole, UpsertNode,
+#: EmitAuditEvent) carry one JSON argument of at most ARGUMENT_CHUNKS chunks.
+MAX_COMMAND_BYTES = 1 << 20
 CLUSTER_ROLES = frozenset({ROLE_ADMIN, ROLE_PROXY, ROLE_NODE, ROLE_AUTH})
 
 
@@ -72,10 +77,20 @@ class JSON(amp.Argument):
     """A JSON value spread over as many AMP keys as it needs.
 
     One AMP value holds at most 64 KiB; listings (users, events) can be
-    longer, so the encoded text is cut into numbered chunks.
+    longer, so the encoded text is cut into numbered chunks, at most
+    ``max_chunks`` of them: few for a command's argument (the box it travels
+    in is bounded), more for a response.  With ``object_only`` the value must
+    be a JSON object.
     """
 
     CHUNK = 0xFF00
+
+    def __init__(
+        self, optional: bool = False, max_chunks: int = 4096, object_only: bool = False
+    ) -> None:
+        super().__init__(optional)
+        self.max_chunks = max_chunks
+        self.object_only = object_only
 
     def toBox(
         self,
@@ -87,6 +102,11 @@ class JSON(amp.Argument):
         obj = self.retrieve(objects, name.decode("ascii"), proto)
         data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
         chunks = [data[i : i + self.CHUNK] for i in range(0, len(data), self.CHUNK)]
+        if len(chunks) > self.max_chunks:
+            raise ValueError(
+                f"{name.decode('ascii')} is too large: {len(data)} bytes of JSON, "
+                f"at most {self.max_chunks * self.CHUNK} fit"
+            )
         strings[name] = str(len(chunks)).encode("ascii")
         for i, chunk in enumerate(chunks):
             strings[b"%s.%d" % (name, i)] = chunk
@@ -99,10 +119,23 @@ class JSON(amp.Argument):
         proto: Any,
     ) -> None:
         count = int(strings.pop(name))
-        if not 0 < count <= 4096:
+        if not 0 < count <= self.max_chunks:
             raise ValueError(f"bad chunk count for {name!r}")
         data = b"".join(strings.pop(b"%s.%d" % (name, i)) for i in range(count))
-        objects[name.decode("ascii")] = json.loads(data)
+        value = json.loads(data)
+        if self.object_only and not isinstance(value, dict):
+            raise ValueError(f"{name!r} is not a JSON object")
+        objects[name.decode("ascii")] = value
+
+
+#: The chunks of a JSON argument of a command: all of them, with room for the
+#: command's other arguments, fit in MAX_COMMAND_BYTES.
+ARGUMENT_CHUNKS = MAX_COMMAND_BYTES // JSON.CHUNK - 1
+
+
+def _json_argument() -> JSON:
+    """A command's JSON argument: an object, in at most ARGUMENT_CHUNKS chunks."""
+    return JSON(max_chunks=ARGUMENT_CHUNKS, object_only=True)
 
 
 # --- commands
@@ -217,7 +250,7 @@ class DeleteUser(AuthCommand):
 
 
 class UpsertRole(AuthCommand):
-    arguments = [(b"role", JSON())]
+    arguments = [(b"role", _json_argument())]
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
@@ -329,7 +362,7 @@ class EmitAuditEvent(AuthCommand):
         (b"event", amp.Unicode()),
         (b"user", amp.Unicode()),
         (b"success", amp.Boolean()),
-        (b"fields", JSON()),
+        (b"fields", _json_argument()),
     ]
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
@@ -343,7 +376,7 @@ class UpsertNode(AuthCommand):
     arguments = [
         (b"name", amp.Unicode()),
         (b"addr", amp.Unicode()),
-        (b"labels", JSON()),
+        (b"labels", _json_argument()),
     ]
     response = [(b"node", JSON())]
 
