@@ -163,6 +163,32 @@ async def test_ctl_manages_users_roles_and_tokens(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_users_unlock_lifts_a_lock_out_without_a_reset(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """`users ls` shows who is locked and until when; `users unlock` lets them in again."""
+    alice = await sign_up(cluster)
+    wrong = Person(alice.name, "not the password", alice.totp_secret)
+    for _ in range(5):
+        r = await _login(cluster, tmp_path / "tsh", wrong)
+        assert r.code != 0
+    r = await run(ctl(cluster, "users", "ls"))
+    assert re.search(r"alice .* locked until \d{4}-\d\d-\d\dT", r.out), r.out
+    r = await run(ctl(cluster, "users", "unlock", "alice"))
+    assert r.code == 0 and "'alice' is unlocked" in r.out, r.err
+    r = await run(ctl(cluster, "users", "ls"))
+    assert "locked" not in r.out and "active" in r.out
+    r = await _login(cluster, tmp_path / "tsh", alice)
+    assert r.code == 0, r.err
+    r = await run(ctl(cluster, "users", "unlock", "nobody"))
+    assert r.code == 1 and "no user 'nobody'" in r.err
+    unlocked = await cluster.admin_agent().search_events(events=["user.unlock"])
+    assert [(e["user"], e["fields"]["was_locked"]) for e in unlocked] == [
+        ("alice", True)
+    ]
+
+
+@pytest_twisted.ensureDeferred
 async def test_ctl_without_an_admin_identity_says_where_to_run(tmp_path: Path) -> None:
     """Run away from the auth server's data directory, teleconch-ctl explains itself."""
     r = await run(

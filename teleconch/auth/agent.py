@@ -197,6 +197,10 @@ class AuthAgent(MultiService):
     async def reset_user(self, name: str) -> dict[str, Any]:
         return await self.call(api.ResetUser, name=name)
 
+    async def unlock_user(self, name: str) -> bool:
+        """True if the user was locked out."""
+        return bool((await self.call(api.UnlockUser, name=name))["was_locked"])
+
     async def list_users(self) -> list[dict[str, Any]]:
         users: list[dict[str, Any]] = (await self.call(api.ListUsers))["users"]
         return users

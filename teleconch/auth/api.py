@@ -188,6 +188,10 @@ class AuthAPIProtocol(GuardedAMP):
             "expires": invite.expires,
         }
 
+    @serve(api.UnlockUser)
+    async def unlock_user(self, caller: Identity, name: str) -> dict[str, Any]:
+        return {"was_locked": await self.server.unlock_user(name)}
+
     @serve(api.ListUsers)
     async def list_users(self, caller: Identity) -> dict[str, Any]:
         return {"users": await self.server.list_users()}

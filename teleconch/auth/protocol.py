@@ -239,6 +239,13 @@ class ResetUser(AuthCommand):
     response = _INVITE
 
 
+class UnlockUser(AuthCommand):
+    """Lift a lock-out (and forget the failures) without a reset."""
+
+    arguments = [(b"name", amp.Unicode())]
+    response = [(b"was_locked", amp.Boolean())]
+
+
 class ListUsers(AuthCommand):
     arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
     response = [(b"users", JSON())]

@@ -531,6 +531,21 @@ class AuthServer:
         await self.audit("user.reset", user=name)
         return invite
 
+    async def unlock_user(self, name: str) -> bool:
+        """Lift a lock-out on a user (known, or a name someone kept trying)."""
+        user = await self.store.get_user(name)
+        lock = await self.store.get_lock(name)
+        now = self._now()
+        locked = lock is not None and lock > now
+        if user is None and not locked:
+            raise api.NotFoundError(
+                f"no user {printable(name, 80)!r}; see `teleconch-ctl users ls`"
+            )
+        await self.store.clear_login_failures(name)
+        await self.store.set_lock(name, 0)
+        await self.audit("user.unlock", user=name, was_locked=locked)
+        return locked
+
     async def list_users(self) -> list[dict[str, Any]]:
         now = self._now()
         out = []

@@ -120,6 +120,13 @@ async def users_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     print(_table(["User", "Roles", "Logins", "Status"], rows))
 
 
+async def users_unlock(agent: AuthAgent, args: argparse.Namespace) -> None:
+    if await agent.unlock_user(args.name):
+        print(f"User {args.name!r} is unlocked: they can log in again now.")
+    else:
+        print(f"User {args.name!r} was not locked; failed attempts are forgotten.")
+
+
 async def users_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
     await agent.delete_user(args.name)
     print(f"User {args.name!r} has been deleted.")
@@ -299,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=help)
         return g.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    users = group("users", "add, list, remove and reset users")
+    users = group("users", "add, list, remove, reset and unlock users")
     p = users.add_parser("add", help="add a user; prints an invite URL")
     p.add_argument("name")
     p.add_argument(
@@ -318,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("reset", help="new invite: password and OTP app set again")
     p.add_argument("name")
     p.set_defaults(run=users_reset)
+    p = users.add_parser("unlock", help="lift a lock-out after failed logins")
+    p.add_argument("name")
+    p.set_defaults(run=users_unlock)
 
     roles = group("roles", "add and list roles")
     p = roles.add_parser("add", help="add or replace a role")
