@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
@@ -94,6 +95,37 @@ async def test_malformed_login_requests_get_a_clear_400(
     assert needle in json.loads(answer)["error"]["message"]
     code, _, _ = await _request(cluster, b"GET", "/v1/webapi/ping")
     assert code == 200
+
+
+_LOGIN = b'"password": "p", "otp_token": "1", "pub_key": "k"'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # json.loads accepts a lone surrogate; encoding it for the auth service fails.
+        b'{"user": "\\ud800", ' + _LOGIN + b"}",
+        b'{"\\udfff": 1, "user": "a", ' + _LOGIN + b"}",
+        # Deep nesting that still fits under the body cap: a RecursionError.
+        b"[" * 30000 + b"]" * 30000,
+        b'{"user": "a", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+    ],
+    ids=["lone-surrogate-value", "lone-surrogate-key", "deep-list", "deep-in-field"],
+)
+@pytest_twisted.ensureDeferred
+async def test_unencodable_or_deeply_nested_json_is_a_400_without_a_traceback(
+    cluster: Cluster, body: bytes
+) -> None:
+    """Text the auth service cannot carry, and nesting past the parser's limit,
+    are the client's mistake: a JSON 400, and nothing critical in the log."""
+    with capturedLogs() as events:
+        code, _, answer = await _request(
+            cluster, b"POST", "/v1/webapi/ssh/certs", body, b"application/json"
+        )
+    assert code == 400
+    assert "not valid JSON" in json.loads(answer)["error"]["message"]
+    assert [e for e in events if "log_failure" in e] == []
+    assert all(e["log_level"] < LogLevel.error for e in events)
 
 
 @pytest_twisted.ensureDeferred

@@ -110,11 +110,35 @@ def _json_body(request: Request) -> dict[str, Any]:
         raise HTTPError(413, "request body too large")
     try:
         data = json.loads(body)
-    except ValueError:
+        _check_text(data)
+    except (ValueError, RecursionError):
         raise HTTPError(400, "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise HTTPError(400, "the request body must be a JSON object")
     return data
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _check_text(data: Any) -> None:
+    """Refuse what json.loads accepts but nothing after it can carry.
+
+    A lone surrogate (``"\\ud800"``) is not UTF-8 text: it would fail later,
+    when encoded for the auth service.  Nesting is bounded too.
+    """
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError("nested too deeply")
+        if isinstance(value, str):
+            value.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _field(data: dict[str, Any], name: str, kind: type = str) -> Any:
