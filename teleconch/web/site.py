@@ -19,30 +19,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from teleconch import __version__
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.totp import qr_svg
+from teleconch.web.http import (
+    WebSite,
+    client_host,
+    redact_path,
+    send_json,
+)
 
 log = Logger()
 
 MAX_BODY = 64 * 1024
 STATIC_DIR = Path(str(importlib_resources.files("teleconch.web") / "static"))
-
-SECURITY_HEADERS = {
-    b"Content-Security-Policy": b"default-src 'self'; img-src 'self' data:; "
-    b"style-src 'self'; script-src 'self'; frame-ancestors 'none'; "
-    b"base-uri 'none'; form-action 'self'",
-    b"X-Frame-Options": b"DENY",
-    b"X-Content-Type-Options": b"nosniff",
-    # Invite links carry their token in the path: never leak it in a Referer.
-    b"Referrer-Policy": b"no-referrer",
-    b"Strict-Transport-Security": b"max-age=31536000",
-    b"Cache-Control": b"no-store",
-}
 
 _STATUS = {
     api.BadParameter: 400,
@@ -94,11 +88,6 @@ class WebConfig:
 
 
 Handler = Callable[[Request], Awaitable[Any]]
-
-
-def _client(request: Request) -> str:
-    addr = request.getClientAddress()
-    return str(getattr(addr, "host", addr))
 
 
 def _json_body(request: Request) -> dict[str, Any]:
@@ -163,18 +152,13 @@ class JSONResource(Resource):
 
     def _run(self, request: Request, handler: Handler | None) -> int:
         if handler is None:
-            _send(request, 405, {"error": {"message": "method not allowed"}})
+            send_json(request, 405, {"error": {"message": "method not allowed"}})
             return NOT_DONE_YET
         d = Deferred.fromCoroutine(_answer(request, handler))
-        d.addErrback(lambda f: log.failure("answering {uri}", f, uri=request.uri))
+        d.addErrback(
+            lambda f: log.failure("answering {uri}", f, uri=redact_path(request.uri))
+        )
         return NOT_DONE_YET
-
-
-def _send(request: Request, status: int, payload: Any) -> None:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.write(json.dumps(payload).encode("utf-8"))
-    request.finish()
 
 
 async def _answer(request: Request, handler: Handler) -> None:
@@ -195,7 +179,9 @@ async def _answer(request: Request, handler: Handler) -> None:
             "error": {"message": "the auth service is unreachable; try again shortly"}
         }
     except Exception:
-        log.failure("internal error answering {uri}", Failure(), uri=request.uri)
+        log.failure(
+            "internal error answering {uri}", Failure(), uri=redact_path(request.uri)
+        )
         status = 500
         payload = {
             "error": {
@@ -204,7 +190,7 @@ async def _answer(request: Request, handler: Handler) -> None:
             }
         }
     if not gone:  # the client may have hung up while the auth service answered
-        _send(request, status, payload)
+        send_json(request, status, payload)
 
 
 class PingResource(JSONResource):
@@ -245,7 +231,7 @@ class InviteResource(JSONResource):
     async def post(self, request: Request) -> Any:
         if request.postpath and request.postpath[0]:
             raise HTTPError(404, "POST the invite to /v1/webapi/users/invite")
-        client = _client(request)
+        client = client_host(request)
         if not self._limiter.allow(client):
             raise HTTPError(429, "too many attempts from your address; wait a minute")
         data = _json_body(request)
@@ -267,7 +253,7 @@ class SSHCertsResource(JSONResource):
         self._limiter = limiter
 
     async def post(self, request: Request) -> Any:
-        client = _client(request)
+        client = client_host(request)
         if not self._limiter.allow(client):
             raise HTTPError(
                 429, "too many login attempts from your address; wait a minute"
@@ -323,20 +309,6 @@ class _Dir(Resource):
         return _NotFound()
 
 
-class WebSite(Site):
-    """The proxy's site: security headers on every answer, no tracebacks."""
-
-    displayTracebacks = False
-
-    def __init__(self, root: Resource) -> None:
-        super().__init__(root)
-
-    def getResourceFor(self, request: Request) -> Any:
-        for name, value in SECURITY_HEADERS.items():
-            request.setHeader(name, value)
-        return super().getResourceFor(request)
-
-
 def make_site(
     agent: AuthAgent,
     config: WebConfig,
@@ -359,4 +331,4 @@ def make_site(
     static = File(str(STATIC_DIR))
     static.childNotFound = _NotFound()  # type: ignore[assignment]
     web.putChild(b"static", static)
-    return WebSite(root)
+    return WebSite(root, clock)
