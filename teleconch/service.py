@@ -43,7 +43,8 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
-from teleconch.web.site import STATIC_DIR, WebConfig, make_site
+from teleconch.web.site import WebConfig, make_site
+from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
 log = Logger()
 
@@ -404,7 +405,7 @@ class ProxyService(_Starting):
                 proxy_ssh_addr=str(self.ssh_public_addr),
             ),
             self.reactor,
-            await self._in_thread((STATIC_DIR / "invite.html").read_bytes),
+            StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
         )
         port = await self._listen(
             cfg.listen_endpoint(s.proxy.web_listen_addr),

@@ -149,7 +149,7 @@ class _Denied(JSONResource):
 
 def _render(resource: JSONResource) -> tuple[int, dict[str, Any]]:
     request = DummyRequest([b""])
-    resource.render_GET(request)  # type: ignore[arg-type]
+    resource.render(request)  # type: ignore[arg-type]
     assert request.finished
     return request.responseCode, json.loads(b"".join(request.written))
 

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from teleconch.web.site import WebConfig, WebSite, make_site
+from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
 TOKEN = "s3cr3t-invite-token"
 
@@ -50,7 +51,7 @@ def site(**kw: Any) -> WebSite:
         agent,  # type: ignore[arg-type]
         WebConfig(cluster_name="test.example", proxy_ssh_addr="127.0.0.1:3023"),
         Clock(),
-        b"<html>invite page</html>",
+        StaticFiles(read_static_files(STATIC_DIR)),
         **kw,
     )
 
@@ -176,3 +177,74 @@ def test_redact_path_masks_whatever_follows_an_invite_segment() -> None:
     assert redact_path(b"/v1/webapi/users/invite") == "/v1/webapi/users/invite"
     assert redact_path(b"/v1/webapi/ping?a=b") == "/v1/webapi/ping?a=b"
     assert redact_path(b"/\xff") == "/\\xff"
+
+
+def _assert_our_404(answer: Answer) -> None:
+    assert answer.status == 404
+    assert answer.headers[b"content-type"] == b"application/json"
+    assert answer.json() == {"error": {"message": "not found"}}
+    assert answer.headers[b"x-frame-options"] == b"DENY"
+    assert answer.headers[b"referrer-policy"] == b"no-referrer"
+
+
+def test_static_directories_are_never_listed() -> None:
+    """The static directory, however named, is a JSON 404, not a listing."""
+    s = site()
+    for path in ["/web/static/", "/web/static", "/web/static/.", "/web/static/./"]:
+        _assert_our_404(get(s, path))
+
+
+def test_unknown_paths_at_any_depth_get_our_json_404() -> None:
+    """No path reaches Twisted's HTML error pages or a redirect."""
+    s = site()
+    for path in [
+        "//etc/passwd",
+        "/web/static//etc/passwd",
+        "/web/static/../../etc/passwd",
+        "/web/static/%2e%2e/site.py",
+        "/web/static/style.css/x",
+        "/web",
+        "/v1",
+        "/v1/webapi",
+        "/v1/webapi/users",
+    ]:
+        _assert_our_404(get(s, path))
+
+
+def test_a_static_path_with_a_nul_or_bad_bytes_is_a_json_404_without_a_traceback() -> (
+    None
+):
+    """Names no file can have are simply not found: nothing is logged as a failure."""
+    s = site()
+    with capturedLogs() as events:
+        for path in ["/web/static/%00", "/web/static/a%00.css", "/web/static/%ff"]:
+            _assert_our_404(get(s, path))
+    assert [e for e in events if "log_failure" in e] == []
+
+
+def test_static_files_are_served_with_their_type() -> None:
+    """The UI's files come with a content type and the security headers."""
+    s = site()
+    css = get(s, "/web/static/style.css")
+    assert css.status == 200
+    assert css.headers[b"content-type"].startswith(b"text/css")
+    assert css.body == (STATIC_DIR / "style.css").read_bytes()
+    js = get(s, "/web/static/invite.js")
+    assert js.headers[b"content-type"].startswith(b"text/javascript")
+    assert js.headers[b"x-content-type-options"] == b"nosniff"
+
+
+def test_unsupported_methods_get_a_json_405() -> None:
+    """A method a URL does not answer is refused in the API's error shape."""
+    s = site()
+    for request in [
+        b"DELETE /v1/webapi/ping HTTP/1.1\r\n\r\n",
+        b"PUT /web/static/style.css HTTP/1.1\r\n\r\n",
+        b"OPTIONS /web/invite/x HTTP/1.1\r\n\r\n",
+    ]:
+        wire = connect(s)
+        wire.send(request)
+        [answer] = wire.answers()
+        wire.close()
+        assert answer.status == 405
+        assert answer.json() == {"error": {"message": "method not allowed"}}

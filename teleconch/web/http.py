@@ -93,6 +93,27 @@ def send_json(request: Request, status: int, payload: Any) -> None:
     request.finish()
 
 
+def error_body(request: Request, status: int, message: str) -> bytes:
+    """Set up an error answer in the API's shape; the body to return from render."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": {"message": message}}).encode("utf-8")
+
+
+class ErrorResource(Resource):
+    """A leaf that answers every method with one JSON error."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        return error_body(request, self.status, self.message)
+
+
 class WebRequest(Request):
     """A request whose description never names a secret in its path."""
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from importlib import resources as importlib_resources
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,23 +18,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from twisted.web.static import File
 
 from teleconch import __version__
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.totp import qr_svg
 from teleconch.web.http import (
+    ErrorResource,
     WebSite,
     client_host,
+    error_body,
     redact_path,
     send_json,
 )
+from teleconch.web.static_files import StaticFiles
 
 log = Logger()
 
 MAX_BODY = 64 * 1024
-STATIC_DIR = Path(str(importlib_resources.files("teleconch.web") / "static"))
 
 _STATUS = {
     api.BadParameter: 400,
@@ -144,11 +143,9 @@ class JSONResource(Resource):
     get: Handler | None = None
     post: Handler | None = None
 
-    def render_GET(self, request: Request) -> int | bytes:
-        return self._run(request, self.get)
-
-    def render_POST(self, request: Request) -> int | bytes:
-        return self._run(request, self.post)
+    def render(self, request: Request) -> int | bytes:
+        handler = {b"GET": self.get, b"HEAD": self.get, b"POST": self.post}
+        return self._run(request, handler.get(request.method))
 
     def _run(self, request: Request, handler: Handler | None) -> int:
         if handler is None:
@@ -290,30 +287,28 @@ class _Page(Resource):
         super().__init__()
         self._html = html
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return error_body(request, 405, "method not allowed")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return self._html
 
 
-class _NotFound(JSONResource):
-    async def get(self, request: Request) -> Any:
-        raise HTTPError(404, "not found")
-
-    post = get
-
-
 class _Dir(Resource):
-    """An inner node of the URL tree: unknown children get a JSON 404."""
+    """An inner node of the URL tree: it and its unknown children are a JSON 404."""
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
+        return ErrorResource(404, "not found")
+
+    def render(self, request: Request) -> bytes:
+        return error_body(request, 404, "not found")
 
 
 def make_site(
     agent: AuthAgent,
     config: WebConfig,
     clock: IReactorTime,
-    invite_html: bytes,
+    static: StaticFiles,
     limiter: RateLimiter | None = None,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
@@ -327,8 +322,6 @@ def make_site(
     ssh.putChild(b"certs", SSHCertsResource(agent, limiter))
 
     root.putChild(b"web", web)
-    web.putChild(b"invite", _Page(invite_html))
-    static = File(str(STATIC_DIR))
-    static.childNotFound = _NotFound()  # type: ignore[assignment]
+    web.putChild(b"invite", _Page(static.file("invite.html").body))
     web.putChild(b"static", static)
     return WebSite(root, clock)
