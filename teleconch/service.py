@@ -43,6 +43,7 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
+from teleconch.web.http import WebSite
 from teleconch.web.site import WebConfig, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
@@ -276,6 +277,7 @@ class ProxyService(_Starting):
         self._join_source = join_source
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
+        self.web_site: WebSite | None = None
         self.ssh_address: cfg.HostPort | None = None
         self.router: Router | None = None
         #: How people reach us, as advertised once the listeners are bound.
@@ -407,6 +409,7 @@ class ProxyService(_Starting):
             self.reactor,
             StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
         )
+        self.web_site = site
         port = await self._listen(
             cfg.listen_endpoint(s.proxy.web_listen_addr),
             TLSMemoryBIOFactory(options, False, site),

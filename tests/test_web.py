@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
@@ -179,3 +188,93 @@ def test_rate_limiter_refills_over_time() -> None:
     clock.advance(5)
     assert limiter.allow("10.0.0.1")
     assert not limiter.allow("10.0.0.1")
+
+
+class _RawClient(Protocol):
+    """Writes raw HTTP over TLS and keeps every byte of the answer.
+
+    It hangs up by itself on a ``100 Continue`` (the server was wrong to send
+    one, and would wait for the body).
+    """
+
+    def __init__(self, head: bytes, body: list[bytes]) -> None:
+        self.head = head
+        self.body = body
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.head)
+        for chunk in self.body:
+            self.transport.write(chunk)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.startswith(b"HTTP/1.1 100 "):
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(self.received)
+
+
+async def _raw(c: Cluster, head: bytes, body: list[bytes] | None = None) -> bytes:
+    port = c.web_addr.port
+    endpoint = wrapClientTLS(
+        _Insecure().creatorForNetloc(b"127.0.0.1", port),
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+    )
+    client = _RawClient(head, body or [])
+    await connectProtocol(endpoint, client)
+    return await client.done
+
+
+async def _connections_closed(c: Cluster) -> None:
+    assert c.service.proxy is not None and c.service.proxy.web_site is not None
+    await c.service.proxy.web_site.connections.idle()
+
+
+_CERTS = (
+    b"POST /v1/webapi/ssh/certs HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\n"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_with_a_huge_length_gets_a_413_and_a_close_over_tls(
+    cluster: Cluster,
+) -> None:
+    """A gigabyte announced with ``Expect: 100-continue`` is refused on the
+    headers: no ``100 Continue``, a JSON 413, the connection closed by the
+    proxy, and its connection count back to zero."""
+    received = await _raw(
+        cluster,
+        _CERTS + b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n",
+    )
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert b"request body too large" in received
+    await _connections_closed(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 MiB sent chunked, with no end: the proxy answers 413 at the cap and
+    closes, without waiting for the end, and never spools it to a file."""
+    spooled: list[object] = []
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(
+        tempfile, "TemporaryFile", lambda *a, **kw: spooled.append(a) or real()
+    )
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+    received = await _raw(
+        cluster, _CERTS + b"Transfer-Encoding: chunked\r\n\r\n", [chunk] * 64
+    )
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert b"request body too large" in received
+    assert spooled == []
+    await _connections_closed(cluster)
+    code, _, _ = await _request(cluster, b"GET", "/v1/webapi/ping")
+    assert code == 200

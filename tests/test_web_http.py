@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from typing import Any
 
 import attrs
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,7 +20,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from teleconch.web.site import WebConfig, WebSite, make_site
+from teleconch.web.site import RateLimiter, WebConfig, WebSite, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
 TOKEN = "s3cr3t-invite-token"
@@ -248,3 +250,147 @@ def test_unsupported_methods_get_a_json_405() -> None:
         wire.close()
         assert answer.status == 405
         assert answer.json() == {"error": {"message": "method not allowed"}}
+
+
+CERTS = b"POST /v1/webapi/ssh/certs HTTP/1.1\r\nHost: x\r\n"
+JSON = b"Content-Type: application/json\r\n"
+LOGIN = json.dumps(
+    {"user": "alice", "password": "p", "otp_token": "1", "pub_key": "k"}
+).encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_a_content_length_over_the_cap_is_refused_on_the_headers() -> None:
+    """413 and a close as soon as the headers are in, with or without
+    ``Expect: 100-continue``; never a ``100 Continue`` for a body we refuse."""
+    for expect in [b"Expect: 100-continue\r\n", b""]:
+        wire = connect(site())
+        wire.send(CERTS + JSON + expect + b"Content-Length: 1000000000\r\n\r\n")
+        assert b"100 Continue" not in wire.transport.value()
+        [answer] = wire.answers()
+        assert answer.status == 413
+        assert "too large" in answer.json()["error"]["message"]
+        assert answer.headers[b"connection"] == b"close"
+        assert answer.headers[b"x-frame-options"] == b"DENY"
+        assert wire.transport.disconnecting
+        wire.close()
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap_and_never_spooled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cap is counted as chunks arrive: the 413 goes out with the chunk that
+    passes it, before the body ends, and no temporary file is ever made."""
+    spooled: list[object] = []
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(
+        tempfile, "TemporaryFile", lambda *a, **kw: spooled.append(a) or real()
+    )
+    wire = connect(site())
+    wire.send(CERTS + JSON + b"Transfer-Encoding: chunked\r\n\r\n")
+    wire.send(_chunk(b"x" * 60_000))
+    assert wire.answers() == []
+    wire.send(_chunk(b"x" * 10_000))
+    [answer] = wire.answers()
+    assert answer.status == 413
+    assert wire.transport.disconnecting
+    wire.send(_chunk(b"x" * 1_000_000) + b"0\r\n\r\n")  # dropped, not parsed
+    assert len(wire.answers()) == 1
+    assert spooled == []
+    wire.close()
+
+
+def test_a_body_within_the_cap_is_still_read() -> None:
+    """A login of ordinary size, by length (after ``100 Continue``) or chunked."""
+    s = site()
+    wire = connect(s)
+    wire.send(
+        CERTS
+        + JSON
+        + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(LOGIN)
+    )
+    assert wire.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    wire.transport.clear()
+    wire.send(LOGIN)
+    wire.send(CERTS + JSON + b"Transfer-Encoding: chunked\r\n\r\n")
+    wire.send(_chunk(LOGIN[:10]) + _chunk(LOGIN[10:]) + b"0\r\n\r\n")
+    answers = wire.answers()
+    assert [a.status for a in answers] == [200, 200]
+    assert answers[1].json()["username"] == "alice"
+    wire.close()
+
+
+def test_a_body_where_none_is_taken_is_refused_on_the_headers() -> None:
+    """Only the POST routes take a body; anywhere else a body is a 413."""
+    s = site()
+    for head in [
+        b"GET /v1/webapi/ping HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+        b"POST /web/static/style.css HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+        b"POST /nowhere HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ]:
+        wire = connect(s)
+        wire.send(head)
+        [answer] = wire.answers()
+        assert answer.status == 413
+        assert wire.transport.disconnecting
+        wire.close()
+
+
+def test_the_rate_limit_is_applied_before_the_body_is_read() -> None:
+    """Once an address has used its attempts, the next login is refused on its
+    headers: no ``100 Continue``, no body read."""
+    clock = Clock()
+    limiter = RateLimiter(clock, capacity=2)
+    s = site(limiter=limiter)
+    for _ in range(2):
+        wire = connect(s)
+        wire.send(CERTS + JSON + b"Content-Length: %d\r\n\r\n" % len(LOGIN) + LOGIN)
+        assert [a.status for a in wire.answers()] == [200]
+        wire.close()
+    wire = connect(s)
+    wire.send(CERTS + JSON + b"Expect: 100-continue\r\nContent-Length: 60000\r\n\r\n")
+    assert b"100 Continue" not in wire.transport.value()
+    [answer] = wire.answers()
+    assert answer.status == 429
+    assert "wait a minute" in answer.json()["error"]["message"]
+    assert wire.transport.disconnecting
+    wire.close()
+    assert limiter.allow("10.0.0.2")  # another address is not held up
+
+
+def test_a_refused_client_that_keeps_sending_is_cut_off_after_a_grace_period() -> None:
+    """After a refusal the connection closes politely; bytes that keep coming
+    are dropped, and the connection is aborted once the grace period is over."""
+    s = site()
+    wire = connect(s)
+    wire.send(CERTS + JSON + b"Content-Length: 1000000000\r\n\r\n")
+    assert wire.transport.disconnecting and not wire.transport.disconnected
+    for _ in range(10):
+        wire.send(b"x" * 100_000)
+        s.reactor.advance(1)  # type: ignore[attr-defined]
+    assert wire.transport.disconnected
+    assert len(wire.answers()) == 1
+    wire.close()
+
+
+def test_connections_per_address_are_capped_and_counted_back_to_zero() -> None:
+    """Past the cap an address's new connections are dropped at once; other
+    addresses are unaffected; every close is counted."""
+    s = site(max_connections_per_address=2)
+    first = [connect(s, "10.0.0.1", port) for port in (1, 2)]
+    extra = connect(s, "10.0.0.1", 3)
+    assert extra.transport.disconnected
+    assert not any(w.transport.disconnecting for w in first)
+    other = connect(s, "10.0.0.2", 4)
+    assert not other.transport.disconnecting
+    assert s.connections.count("10.0.0.1") == 2
+    for wire in [*first, extra, other]:
+        wire.close()
+    assert s.connections.count("10.0.0.1") == 0
+    assert s.connections.total == 0
+    again = connect(s, "10.0.0.1", 5)
+    assert not again.transport.disconnecting
+    again.close()

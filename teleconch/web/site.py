@@ -24,10 +24,16 @@ from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.totp import qr_svg
 from teleconch.web.http import (
+    MAX_BODY,
+    TOO_LARGE,
     ErrorResource,
+    HTTPError,
+    PeerCounter,
+    WebRequest,
     WebSite,
     client_host,
     error_body,
+    no_body,
     redact_path,
     send_json,
 )
@@ -35,7 +41,6 @@ from teleconch.web.static_files import StaticFiles
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
 
 _STATUS = {
     api.BadParameter: 400,
@@ -46,12 +51,6 @@ _STATUS = {
     api.AlreadyExistsError: 409,
     api.RateLimited: 429,
 }
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @attrs.define
@@ -95,7 +94,7 @@ def _json_body(request: Request) -> dict[str, Any]:
     assert request.content is not None
     body = request.content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
-        raise HTTPError(413, "request body too large")
+        raise HTTPError(413, TOO_LARGE)
     try:
         data = json.loads(body)
         _check_text(data)
@@ -137,11 +136,29 @@ def _field(data: dict[str, Any], name: str, kind: type = str) -> Any:
 
 
 class JSONResource(Resource):
-    """A leaf answering JSON, from coroutines; subclasses define get/post."""
+    """A leaf answering JSON, from coroutines; subclasses define get/post.
+
+    A POST here takes a JSON body of up to MAX_BODY; with a ``limiter``, it
+    is held to that rate limit, checked when its headers are in, before a
+    byte of the body is read.  Nothing else takes a body.
+    """
 
     isLeaf = True
     get: Handler | None = None
     post: Handler | None = None
+    limiter: RateLimiter | None = None
+    too_many = "too many attempts from your address; wait a minute"
+
+    def admit(
+        self, request: WebRequest, method: bytes, length: int | None
+    ) -> HTTPError | None:
+        if method != b"POST" or self.post is None:
+            return no_body(length)
+        if length is not None and length > MAX_BODY:
+            return HTTPError(413, TOO_LARGE)
+        if self.limiter is not None and not self.limiter.allow(client_host(request)):
+            return HTTPError(429, self.too_many)
+        return None
 
     def render(self, request: Request) -> int | bytes:
         handler = {b"GET": self.get, b"HEAD": self.get, b"POST": self.post}
@@ -210,7 +227,7 @@ class InviteResource(JSONResource):
     def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
         super().__init__()
         self._agent = agent
-        self._limiter = limiter
+        self.limiter = limiter
 
     async def get(self, request: Request) -> Any:
         if not request.postpath or not request.postpath[0]:
@@ -229,8 +246,6 @@ class InviteResource(JSONResource):
         if request.postpath and request.postpath[0]:
             raise HTTPError(404, "POST the invite to /v1/webapi/users/invite")
         client = client_host(request)
-        if not self._limiter.allow(client):
-            raise HTTPError(429, "too many attempts from your address; wait a minute")
         data = _json_body(request)
         user = await self._agent.complete_invite(
             _field(data, "token"),
@@ -244,17 +259,15 @@ class InviteResource(JSONResource):
 class SSHCertsResource(JSONResource):
     """POST /v1/webapi/ssh/certs: password + OTP for a short-lived certificate."""
 
+    too_many = "too many login attempts from your address; wait a minute"
+
     def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
         super().__init__()
         self._agent = agent
-        self._limiter = limiter
+        self.limiter = limiter
 
     async def post(self, request: Request) -> Any:
         client = client_host(request)
-        if not self._limiter.allow(client):
-            raise HTTPError(
-                429, "too many login attempts from your address; wait a minute"
-            )
         data = _json_body(request)
         ttl = data.get("ttl", 0)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
@@ -310,6 +323,7 @@ def make_site(
     clock: IReactorTime,
     static: StaticFiles,
     limiter: RateLimiter | None = None,
+    max_connections_per_address: int = 64,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
     root, v1, webapi, users, ssh, web = (_Dir() for _ in range(6))
@@ -324,4 +338,4 @@ def make_site(
     root.putChild(b"web", web)
     web.putChild(b"invite", _Page(static.file("invite.html").body))
     web.putChild(b"static", static)
-    return WebSite(root, clock)
+    return WebSite(root, clock, PeerCounter(max_connections_per_address))
