@@ -408,6 +408,7 @@ class ProxyService(_Starting):
             ),
             self.reactor,
             StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
+            max_connections_per_address=s.proxy.max_web_connections_per_address,
         )
         self.web_site = site
         port = await self._listen(

@@ -278,3 +278,35 @@ async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
     await _connections_closed(cluster)
     code, _, _ = await _request(cluster, b"GET", "/v1/webapi/ping")
     assert code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_past_the_per_address_cap_are_dropped(tmp_path: Path) -> None:
+    """proxy_service.max_web_connections_per_address holds over real TLS: with
+    a cap of one, a second connection from 127.0.0.1 is dropped at once, and
+    the count goes back to zero when the first one closes."""
+    c = await start_cluster(
+        tmp_path / "data", {"proxy_service": {"max_web_connections_per_address": 1}}
+    )
+    try:
+        assert c.service.proxy is not None and c.service.proxy.web_site is not None
+        connections = c.service.proxy.web_site.connections
+        port = c.web_addr.port
+        endpoint = wrapClientTLS(
+            _Insecure().creatorForNetloc(b"127.0.0.1", port),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        first = _RawClient(b"", [])
+        await connectProtocol(endpoint, first)
+        second = _RawClient(b"GET /v1/webapi/ping HTTP/1.1\r\nHost: x\r\n\r\n", [])
+        await connectProtocol(endpoint, second)
+        assert await second.done == b""
+        assert connections.count("127.0.0.1") == 1
+        assert first.transport is not None
+        first.transport.loseConnection()
+        await first.done
+        await _connections_closed(c)
+        code, _, _ = await _request(c, b"GET", "/v1/webapi/ping")
+        assert code == 200
+    finally:
+        await c.stop()
