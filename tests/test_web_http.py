@@ -394,3 +394,18 @@ def test_connections_per_address_are_capped_and_counted_back_to_zero() -> None:
     again = connect(s, "10.0.0.1", 5)
     assert not again.transport.disconnecting
     again.close()
+
+
+def test_a_refused_body_is_one_log_line_with_the_reason() -> None:
+    """Invalid JSON is a 400 and one info line saying why, never a failure."""
+    s = site()
+    wire = connect(s)
+    body = b'{"user": "\\ud800"}'
+    with capturedLogs() as events:
+        wire.send(CERTS + JSON + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    [answer] = wire.answers()
+    wire.close()
+    assert answer.status == 400
+    [event] = events
+    assert "log_failure" not in event
+    assert "not valid JSON" in formatEvent(event)

@@ -183,6 +183,14 @@ async def _answer(request: Request, handler: Handler) -> None:
         status = 200
     except HTTPError as e:
         status, payload = e.status, {"error": {"message": str(e)}}
+        log.info(
+            "refused {method} {path} from {client}: {status} {reason}",
+            method=request.method.decode("ascii", "backslashreplace"),
+            path=redact_path(request.uri),
+            client=client_host(request),
+            status=status,
+            reason=str(e),
+        )
     except api.AuthAPIError as e:
         status = _STATUS.get(type(e), 400)
         payload = {"error": {"message": str(e)}}
