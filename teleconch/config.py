@@ -129,6 +129,8 @@ class ProxySettings:
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     allow_unregistered_nodes: bool = False
+    #: Open HTTPS connections one client address may hold; more are dropped.
+    max_web_connections_per_address: int = 64
 
 
 @attrs.frozen
@@ -193,6 +195,12 @@ def _str(value: Any) -> str:
         if text:
             return text
     raise ValueError(f"{value!r} is not a non-empty string")
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"{value!r} is not a whole number above 0")
 
 
 def _listen(value: Any) -> str:
@@ -303,6 +311,7 @@ _PROXY_KEYS = {
     "https_cert_file",
     "https_key_file",
     "allow_unregistered_nodes",
+    "max_web_connections_per_address",
 }
 
 
@@ -382,6 +391,9 @@ def parse(
         https_key_file=_get(p, "proxy_service", "https_key_file", _file, None),
         allow_unregistered_nodes=_get(
             p, "proxy_service", "allow_unregistered_nodes", _bool, False
+        ),
+        max_web_connections_per_address=_get(
+            p, "proxy_service", "max_web_connections_per_address", _positive_int, 64
         ),
     )
     settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)

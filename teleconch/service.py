@@ -45,7 +45,9 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
-from teleconch.web.site import STATIC_DIR, WebConfig, make_site
+from teleconch.web.http import WebSite
+from teleconch.web.site import WebConfig, make_site
+from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
 log = Logger()
 
@@ -315,6 +317,7 @@ class ProxyService(_Starting):
         self._join_source = join_source
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
+        self.web_site: WebSite | None = None
         self.ssh_address: cfg.HostPort | None = None
         self.web_listening = ""
         self.ssh_listening = ""
@@ -448,8 +451,10 @@ class ProxyService(_Starting):
                 proxy_ssh_addr=str(self.ssh_public_addr),
             ),
             self.reactor,
-            await self._in_thread((STATIC_DIR / "invite.html").read_bytes),
+            StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
+            max_connections_per_address=s.proxy.max_web_connections_per_address,
         )
+        self.web_site = site
         port = await self._listen(
             "proxy_service.web_listen_addr",
             s.proxy.web_listen_addr,

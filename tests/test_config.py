@@ -49,6 +49,10 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
             "no service",
         ),
         ({"bogus": {}}, "unknown key 'bogus'"),
+        (
+            {"proxy_service": {"max_web_connections_per_address": 0}},
+            "proxy_service.max_web_connections_per_address",
+        ),
     ],
 )
 def test_bad_values_name_the_key(doc: dict, needle: str) -> None:

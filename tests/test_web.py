@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
@@ -96,6 +106,37 @@ async def test_malformed_login_requests_get_a_clear_400(
     assert code == 200
 
 
+_LOGIN = b'"password": "p", "otp_token": "1", "pub_key": "k"'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # json.loads accepts a lone surrogate; encoding it for the auth service fails.
+        b'{"user": "\\ud800", ' + _LOGIN + b"}",
+        b'{"\\udfff": 1, "user": "a", ' + _LOGIN + b"}",
+        # Deep nesting that still fits under the body cap: a RecursionError.
+        b"[" * 30000 + b"]" * 30000,
+        b'{"user": "a", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+    ],
+    ids=["lone-surrogate-value", "lone-surrogate-key", "deep-list", "deep-in-field"],
+)
+@pytest_twisted.ensureDeferred
+async def test_unencodable_or_deeply_nested_json_is_a_400_without_a_traceback(
+    cluster: Cluster, body: bytes
+) -> None:
+    """Text the auth service cannot carry, and nesting past the parser's limit,
+    are the client's mistake: a JSON 400, and nothing critical in the log."""
+    with capturedLogs() as events:
+        code, _, answer = await _request(
+            cluster, b"POST", "/v1/webapi/ssh/certs", body, b"application/json"
+        )
+    assert code == 400
+    assert "not valid JSON" in json.loads(answer)["error"]["message"]
+    assert [e for e in events if "log_failure" in e] == []
+    assert all(e["log_level"] < LogLevel.error for e in events)
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_invite_page_is_served_for_any_token(cluster: Cluster) -> None:
     """The sign-up page is static HTML whatever the token; the script does the rest."""
@@ -117,7 +158,7 @@ class _Denied(JSONResource):
 
 def _render(resource: JSONResource) -> tuple[int, dict[str, Any]]:
     request = DummyRequest([b""])
-    resource.render_GET(request)  # type: ignore[arg-type]
+    resource.render(request)  # type: ignore[arg-type]
     assert request.finished
     return request.responseCode, json.loads(b"".join(request.written))
 
@@ -147,3 +188,125 @@ def test_rate_limiter_refills_over_time() -> None:
     clock.advance(5)
     assert limiter.allow("10.0.0.1")
     assert not limiter.allow("10.0.0.1")
+
+
+class _RawClient(Protocol):
+    """Writes raw HTTP over TLS and keeps every byte of the answer.
+
+    It hangs up by itself on a ``100 Continue`` (the server was wrong to send
+    one, and would wait for the body).
+    """
+
+    def __init__(self, head: bytes, body: list[bytes]) -> None:
+        self.head = head
+        self.body = body
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.head)
+        for chunk in self.body:
+            self.transport.write(chunk)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.startswith(b"HTTP/1.1 100 "):
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(self.received)
+
+
+async def _raw(c: Cluster, head: bytes, body: list[bytes] | None = None) -> bytes:
+    port = c.web_addr.port
+    endpoint = wrapClientTLS(
+        _Insecure().creatorForNetloc(b"127.0.0.1", port),
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+    )
+    client = _RawClient(head, body or [])
+    await connectProtocol(endpoint, client)
+    return await client.done
+
+
+async def _connections_closed(c: Cluster) -> None:
+    assert c.service.proxy is not None and c.service.proxy.web_site is not None
+    await c.service.proxy.web_site.connections.idle()
+
+
+_CERTS = (
+    b"POST /v1/webapi/ssh/certs HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\n"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_with_a_huge_length_gets_a_413_and_a_close_over_tls(
+    cluster: Cluster,
+) -> None:
+    """A gigabyte announced with ``Expect: 100-continue`` is refused on the
+    headers: no ``100 Continue``, a JSON 413, the connection closed by the
+    proxy, and its connection count back to zero."""
+    received = await _raw(
+        cluster,
+        _CERTS + b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n",
+    )
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert b"request body too large" in received
+    await _connections_closed(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 MiB sent chunked, with no end: the proxy answers 413 at the cap and
+    closes, without waiting for the end, and never spools it to a file."""
+    spooled: list[object] = []
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(
+        tempfile, "TemporaryFile", lambda *a, **kw: spooled.append(a) or real()
+    )
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+    received = await _raw(
+        cluster, _CERTS + b"Transfer-Encoding: chunked\r\n\r\n", [chunk] * 64
+    )
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert b"request body too large" in received
+    assert spooled == []
+    await _connections_closed(cluster)
+    code, _, _ = await _request(cluster, b"GET", "/v1/webapi/ping")
+    assert code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_past_the_per_address_cap_are_dropped(tmp_path: Path) -> None:
+    """proxy_service.max_web_connections_per_address holds over real TLS: with
+    a cap of one, a second connection from 127.0.0.1 is dropped at once, and
+    the count goes back to zero when the first one closes."""
+    c = await start_cluster(
+        tmp_path / "data", {"proxy_service": {"max_web_connections_per_address": 1}}
+    )
+    try:
+        assert c.service.proxy is not None and c.service.proxy.web_site is not None
+        connections = c.service.proxy.web_site.connections
+        port = c.web_addr.port
+        endpoint = wrapClientTLS(
+            _Insecure().creatorForNetloc(b"127.0.0.1", port),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+        )
+        first = _RawClient(b"", [])
+        await connectProtocol(endpoint, first)
+        second = _RawClient(b"GET /v1/webapi/ping HTTP/1.1\r\nHost: x\r\n\r\n", [])
+        await connectProtocol(endpoint, second)
+        assert await second.done == b""
+        assert connections.count("127.0.0.1") == 1
+        assert first.transport is not None
+        first.transport.loseConnection()
+        await first.done
+        await _connections_closed(c)
+        code, _, _ = await _request(c, b"GET", "/v1/webapi/ping")
+        assert code == 200
+    finally:
+        await c.stop()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from importlib import resources as importlib_resources
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,30 +17,30 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.static import File
+from twisted.web.server import NOT_DONE_YET, Request
 
 from teleconch import __version__
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
 from teleconch.totp import qr_svg
+from teleconch.web.http import (
+    MAX_BODY,
+    TOO_LARGE,
+    ErrorResource,
+    HTTPError,
+    PeerCounter,
+    WebRequest,
+    WebSite,
+    client_host,
+    error_body,
+    no_body,
+    redact_path,
+    send_json,
+)
+from teleconch.web.static_files import StaticFiles
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
-STATIC_DIR = Path(str(importlib_resources.files("teleconch.web") / "static"))
-
-SECURITY_HEADERS = {
-    b"Content-Security-Policy": b"default-src 'self'; img-src 'self' data:; "
-    b"style-src 'self'; script-src 'self'; frame-ancestors 'none'; "
-    b"base-uri 'none'; form-action 'self'",
-    b"X-Frame-Options": b"DENY",
-    b"X-Content-Type-Options": b"nosniff",
-    # Invite links carry their token in the path: never leak it in a Referer.
-    b"Referrer-Policy": b"no-referrer",
-    b"Strict-Transport-Security": b"max-age=31536000",
-    b"Cache-Control": b"no-store",
-}
 
 _STATUS = {
     api.BadParameter: 400,
@@ -53,12 +51,6 @@ _STATUS = {
     api.AlreadyExistsError: 409,
     api.RateLimited: 429,
 }
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @attrs.define
@@ -96,25 +88,44 @@ class WebConfig:
 Handler = Callable[[Request], Awaitable[Any]]
 
 
-def _client(request: Request) -> str:
-    addr = request.getClientAddress()
-    return str(getattr(addr, "host", addr))
-
-
 def _json_body(request: Request) -> dict[str, Any]:
     if not (request.getHeader("content-type") or "").startswith("application/json"):
         raise HTTPError(415, "send the request body as application/json")
     assert request.content is not None
     body = request.content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
-        raise HTTPError(413, "request body too large")
+        raise HTTPError(413, TOO_LARGE)
     try:
         data = json.loads(body)
-    except ValueError:
+        _check_text(data)
+    except (ValueError, RecursionError):
         raise HTTPError(400, "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise HTTPError(400, "the request body must be a JSON object")
     return data
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _check_text(data: Any) -> None:
+    """Refuse what json.loads accepts but nothing after it can carry.
+
+    A lone surrogate (``"\\ud800"``) is not UTF-8 text: it would fail later,
+    when encoded for the auth service.  Nesting is bounded too.
+    """
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError("nested too deeply")
+        if isinstance(value, str):
+            value.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _field(data: dict[str, Any], name: str, kind: type = str) -> Any:
@@ -125,32 +136,43 @@ def _field(data: dict[str, Any], name: str, kind: type = str) -> Any:
 
 
 class JSONResource(Resource):
-    """A leaf answering JSON, from coroutines; subclasses define get/post."""
+    """A leaf answering JSON, from coroutines; subclasses define get/post.
+
+    A POST here takes a JSON body of up to MAX_BODY; with a ``limiter``, it
+    is held to that rate limit, checked when its headers are in, before a
+    byte of the body is read.  Nothing else takes a body.
+    """
 
     isLeaf = True
     get: Handler | None = None
     post: Handler | None = None
+    limiter: RateLimiter | None = None
+    too_many = "too many attempts from your address; wait a minute"
 
-    def render_GET(self, request: Request) -> int | bytes:
-        return self._run(request, self.get)
+    def admit(
+        self, request: WebRequest, method: bytes, length: int | None
+    ) -> HTTPError | None:
+        if method != b"POST" or self.post is None:
+            return no_body(length)
+        if length is not None and length > MAX_BODY:
+            return HTTPError(413, TOO_LARGE)
+        if self.limiter is not None and not self.limiter.allow(client_host(request)):
+            return HTTPError(429, self.too_many)
+        return None
 
-    def render_POST(self, request: Request) -> int | bytes:
-        return self._run(request, self.post)
+    def render(self, request: Request) -> int | bytes:
+        handler = {b"GET": self.get, b"HEAD": self.get, b"POST": self.post}
+        return self._run(request, handler.get(request.method))
 
     def _run(self, request: Request, handler: Handler | None) -> int:
         if handler is None:
-            _send(request, 405, {"error": {"message": "method not allowed"}})
+            send_json(request, 405, {"error": {"message": "method not allowed"}})
             return NOT_DONE_YET
         d = Deferred.fromCoroutine(_answer(request, handler))
-        d.addErrback(lambda f: log.failure("answering {uri}", f, uri=request.uri))
+        d.addErrback(
+            lambda f: log.failure("answering {uri}", f, uri=redact_path(request.uri))
+        )
         return NOT_DONE_YET
-
-
-def _send(request: Request, status: int, payload: Any) -> None:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.write(json.dumps(payload).encode("utf-8"))
-    request.finish()
 
 
 async def _answer(request: Request, handler: Handler) -> None:
@@ -161,6 +183,14 @@ async def _answer(request: Request, handler: Handler) -> None:
         status = 200
     except HTTPError as e:
         status, payload = e.status, {"error": {"message": str(e)}}
+        log.info(
+            "refused {method} {path} from {client}: {status} {reason}",
+            method=request.method.decode("ascii", "backslashreplace"),
+            path=redact_path(request.uri),
+            client=client_host(request),
+            status=status,
+            reason=str(e),
+        )
     except api.AuthAPIError as e:
         status = _STATUS.get(type(e), 400)
         payload = {"error": {"message": str(e)}}
@@ -171,7 +201,9 @@ async def _answer(request: Request, handler: Handler) -> None:
             "error": {"message": "the auth service is unreachable; try again shortly"}
         }
     except Exception:
-        log.failure("internal error answering {uri}", Failure(), uri=request.uri)
+        log.failure(
+            "internal error answering {uri}", Failure(), uri=redact_path(request.uri)
+        )
         status = 500
         payload = {
             "error": {
@@ -180,7 +212,7 @@ async def _answer(request: Request, handler: Handler) -> None:
             }
         }
     if not gone:  # the client may have hung up while the auth service answered
-        _send(request, status, payload)
+        send_json(request, status, payload)
 
 
 class PingResource(JSONResource):
@@ -203,7 +235,7 @@ class InviteResource(JSONResource):
     def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
         super().__init__()
         self._agent = agent
-        self._limiter = limiter
+        self.limiter = limiter
 
     async def get(self, request: Request) -> Any:
         if not request.postpath or not request.postpath[0]:
@@ -221,9 +253,7 @@ class InviteResource(JSONResource):
     async def post(self, request: Request) -> Any:
         if request.postpath and request.postpath[0]:
             raise HTTPError(404, "POST the invite to /v1/webapi/users/invite")
-        client = _client(request)
-        if not self._limiter.allow(client):
-            raise HTTPError(429, "too many attempts from your address; wait a minute")
+        client = client_host(request)
         data = _json_body(request)
         user = await self._agent.complete_invite(
             _field(data, "token"),
@@ -237,17 +267,15 @@ class InviteResource(JSONResource):
 class SSHCertsResource(JSONResource):
     """POST /v1/webapi/ssh/certs: password + OTP for a short-lived certificate."""
 
+    too_many = "too many login attempts from your address; wait a minute"
+
     def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
         super().__init__()
         self._agent = agent
-        self._limiter = limiter
+        self.limiter = limiter
 
     async def post(self, request: Request) -> Any:
-        client = _client(request)
-        if not self._limiter.allow(client):
-            raise HTTPError(
-                429, "too many login attempts from your address; wait a minute"
-            )
+        client = client_host(request)
         data = _json_body(request)
         ttl = data.get("ttl", 0)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
@@ -280,45 +308,30 @@ class _Page(Resource):
         super().__init__()
         self._html = html
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return error_body(request, 405, "method not allowed")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return self._html
 
 
-class _NotFound(JSONResource):
-    async def get(self, request: Request) -> Any:
-        raise HTTPError(404, "not found")
-
-    post = get
-
-
 class _Dir(Resource):
-    """An inner node of the URL tree: unknown children get a JSON 404."""
+    """An inner node of the URL tree: it and its unknown children are a JSON 404."""
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return _NotFound()
+        return ErrorResource(404, "not found")
 
-
-class WebSite(Site):
-    """The proxy's site: security headers on every answer, no tracebacks."""
-
-    displayTracebacks = False
-
-    def __init__(self, root: Resource) -> None:
-        super().__init__(root)
-
-    def getResourceFor(self, request: Request) -> Any:
-        for name, value in SECURITY_HEADERS.items():
-            request.setHeader(name, value)
-        return super().getResourceFor(request)
+    def render(self, request: Request) -> bytes:
+        return error_body(request, 404, "not found")
 
 
 def make_site(
     agent: AuthAgent,
     config: WebConfig,
     clock: IReactorTime,
-    invite_html: bytes,
+    static: StaticFiles,
     limiter: RateLimiter | None = None,
+    max_connections_per_address: int = 64,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
     root, v1, webapi, users, ssh, web = (_Dir() for _ in range(6))
@@ -331,8 +344,6 @@ def make_site(
     ssh.putChild(b"certs", SSHCertsResource(agent, limiter))
 
     root.putChild(b"web", web)
-    web.putChild(b"invite", _Page(invite_html))
-    static = File(str(STATIC_DIR))
-    static.childNotFound = _NotFound()  # type: ignore[assignment]
+    web.putChild(b"invite", _Page(static.file("invite.html").body))
     web.putChild(b"static", static)
-    return WebSite(root)
+    return WebSite(root, clock, PeerCounter(max_connections_per_address))
