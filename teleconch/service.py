@@ -247,7 +247,7 @@ class AuthService(_Starting):
         log.info(
             "auth service of cluster {cluster} listening on {addr}",
             cluster=s.auth.cluster_name,
-            addr=str(self.address),
+            addr=self.listening,
         )
 
     async def _stop(self) -> None:
@@ -435,7 +435,7 @@ class ProxyService(_Starting):
         self.ssh_public_addr = _advertised(
             s.proxy.ssh_public_addr, self.ssh_address.port
         )
-        log.info("proxy SSH listener on {addr}", addr=str(self.ssh_address))
+        log.info("proxy SSH listener on {addr}", addr=self.ssh_listening)
 
         cert_pem, key_pem = await self._in_thread(self._web_tls)
         pc = PrivateCertificate.loadPEM(cert_pem + key_pem)
@@ -463,7 +463,7 @@ class ProxyService(_Starting):
         self.web_address = _bound(port)
         self.web_listening = _listening(port)
         self.public_addr = _advertised(s.proxy.public_addr, self.web_address.port)
-        log.info("proxy web listener on https://{addr}", addr=str(self.web_address))
+        log.info("proxy web listener on https://{addr}", addr=self.web_listening)
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=True).addErrback(
