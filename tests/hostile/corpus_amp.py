@@ -213,7 +213,8 @@ def amp_cases(rng: random.Random) -> list[Case]:
         _amp("unknown-command-lowercase-ping", ask(b"ping")),
         _amp("unknown-command-invalid-utf8", ask(b"\xff\xfe")),
         _amp("starttls-inside-tls", ask(b"StartTLS")),
-        _amp("missing-ask-ping", box((b"_command", b"Ping"))),
+        # No _ask: AMP sends no answer, so only an idle deadline can end it.
+        _amp("missing-ask-ping", box((b"_command", b"Ping")), idle=True),
         _amp(
             "missing-ask-create-user",
             box((b"_command", b"CreateUser"), *ADMIN_CALLS[2][1]),
@@ -230,6 +231,7 @@ def amp_cases(rng: random.Random) -> list[Case]:
             + b"\0\x05hello"
             + kv(b"_ask", b"1")
             + b"\0\0",
+            idle=True,
         ),
         _amp("empty-box", b"\0\0"),
         _amp("box-without-command-or-answer", box((b"hello", b"world"))),

@@ -85,7 +85,6 @@ def _request_line_cases() -> list[Case]:
         ),
         ("request-line-uri-20k", request(path=b"/" + b"a" * 20000)),
         ("request-line-uri-100k", request(path=b"/v1/" + b"a" * 100000)),
-        ("request-line-lf-only", b"GET /v1/webapi/ping HTTP/1.1\nHost: x\n\n"),
         ("request-line-unknown-method", request(b"BREW", PING)),
         ("request-line-lowercase-method", request(b"get", b"/v1/webapi/ping")),
         ("request-line-put-certs", request(b"PUT", CERTS, body=b"{}")),

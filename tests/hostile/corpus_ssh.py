@@ -5,10 +5,7 @@ from __future__ import annotations
 import random
 import struct
 
-from tests.hostile.cases import (
-    SSH,
-    Case,
-)
+from tests.hostile.cases import SSH, UNIMPLEMENTED, Case
 
 VERSION = b"SSH-2.0-hostile_probe\r\n"
 
@@ -87,8 +84,12 @@ def msg(number: int, payload: bytes = b"") -> bytes:
     return bytes((number,)) + payload
 
 
-def _pre(cid: str, data: bytes, idle: bool = False) -> Case:
-    return Case(f"ssh/{cid}", SSH, data=data, idle=idle)
+def _pre(
+    cid: str, data: bytes, idle: bool = False, unimplemented: bool = False
+) -> Case:
+    """A raw case; ``unimplemented``: an UNIMPLEMENTED answer is also right."""
+    answers = frozenset({UNIMPLEMENTED}) if unimplemented else frozenset()
+    return Case(f"ssh/{cid}", SSH, data=data, idle=idle, answers=answers)
 
 
 def _version_cases(rng: random.Random) -> list[Case]:
@@ -340,10 +341,12 @@ def _kex_message_cases(rng: random.Random) -> list[Case]:
         _pre(
             "gex-group-from-client",
             gex + packet(msg(MSG_KEX_DH_GEX_GROUP, mpint(23) + mpint(5))),
+            unimplemented=True,
         ),
         _pre(
             "gex-reply-from-client",
             curve + packet(msg(MSG_KEX_DH_GEX_REPLY, ns(b"k") + mpint(3) + ns(b"s"))),
+            unimplemented=True,
         ),
         _pre("newkeys-without-kex", VERSION + packet(msg(MSG_NEWKEYS))),
         _pre("newkeys-after-kexinit-only", curve + packet(msg(MSG_NEWKEYS))),
@@ -356,12 +359,17 @@ def ssh_pre_kex_cases(rng: random.Random) -> list[Case]:
     """Raw inputs to the SSH port; nothing here completes a key exchange."""
     cases = _version_cases(rng) + _framing_cases()
     for name, payload in _pre_kex_messages():
-        cases.append(_pre(f"pre-kex/{name}", VERSION + packet(payload)))
+        if name.endswith("-valid") and name != "ext-info-valid":
+            continue  # RFC 4253 11: legal at any time without strict KEX
+        unknown = name.startswith("unknown-type")  # RFC 4253 11.4: UNIMPLEMENTED
+        after = VERSION + packet(kexinit()) + packet(payload)
         cases.append(
-            _pre(f"after-kexinit/{name}", VERSION + packet(kexinit()) + packet(payload))
+            _pre(f"pre-kex/{name}", VERSION + packet(payload), unimplemented=unknown)
         )
+        cases.append(_pre(f"after-kexinit/{name}", after, unimplemented=unknown))
     strict = VERSION + packet(kexinit(strict=True))
-    for name in ("service-request-userauth", "debug-valid", "unknown-type-200"):
+    strict_names = ("service-request-userauth", "debug-valid", "unimplemented-valid")
+    for name in (*strict_names, "disconnect-valid", "unknown-type-200"):
         payload = dict(_pre_kex_messages())[name]
         cases.append(_pre(f"after-strict-kexinit/{name}", strict + packet(payload)))
     flood = packet(msg(200, b"x" * 8)) * 4000

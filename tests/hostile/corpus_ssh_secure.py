@@ -95,7 +95,7 @@ def ssh_secure_cases(rng: random.Random) -> list[Case]:
         _secure("rekey-then-newkeys", (MSG_KEXINIT, kexinit()[1:]), (MSG_NEWKEYS, b"")),
         _secure("ecdh-init-without-kexinit", (MSG_KEX_ECDH_INIT, ns(b"\x09" * 32))),
         _secure("gex-init-without-kexinit", (MSG_KEX_DH_GEX_INIT, mpint(12345))),
-        _secure("gex-reply-from-client", (MSG_KEX_DH_GEX_REPLY, b"")),
+        _secure("gex-reply-from-client", (MSG_KEX_DH_GEX_REPLY, b""), answers=unimpl),
         _secure("unknown-type-200", (200, b"junk"), answers=unimpl),
         _secure(
             "userauth-before-service-request",

@@ -13,10 +13,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
+from collections.abc import Callable
 
-from tests.hostile.cases import AMP, HTTP, PLAIN_TO_TLS, SSH, SSH_SECURE, Case, Outcome
+from tests.hostile.cases import (
+    AMP,
+    HTTP,
+    PLAIN_TO_TLS,
+    SSH,
+    SSH_SECURE,
+    UNIMPLEMENTED,
+    Case,
+    Outcome,
+)
 
 # The brief's set, with 401/403: a well-formed but wrong login is refused so.
 HTTP_ERRORS = frozenset({400, 401, 403, 404, 405, 411, 413, 414, 415, 417, 431})
@@ -51,11 +62,22 @@ def disconnect_text(payload: bytes) -> str:
         return f"(unparsable) {payload[:80]!r}"
 
 
-def ssh_disconnect(data: bytes) -> str | None:
+def ssh_disconnect(data: bytes, unimplemented: bool = False) -> str | None:
     for number, payload in ssh_packets(data)[1]:
         if number == 1:
             return "DISCONNECT " + disconnect_text(payload)
+        if number == 3 and unimplemented:
+            return "UNIMPLEMENTED"
     return None
+
+
+def done_for(case: Case) -> Callable[[bytes], str | None] | None:
+    """For a raw case: what, in the server's bytes so far, ends it."""
+    if case.proto == SSH:
+        return functools.partial(
+            ssh_disconnect, unimplemented=UNIMPLEMENTED in case.answers
+        )
+    return {AMP: amp_answer, HTTP: http_response}.get(case.proto)
 
 
 # --- AMP ---------------------------------------------------------------------

@@ -203,12 +203,7 @@ async def replay_one(
         host, port = targets.ssh
         proto: Protocol = CraftingClient(case, once)
     else:
-        done = {
-            SSH: judge.ssh_disconnect,
-            AMP: judge.amp_answer,
-            HTTP: judge.http_response,
-        }
-        proto = RawProbe(case.data, done.get(case.proto), once)
+        proto = RawProbe(case.data, judge.done_for(case), once)
         if case.proto == PLAIN_TO_TLS:
             host, port = targets.auth if case.target == "auth" else targets.web
         else:
