@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import yaml
 
+from teleconch.durations import parse_duration
 from teleconch.logs import SEVERITIES, LogSettings
 
 AUTH_PORT = 3025
@@ -116,6 +117,8 @@ class AuthSettings:
     cluster_name: str
     session_recording: str = "node"
     proxy_checks_host_keys: bool = True
+    #: Lifetime of the host certificate a node gets from `teleconch join openssh`.
+    node_cert_ttl: int = 30 * 86400
 
 
 @attrs.frozen
@@ -187,6 +190,14 @@ def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError(f"{value!r} is not yes/no")
+
+
+def _node_cert_ttl(value: Any) -> int:
+    """A node host certificate's lifetime: 1h to 1 year, e.g. 30d or 720h."""
+    seconds = parse_duration(str(value))
+    if not 3600 <= seconds <= 366 * 86400:
+        raise ValueError(f"{value!r} must be between 1h and 366d (e.g. 30d)")
+    return seconds
 
 
 def _str(value: Any) -> str:
@@ -301,6 +312,7 @@ _AUTH_KEYS = {
     "cluster_name",
     "session_recording",
     "proxy_checks_host_keys",
+    "node_cert_ttl",
 }
 _PROXY_KEYS = {
     "enabled",
@@ -357,6 +369,9 @@ def parse(
         ),
         proxy_checks_host_keys=_get(
             a, "auth_service", "proxy_checks_host_keys", _bool, True
+        ),
+        node_cert_ttl=_get(
+            a, "auth_service", "node_cert_ttl", _node_cert_ttl, 30 * 86400
         ),
     )
 

@@ -210,6 +210,14 @@ class AuthService(_Starting):
         self._store = SQLiteStore(str(self.files.dir / "teleconch.db"), self.reactor)
         await self._store.open()
         auth_addr = cfg.HostPort(s.teleconch.nodename, cfg.AUTH_PORT)
+        identity = tls_ca.issue_identity(
+            ROLE_AUTH,
+            s.teleconch.nodename,
+            self.reactor.seconds(),
+            IDENTITY_TTL,
+            dns_names=[AUTH_SERVER_NAME, s.teleconch.nodename, "localhost"],
+            ip_addresses=["127.0.0.1"],
+        )
         self.server = AuthServer(
             clock=self.clock,
             threads=self.reactor,
@@ -223,16 +231,10 @@ class AuthService(_Starting):
             ),
             auth_addr=str(auth_addr),
             bcrypt_rounds=self.bcrypt_rounds,
+            tls_identity=identity,
+            node_cert_ttl=s.auth.node_cert_ttl,
         )
         await self.server.start()
-        identity = tls_ca.issue_identity(
-            ROLE_AUTH,
-            s.teleconch.nodename,
-            self.reactor.seconds(),
-            IDENTITY_TTL,
-            dns_names=[AUTH_SERVER_NAME, s.teleconch.nodename, "localhost"],
-            ip_addresses=["127.0.0.1"],
-        )
         factory = TLSMemoryBIOFactory(
             identity.server_options(), False, AuthAPIFactory(self.server, self.reactor)
         )

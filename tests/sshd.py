@@ -97,6 +97,12 @@ async def start_sshd(
     ]
     config = directory / "sshd_config"
     _write(config, "\n".join(lines) + "\n")
+    return await run_sshd(config, port)
+
+
+async def run_sshd(config: Path, port: int) -> Sshd:
+    """Start sshd on ``config`` (which listens on ``port``) and wait until it does."""
+    os.makedirs("/run/sshd", exist_ok=True)
     proto = _Log()
     process = reactor.spawnProcess(
         proto,
@@ -104,7 +110,7 @@ async def start_sshd(
         [SSHD, "-D", "-e", "-f", str(config)],
         env={"PATH": os.environ["PATH"]},
     )
-    sshd = Sshd(port, directory, proto, process)
+    sshd = Sshd(port, config.parent, proto, process)
     for _ in range(200):
         if b"Server listening" in proto.log or proto.ended.called:
             break

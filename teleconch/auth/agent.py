@@ -308,6 +308,43 @@ class AuthAgent(MultiService):
             api.SignHostCertificate, public_key=public_key, hosts=list(hosts), ttl=ttl
         )
 
+    async def join_openssh_node(
+        self,
+        token: str,
+        name: str,
+        addr: str,
+        labels: dict[str, str],
+        public_key: str,
+        client_addr: str,
+    ) -> dict[str, Any]:
+        """The attested answer to a node's join (see teleconch.auth.nodejoin)."""
+        document: dict[str, Any] = (
+            await self.call(
+                api.JoinOpenSSHNode,
+                token=token,
+                name=name,
+                addr=addr,
+                labels=labels,
+                public_key=public_key,
+                client_addr=client_addr,
+            )
+        )["document"]
+        return document
+
+    async def renew_node_certificate(
+        self, cert: str, timestamp: int, signature: str, client_addr: str
+    ) -> dict[str, Any]:
+        document: dict[str, Any] = (
+            await self.call(
+                api.RenewNodeCertificate,
+                cert=cert,
+                timestamp=timestamp,
+                signature=signature,
+                client_addr=client_addr,
+            )
+        )["document"]
+        return document
+
     async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
         roles: list[dict[str, Any]] = (
             await self.call(api.GetRoles, names=list(names))

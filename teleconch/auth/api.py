@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from teleconch.auth import nodejoin
 from teleconch.auth import protocol as api
 from teleconch.auth.guard import ConnectionGuard, GuardedAMP, GuardLimits
 from teleconch.auth.server import AuthServer, Identity, node_to_json
@@ -307,6 +308,16 @@ class AuthAPIProtocol(GuardedAMP):
             public_key, hosts, ttl
         )
         return {"cert": cert, "principals": principals}
+
+    @serve(api.JoinOpenSSHNode)
+    async def join_openssh_node(self, caller: Identity, **kw: Any) -> dict[str, Any]:
+        return {"document": await nodejoin.join_node(self.server, **kw)}
+
+    @serve(api.RenewNodeCertificate)
+    async def renew_node_certificate(
+        self, caller: Identity, **kw: Any
+    ) -> dict[str, Any]:
+        return {"document": await nodejoin.renew_node(self.server, **kw)}
 
     @serve(api.GetRoles)
     async def get_roles(self, caller: Identity, names: list[str]) -> dict[str, Any]:

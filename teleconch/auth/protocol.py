@@ -281,6 +281,7 @@ class CreateToken(AuthCommand):
         (b"expires", amp.Float()),
         (b"ca_pin", amp.Unicode()),
         (b"auth_addr", amp.Unicode()),
+        (b"proxy_addr", amp.Unicode()),
     ]
 
 
@@ -414,6 +415,38 @@ class SignHostCertificate(AuthCommand):
         (b"ttl", amp.Integer()),
     ]
     response = [(b"cert", amp.Unicode()), (b"principals", amp.ListOf(amp.Unicode()))]
+
+
+class JoinOpenSSHNode(AuthCommand):
+    """An OpenSSH node joins itself with a node token, through the proxy's web API.
+
+    Only the node's public host key travels; the answer (host certificate,
+    user CA) is attested by the auth service, bound to the token.
+    """
+
+    roles = frozenset({ROLE_PROXY})
+    arguments = [
+        (b"token", amp.Unicode()),
+        (b"name", amp.Unicode()),
+        (b"addr", amp.Unicode()),
+        (b"labels", _json_argument()),
+        (b"public_key", amp.Unicode()),
+        (b"client_addr", amp.Unicode()),
+    ]
+    response = [(b"document", JSON())]
+
+
+class RenewNodeCertificate(AuthCommand):
+    """A joined node renews its host certificate, signing it with its host key."""
+
+    roles = frozenset({ROLE_PROXY})
+    arguments = [
+        (b"cert", amp.Unicode()),
+        (b"timestamp", amp.Integer()),
+        (b"signature", amp.Unicode()),
+        (b"client_addr", amp.Unicode()),
+    ]
+    response = [(b"document", JSON())]
 
 
 class GetRoles(AuthCommand):

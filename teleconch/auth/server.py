@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 import attrs
 import bcrypt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -55,7 +57,7 @@ from teleconch.ca import (
     parse_public_key,
 )
 from teleconch.config import parse_host_port
-from teleconch.pki import ROLE_NODE, ROLE_PROXY, TLSAuthority
+from teleconch.pki import ROLE_NODE, ROLE_PROXY, TLSAuthority, TLSIdentity
 from teleconch.text import printable
 
 log = Logger()
@@ -171,7 +173,19 @@ def node_to_json(node: Node) -> dict[str, Any]:
         "addr": node.addr,
         "labels": dict(node.labels),
         "created": node.created,
+        "cert_expires": node.cert_expires or None,
     }
+
+
+def clean_labels(labels: Mapping[str, Any]) -> dict[str, str]:
+    """A node's labels as strings, or BadParameter naming the bad one."""
+    clean: dict[str, str] = {}
+    for key, value in labels.items():
+        for item in (str(key), str(value)):
+            if not LABEL.fullmatch(item) or "*" in item:
+                raise api.BadParameter(f"{item!r} is not a valid label key or value")
+        clean[str(key)] = str(value)
+    return clean
 
 
 def expand_logins(roles: Iterable[Role], user_logins: Sequence[str]) -> list[str]:
@@ -202,6 +216,8 @@ class AuthServer:
         default_public_addr: str,
         auth_addr: str,
         bcrypt_rounds: int = 12,
+        tls_identity: TLSIdentity | None = None,
+        node_cert_ttl: int = 30 * 86400,
     ) -> None:
         self._clock = clock
         #: A reactor providing IReactorThreads and IReactorFromThreads.
@@ -215,6 +231,10 @@ class AuthServer:
         self.auth_addr = auth_addr
         self._bcrypt_rounds = bcrypt_rounds
         self._dummy_hash: bytes | None = None
+        #: The auth service's own TLS identity: it signs what nodes must trust.
+        self.tls_identity = tls_identity
+        #: The lifetime of a joined node's host certificate.
+        self.node_cert_ttl = node_cert_ttl
 
     # --- plumbing ------------------------------------------------------
 
@@ -319,6 +339,10 @@ class AuthServer:
             )
         )
 
+    async def public_addr(self) -> str:
+        """The web address people and nodes reach the cluster at."""
+        return await self._public_addr()
+
     async def _public_addr(self) -> str:
         proxies = await self.store.list_proxies()
         if proxies:
@@ -342,6 +366,7 @@ class AuthServer:
             "expires": now + ttl,
             "ca_pin": self._tls_ca.pin,
             "auth_addr": self.auth_addr,
+            "proxy_addr": await self._public_addr(),
         }
 
     async def list_tokens(self) -> list[dict[str, Any]]:
@@ -834,14 +859,7 @@ class AuthServer:
             parse_host_port(addr)
         except ValueError as e:
             raise api.BadParameter(f"--addr: {e}") from None
-        clean: dict[str, str] = {}
-        for key, value in labels.items():
-            for item in (str(key), str(value)):
-                if not LABEL.fullmatch(item) or "*" in item:
-                    raise api.BadParameter(
-                        f"{item!r} is not a valid label key or value"
-                    )
-            clean[str(key)] = str(value)
+        clean = clean_labels(labels)
         for identity in await self.store.list_identities():
             if name == identity.name or name in identity.principals:
                 raise api.AlreadyExistsError(
@@ -855,6 +873,7 @@ class AuthServer:
             addr=addr,
             labels=clean,
             created=existing.created if existing else self._now(),
+            cert_expires=existing.cert_expires if existing else 0.0,
         )
         await self.store.upsert_node(node)
         await self.audit("node.upsert", node=name, addr=addr, labels=clean)
@@ -864,9 +883,19 @@ class AuthServer:
         return [node_to_json(n) for n in await self.store.list_nodes()]
 
     async def delete_node(self, name: str) -> None:
-        if not await self.store.delete_node(name):
+        node = await self.store.get_node(name)
+        if node is None or not await self.store.delete_node(node.id):
             raise api.NotFoundError(f"no node {name!r}; see `teleconch-ctl nodes ls`")
-        await self.audit("node.delete", node=name)
+        # A node that joined itself gives its name up with it, and can no
+        # longer renew its certificate: it joins again with a new token.
+        joined = [
+            i
+            for i in await self.store.list_identities()
+            if i.host_id == node.id and i.role == ROLE_NODE
+        ]
+        for identity in joined:
+            await self.store.delete_identity(identity.host_id)
+        await self.audit("node.delete", node=node.name, id=node.id, joined=bool(joined))
 
     async def sign_host_certificate(
         self, public_key: str, hosts: Sequence[str], ttl: int
@@ -902,6 +931,27 @@ class AuthServer:
             ttl=ttl,
         )
         return cert, principals
+
+    def sign_node_certificate(
+        self,
+        key: SSHCertPublicKeyTypes,
+        key_id: str,
+        principals: Sequence[str],
+    ) -> tuple[str, int]:
+        """A joined node's host certificate, for node_cert_ttl; and its expiry."""
+        now = int(self._now())
+        valid_before = now + self.node_cert_ttl
+        cert = self._host_ca.sign_host_certificate(
+            key,
+            key_id=key_id,
+            principals=principals,
+            valid_after=now - 60,
+            valid_before=valid_before,
+        )
+        return cert, valid_before
+
+    def host_ca_public_key(self) -> Ed25519PublicKey:
+        return self._host_ca.public_key
 
     async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
         found = [await self.store.get_role(n) for n in names]

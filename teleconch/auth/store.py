@@ -129,3 +129,5 @@ class Store(Protocol):
         """Raise AlreadyExists when the host id or the name is taken."""
 
     async def list_identities(self) -> list[JoinedIdentity]: ...
+    async def delete_identity(self, host_id: str) -> bool:
+        """Forget a joined identity (its node was removed); False if unknown."""

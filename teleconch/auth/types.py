@@ -106,6 +106,9 @@ class Node:
     addr: str
     labels: Mapping[str, str] = attrs.field(converter=_str_map, factory=dict)
     created: float = 0.0
+    #: When its host certificate from `teleconch join openssh` expires; 0 when
+    #: the auth service did not issue one (a node added with `nodes add`).
+    cert_expires: float = 0.0
 
 
 @attrs.frozen

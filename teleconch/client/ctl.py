@@ -169,6 +169,17 @@ async def roles_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
 
 async def tokens_add(agent: AuthAgent, args: argparse.Namespace) -> None:
     t = await agent.create_token(args.type, parse_duration(args.ttl))
+    if args.type == "node":
+        print(
+            f"The join token: {t['token']}\n"
+            f"This token will expire at {_when(t['expires'])}.\n\n"
+            "Run this as root on the OpenSSH node (NAME: the node's name, HOST: where "
+            "the proxy reaches its sshd):\n\n"
+            f"teleconch join openssh --proxy {t['proxy_addr']} --token {t['token']} "
+            f"--ca-pin {t['ca_pin']} --name NAME --addr HOST:22\n\n"
+            "Keep the token secret: whoever holds it can join the cluster once."
+        )
+        return
     print(
         f"The join token: {t['token']}\n"
         f"This token will expire at {_when(t['expires'])}.\n\n"
@@ -218,11 +229,12 @@ async def nodes_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
             n["name"],
             n["addr"],
             ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-",
+            _when(n.get("cert_expires")),
             n["id"],
         )
         for n in nodes
     ]
-    print(_table(["Node", "Address", "Labels", "ID"], rows))
+    print(_table(["Node", "Address", "Labels", "Cert expires", "ID"], rows))
 
 
 async def nodes_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
@@ -352,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=roles_rm)
 
     tokens = group("tokens", "join tokens for proxies and nodes")
-    p = tokens.add_parser("add", help="make a single-use join token")
+    p = tokens.add_parser(
+        "add",
+        help="make a single-use join token (node: prints `teleconch join openssh`)",
+    )
     p.add_argument("--type", required=True, choices=["proxy", "node"])
     p.add_argument("--ttl", default="30m", help="how long it is good for (default 30m)")
     p.set_defaults(run=tokens_add)

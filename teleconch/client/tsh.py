@@ -20,7 +20,7 @@ from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 
 from teleconch import config as cfg
-from teleconch.client import openssh
+from teleconch.client import join, openssh
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.webapi import WebAPIClient, WebAPIError
 from teleconch.durations import format_duration, parse_duration
@@ -476,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="an ssh_config block for plain OpenSSH").set_defaults(
         sync=config
     )
+    join.add_parser(sub)
     return parser
 
 

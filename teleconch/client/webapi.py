@@ -164,3 +164,39 @@ class WebAPIClient:
             {"token": token, "password": password, "otp_token": otp_token},
         )
         return result
+
+    async def host_ca(self) -> dict[str, Any]:
+        """The cluster's TLS CA certificates, to check a CA pin against."""
+        result: dict[str, Any] = await self._request(b"GET", "/v1/webapi/host/ca")
+        return result
+
+    async def host_credentials(
+        self,
+        token: str,
+        node_name: str,
+        addr: str,
+        labels: dict[str, str],
+        public_key: str,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            b"POST",
+            "/v1/webapi/host/credentials",
+            {
+                "token": token,
+                "node_name": node_name,
+                "addr": addr,
+                "labels": labels,
+                "public_key": public_key,
+            },
+        )
+        return result
+
+    async def host_renew(
+        self, cert: str, timestamp: int, signature: str
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request(
+            b"POST",
+            "/v1/webapi/host/renew",
+            {"cert": cert, "timestamp": timestamp, "signature": signature},
+        )
+        return result

@@ -296,6 +296,76 @@ class SSHCertsResource(JSONResource):
         }
 
 
+class HostCAResource(JSONResource):
+    """GET /v1/webapi/host/ca: the cluster's TLS CA, for a node to check its pin
+    before it sends its token."""
+
+    def __init__(self, agent: AuthAgent, config: WebConfig) -> None:
+        super().__init__()
+        self._agent = agent
+        self._config = config
+
+    async def get(self, request: Request) -> Any:
+        return {
+            "cluster_name": self._config.cluster_name,
+            "tls_ca_certs": [c.decode("ascii") for c in self._agent.identity.ca_pems],
+        }
+
+
+def _labels(data: dict[str, Any]) -> dict[str, str]:
+    labels = data.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, str) for v in labels.values()
+    ):
+        raise HTTPError(400, "field 'labels' must be an object of strings")
+    return labels
+
+
+class HostCredentialsResource(JSONResource):
+    """POST /v1/webapi/host/credentials: a node's join token and public key
+    for its host certificate, the user CA and its registration (attested)."""
+
+    too_many = "too many join attempts from your address; wait a minute"
+
+    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
+        super().__init__()
+        self._agent = agent
+        self.limiter = limiter
+
+    async def post(self, request: Request) -> Any:
+        client = client_host(request)
+        data = _json_body(request)
+        return await self._agent.join_openssh_node(
+            token=_field(data, "token"),
+            name=_field(data, "node_name"),
+            addr=_field(data, "addr"),
+            labels=_labels(data),
+            public_key=_field(data, "public_key"),
+            client_addr=client,
+        )
+
+
+class HostRenewResource(JSONResource):
+    """POST /v1/webapi/host/renew: a joined node's certificate, signed by its key."""
+
+    too_many = "too many renewals from your address; wait a minute"
+
+    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
+        super().__init__()
+        self._agent = agent
+        self.limiter = limiter
+
+    async def post(self, request: Request) -> Any:
+        client = client_host(request)
+        data = _json_body(request)
+        return await self._agent.renew_node_certificate(
+            cert=_field(data, "cert"),
+            timestamp=_field(data, "timestamp", int),
+            signature=_field(data, "signature"),
+            client_addr=client,
+        )
+
+
 class _Page(Resource):
     """One static HTML page, whatever the rest of the path (the token).
 
@@ -334,7 +404,7 @@ def make_site(
     max_connections_per_address: int = 64,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
-    root, v1, webapi, users, ssh, web = (_Dir() for _ in range(6))
+    root, v1, webapi, users, ssh, web, host = (_Dir() for _ in range(7))
     root.putChild(b"v1", v1)
     v1.putChild(b"webapi", webapi)
     webapi.putChild(b"ping", PingResource(config))
@@ -342,6 +412,10 @@ def make_site(
     users.putChild(b"invite", InviteResource(agent, limiter))
     webapi.putChild(b"ssh", ssh)
     ssh.putChild(b"certs", SSHCertsResource(agent, limiter))
+    webapi.putChild(b"host", host)
+    host.putChild(b"ca", HostCAResource(agent, config))
+    host.putChild(b"credentials", HostCredentialsResource(agent, limiter))
+    host.putChild(b"renew", HostRenewResource(agent, limiter))
 
     root.putChild(b"web", web)
     web.putChild(b"invite", _Page(static.file("invite.html").body))

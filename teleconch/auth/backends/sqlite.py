@@ -80,6 +80,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             host_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
             principals TEXT NOT NULL, joined REAL NOT NULL)""",
     ),
+    ("ALTER TABLE nodes ADD COLUMN cert_expires REAL NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -479,3 +480,7 @@ class SQLiteStore:
     async def list_identities(self) -> list[JoinedIdentity]:
         sql = "SELECT * FROM identities ORDER BY name"
         return await self._list(_IDENTITIES, sql)
+
+    async def delete_identity(self, host_id: str) -> bool:
+        sql = "DELETE FROM identities WHERE host_id = ?"
+        return await self._write(sql, (host_id,)) > 0
