@@ -68,20 +68,26 @@ def _check_name(name: str, claims: Claims) -> None:
                 f"{host!r} is reserved (the auth service's name, localhost and "
                 "teleconch-* names): choose another --name",
             )
+        peer = claims.taken_by_identity(host)
+        if peer is not None:
+            then = (
+                "on that node, `teleconch join openssh --renew` renews its "
+                "certificate (no token); to give the name to another machine, "
+                f"`teleconch-ctl nodes rm {peer.name}` first, or choose another --name"
+                if peer.role == ROLE_NODE
+                else "choose another --name"
+            )
+            _refuse(
+                f"name {host!r} is taken by {peer.role} {peer.host_id}",
+                f"a {peer.role} named {peer.name!r} has already joined this cluster "
+                f"and holds {host!r}: {then}",
+            )
         node = claims.taken_by_node(host)
         if node is not None:
             _refuse(
                 f"name {host!r} is registered node {node.name}",
                 f"a node named {node.name!r} is already registered: remove it first "
                 f"(`teleconch-ctl nodes rm {node.name}`), or choose another --name",
-            )
-        peer = claims.taken_by_identity(host)
-        if peer is not None:
-            _refuse(
-                f"name {host!r} is taken by {peer.role} {peer.host_id}",
-                f"a {peer.role} named {peer.name!r} has already joined this cluster "
-                f"and holds {host!r}: choose another --name (a node renews with "
-                "`teleconch join openssh --renew`, no token)",
             )
 
 
