@@ -53,6 +53,8 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
             {"proxy_service": {"max_web_connections_per_address": 0}},
             "proxy_service.max_web_connections_per_address",
         ),
+        ({"auth_service": {"node_cert_ttl": "soon"}}, "auth_service.node_cert_ttl"),
+        ({"auth_service": {"node_cert_ttl": "10m"}}, "between 1h and 366d"),
     ],
 )
 def test_bad_values_name_the_key(doc: dict, needle: str) -> None:
@@ -90,6 +92,17 @@ def test_example_config_file_is_valid() -> None:
     example = Path(__file__).parent.parent / "etc" / "teleconch.yaml"
     s = cfg.load(example)
     assert s.auth.cluster_name
+
+
+def test_node_cert_ttl_is_30_days_unless_set() -> None:
+    """Joined nodes' host certificates last 30 days; the key takes durations."""
+    assert cfg.parse({}).auth.node_cert_ttl == 30 * 86400
+    doc = {"auth_service": {"node_cert_ttl": "720h"}}
+    assert cfg.parse(doc).auth.node_cert_ttl == 30 * 86400
+    assert (
+        cfg.parse({"auth_service": {"node_cert_ttl": "2d"}}).auth.node_cert_ttl
+        == 2 * 86400
+    )
 
 
 @pytest.mark.parametrize(
