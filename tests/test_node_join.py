@@ -277,3 +277,23 @@ async def test_renew_without_an_identity_asks_for_a_token(node: Node) -> None:
     """--renew on a node that never joined says to join with a token first."""
     r = await node.join("--renew")
     assert r.code == 1 and "join first with --token" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_node_joins_again_with_a_new_token(node: Node) -> None:
+    """After `nodes rm`, its identity renews nothing; the join command with a
+    new token joins it again (a new host key and id), still one node."""
+    token, pin = await node.token()
+    r = await node.join("--token", token, "--ca-pin", pin)
+    assert r.code == 0, r.err
+    [first] = await node.nodes()
+    r = await node.ctl("nodes", "rm", "web1")
+    assert r.code == 0, r.err
+    r = await node.join()
+    assert r.code == 1 and "join again with a token" in r.err
+    token, pin = await node.token()
+    r = await node.join("--token", token, "--ca-pin", pin)
+    assert r.code == 0, r.err
+    assert "joining it again with the token" in r.out
+    [again] = await node.nodes()
+    assert again["name"] == "web1" and again["id"] != first["id"]

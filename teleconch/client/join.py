@@ -267,12 +267,21 @@ async def _run(reactor: Any, plan: Plan) -> int:
     client = WebAPIClient(reactor, plan.proxy, insecure=plan.insecure)
     existing = await deferToThread(load_identity, plan.files)
     if existing is not None:
-        if plan.token:
-            print(
-                f"This node already joined (its identity is in {plan.files.directory}): "
-                "renewing its certificate; the token is not used."
-            )
-        return await _renew(reactor, plan, client, existing)
+        if not plan.token:
+            return await _renew(reactor, plan, client, existing)
+        print(
+            f"This node already joined (its identity is in {plan.files.directory}): "
+            "renewing its certificate; the token is not used."
+        )
+        try:
+            return await _renew(reactor, plan, client, existing)
+        except WebAPIError as e:
+            if e.status != 404:
+                raise
+        print(
+            "The cluster no longer knows this node (removed with `teleconch-ctl nodes "
+            "rm`?): joining it again with the token, under a new host key."
+        )
     if plan.renew:
         raise JoinError(
             f"no node identity in {plan.files.directory} to renew: join first with "
