@@ -5,9 +5,9 @@ Request``, drops a line over its length limit without a word, and lets a
 client dribble a head for ever, one byte per idle timeout.  HeadChannel
 names each of these refusals (a status and a message, handed to
 ``refuse_head``) and gives every head a deadline: HEAD_SECONDS from the
-connection's start (so a TLS handshake that never ends counts too), and for
-a later request on a kept-alive connection from its first byte.  Between
-requests an idle connection is Twisted's idle timeout's business.
+connection's start (so a TLS handshake that never ends counts too), and on a
+kept-alive connection from the end of the previous response.  Twisted's idle
+timeout (60 s) still governs the rest: a slow body, a slow answer.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ class HeadChannel(HTTPChannel):
         #: What the parser reads now: what a bad request is a bad one of.
         self._reading = REQUEST_LINE
         self._head_timer: IDelayedCall | None = None
-        #: Whether any byte of the head being timed has come.
-        self._head_begun = False
-        #: A response was sent and the connection kept: the next byte starts a head.
-        self._between = False
 
     def refuse_head(self, status: int, message: str) -> None:
         """Answer a request refused before it could be handed over, and close."""
@@ -97,17 +93,10 @@ class HeadChannel(HTTPChannel):
         super().connectionMade()
         self._start_head_timer()
 
-    def dataReceived(self, data: bytes) -> None:
-        if data and self._between:
-            self._between = False
-            self._start_head_timer()
-        if data:
-            self._head_begun = True
-        super().dataReceived(data)
-
     def requestDone(self, request: object) -> None:
-        # Before Twisted replays pipelined bytes into dataReceived.
-        self._between = bool(self.persistent)
+        if self.persistent:
+            # Before Twisted replays pipelined bytes, which may end the head.
+            self._start_head_timer()
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -116,7 +105,6 @@ class HeadChannel(HTTPChannel):
 
     def _start_head_timer(self) -> None:
         self._stop_head_timer()
-        self._head_begun = False
         self._head_timer = self.callLater(self.head_seconds, self._head_expired)
 
     def _stop_head_timer(self) -> None:
@@ -126,7 +114,9 @@ class HeadChannel(HTTPChannel):
 
     def _head_expired(self) -> None:
         self._head_timer = None
-        if self._head_begun:
+        # Whatever came of the head is a request (its line read) or a line
+        # LineReceiver holds, including bytes pipelined after the last answer.
+        if self.requests or self._buffer:
             self._head_refused(
                 408, f"request headers not complete in {self.head_seconds:g} s"
             )
