@@ -63,6 +63,8 @@ class GuardLimits:
     ``cluster_box_*``: a cluster identity's largest command is an UpsertRole,
     UpsertNode or EmitAuditEvent with a JSON argument of at most
     ``api.ARGUMENT_CHUNKS`` chunks, which ``api.MAX_COMMAND_BYTES`` holds.
+    ``anonymous_timeout``: a ping and a join take well under a second, so an
+    anonymous connection gets as long as a TLS handshake, then goes.
     """
 
     anonymous_box_bytes: int = 8 * 1024
@@ -70,7 +72,7 @@ class GuardLimits:
     cluster_box_bytes: int = api.MAX_COMMAND_BYTES
     cluster_box_keys: int = 64
     handshake_timeout: float = 10.0
-    anonymous_timeout: float = 30.0
+    anonymous_timeout: float = 10.0
     anonymous_per_address: int = 8
     anonymous_total: int = 256
     audit_burst: int = 10

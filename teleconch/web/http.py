@@ -21,11 +21,18 @@ from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, combinedLogFormatter
+from twisted.web.http import (
+    RESPONSES,
+    HTTPChannel,
+    _ChunkedTransferDecoder,
+    combinedLogFormatter,
+)
 from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import provider
+
+from teleconch.web.head import HeadChannel
 
 log = Logger()
 
@@ -132,11 +139,32 @@ class Admits(Protocol):
     ) -> HTTPError | None: ...
 
 
+def error_json(message: str) -> bytes:
+    """An error in the API's shape."""
+    return json.dumps({"error": {"message": message}}).encode("utf-8")
+
+
 def error_body(request: Request, status: int, message: str) -> bytes:
     """Set up an error answer in the API's shape; the body to return from render."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"error": {"message": message}}).encode("utf-8")
+    return error_json(message)
+
+
+def error_response(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer, for a request there is no Request for:
+    what ``error_body`` and ``WebSite.getResourceFor`` give a refused one."""
+    body = error_json(message)
+    headers = {
+        b"Content-Type": b"application/json",
+        b"Content-Length": b"%d" % len(body),
+        **SECURITY_HEADERS,
+        b"Connection": b"close",
+    }
+    reason = RESPONSES.get(status, b"Error")
+    head = [b"HTTP/1.1 %d %s" % (status, reason)]
+    head += [name + b": " + value for name, value in headers.items()]
+    return b"\r\n".join([*head, b"", body])
 
 
 class ErrorResource(Resource):
@@ -235,19 +263,21 @@ class _Intake(enum.Enum):
 
 
 _MOVES = {
-    _Intake.OPEN: {_Intake.REFUSING},
+    _Intake.OPEN: {_Intake.REFUSING, _Intake.DRAINING},
     _Intake.REFUSING: {_Intake.DRAINING},
     _Intake.DRAINING: set(),
 }
 
 
-class WebChannel(HTTPChannel):
+class WebChannel(HeadChannel):
     """HTTP/1.1 with each request admitted on its headers, and a connection cap.
 
     A refused request is answered at once, with an empty body, by the
     ordinary resource path (so with the security headers and the access
-    log); the channel then closes, dropping whatever else the client sends
-    for up to LINGER_SECONDS so it can read the answer.
+    log); one the parser refused, or whose head came too late, is answered
+    from here by ``refuse_head``, in the same shape.  Either way the channel
+    then closes, dropping whatever else the client sends for up to
+    LINGER_SECONDS so it can read the answer.
     """
 
     site: WebSite
@@ -290,8 +320,19 @@ class WebChannel(HTTPChannel):
         super().dataReceived(data)
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self._intake is not _Intake.DRAINING:
-            super().rawDataReceived(data)
+        if self._intake is _Intake.DRAINING:
+            return
+        super().rawDataReceived(data)
+        decoder = self._transferDecoder
+        if (
+            self._intake is _Intake.OPEN
+            and isinstance(decoder, _ChunkedTransferDecoder)
+            and decoder.state == "BODY"
+        ):
+            request = self.requests[-1]
+            assert request.content is not None
+            if request.content.tell() + decoder.length > MAX_BODY:
+                self.body_over_cap(request)  # a chunk that would pass the cap
 
     def lineReceived(self, line: bytes) -> None:
         if self._intake is _Intake.DRAINING:
@@ -330,6 +371,22 @@ class WebChannel(HTTPChannel):
             status=error.status,
             reason=str(error),
         )
+
+    def refuse_head(self, status: int, message: str) -> None:
+        if self._intake is not _Intake.OPEN:
+            return
+        self._move(_Intake.DRAINING)
+        self.persistent = False
+        log.info(
+            "refused a request from {client}: {status} {reason}",
+            client=self._peer,
+            status=status,
+            reason=message,
+        )
+        assert self.transport is not None
+        self.transport.write(error_response(status, message))
+        self.loseConnection()
+        self.setTimeout(LINGER_SECONDS)
 
     def allContentReceived(self) -> None:
         if self._intake is _Intake.DRAINING:
