@@ -320,30 +320,36 @@ class ModernTransportMixin(_Base):
             )
 
     def _readVersion(self, data: bytes) -> bool:
-        """Conch's version-line handling; True once packets may follow."""
-        self.buf = self.buf + data
-        if len(self.buf) > _MAX_VERSION_BYTES:
+        """Conch's version-line handling; True once packets may follow.
+
+        The 4 KB limit is on the lines up to the end of the version line, not
+        on the packets that may follow it in the same read.
+        """
+        buf = self.buf = self.buf + data
+        start = 0
+        while (end := buf.find(b"\n", start)) != -1 and not buf.startswith(
+            b"SSH-", start
+        ):
+            start = end + 1  # a line before the version line (RFC 4253 4.2)
+        if (len(buf) if end == -1 else end) > _MAX_VERSION_BYTES:
             self.sendDisconnect(
                 DISCONNECT_CONNECTION_LOST,
                 b"Peer version string longer than 4KB. "
                 b"Preventing a denial of service attack.",
             )
             return False
-        if self.buf.find(b"\n", self.buf.find(b"SSH-")) == -1:
+        if end == -1:
             return False
-        lines = self.buf.split(b"\n")
-        for index, line in enumerate(lines):
-            if line.startswith(b"SSH-"):
-                self.gotVersion = True
-                self.otherVersionString = line.rstrip(b"\r")
-                remoteVersion = line.split(b"-")[1]
-                if remoteVersion not in self.supportedVersions:
-                    self._unsupportedVersionReceived(remoteVersion)
-                    return False
-                self._inbuf += b"\n".join(lines[index + 1 :])
-                self.buf = b""
-                return True
-        return False
+        line = buf[start:end]
+        self.gotVersion = True
+        self.otherVersionString = line.rstrip(b"\r")
+        remoteVersion = line.split(b"-")[1]
+        if remoteVersion not in self.supportedVersions:
+            self._unsupportedVersionReceived(remoteVersion)
+            return False
+        self._inbuf += buf[end + 1 :]
+        self.buf = b""
+        return True
 
     def _processInput(self) -> None:
         """Dispatch every complete packet in the buffer, in order."""

@@ -44,6 +44,7 @@ from twisted.conch.ssh.transport import (
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
@@ -365,6 +366,36 @@ def test_absurd_packet_length_is_a_protocol_error() -> None:
     server.dataReceived(struct.pack(">L", 300_000) + b"\0" * 12)
     pump.flush()
     assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, b"bad packet length 300000")]
+
+
+def test_version_line_limit_counts_the_line_alone() -> None:
+    """The 4 KB limit is on the version line: a large first packet arriving
+    in the same read as the line does not count towards it."""
+    serverFactory = MemoryFactory()
+    serverFactory.startFactory()
+    server = serverFactory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    body = bytes([MSG_IGNORE]) + NS(b"i" * 6000)
+    pad = 8 - (5 + len(body)) % 8 + 8
+    packet = struct.pack(">LB", 1 + len(body) + pad, pad) + body + b"\0" * pad
+    server.dataReceived(b"SSH-2.0-OpenSSH_9.2p1\r\n" + packet)
+    assert not wire.disconnecting
+    assert server.gotVersion
+
+    longLine = serverFactory.buildProtocol(None)
+    longWire = StringTransport()
+    longLine.makeConnection(longWire)
+    longLine.dataReceived(b"SSH-2.0-" + b"x" * 5000)
+    assert longWire.disconnecting
+
+    # Lines before the version line count; so does one that only contains "SSH-".
+    for junk in (b"hello\r\n" * 700, b"not SSH-2.0\n" + b"y" * 5000):
+        early = serverFactory.buildProtocol(None)
+        earlyWire = StringTransport()
+        early.makeConnection(earlyWire)
+        early.dataReceived(junk)
+        assert earlyWire.disconnecting and not early.gotVersion
 
 
 # -- strict KEX -----------------------------------------------------------------
