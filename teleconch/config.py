@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
+from teleconch.durations import parse_duration
+
 AUTH_PORT = 3025
 PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
@@ -126,6 +128,12 @@ class ProxySettings:
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     allow_unregistered_nodes: bool = False
+    #: Limits on the SSH listener (OpenSSH's LoginGraceTime, MaxStartups,
+    #: PerSourceMaxStartups, MaxSessions ideas); see etc/teleconch.yaml.
+    login_grace_time: int = 30
+    max_startups: int = 100
+    max_startups_per_source: int = 10
+    max_channels_per_connection: int = 64
 
 
 @attrs.frozen
@@ -248,6 +256,21 @@ def _file(value: Any) -> Path:
     return Path(_str(value))
 
 
+def _positive_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"{value!r} is not a whole number above 0")
+
+
+def _positive_duration(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    seconds = parse_duration(str(value))
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration above 0; write e.g. 30s or 2m")
+    return seconds
+
+
 _GLOBAL_KEYS = {"nodename", "data_dir", "auth_servers", "auth_token", "ca_pin"}
 _AUTH_KEYS = {
     "enabled",
@@ -265,7 +288,19 @@ _PROXY_KEYS = {
     "https_cert_file",
     "https_key_file",
     "allow_unregistered_nodes",
+    "login_grace_time",
+    "max_startups",
+    "max_startups_per_source",
+    "max_channels_per_connection",
 }
+
+
+_SSH_LIMIT_KEYS = [
+    ("login_grace_time", _positive_duration, 30),
+    ("max_startups", _positive_int, 100),
+    ("max_startups_per_source", _positive_int, 10),
+    ("max_channels_per_connection", _positive_int, 64),
+]
 
 
 def parse(
@@ -343,6 +378,10 @@ def parse(
         allow_unregistered_nodes=_get(
             p, "proxy_service", "allow_unregistered_nodes", _bool, False
         ),
+        **{
+            key: _get(p, "proxy_service", key, kind, default)
+            for key, kind, default in _SSH_LIMIT_KEYS
+        },
     )
     settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)
     _check_consistency(settings)
@@ -358,6 +397,11 @@ def _check_consistency(s: Settings) -> None:
     if (s.proxy.https_cert_file is None) != (s.proxy.https_key_file is None):
         raise ConfigError(
             "proxy_service.https_cert_file and https_key_file go together: set both or neither"
+        )
+    if s.proxy.max_startups_per_source > s.proxy.max_startups:
+        raise ConfigError(
+            "proxy_service.max_startups_per_source cannot be above max_startups "
+            f"({s.proxy.max_startups_per_source} > {s.proxy.max_startups})"
         )
     if s.proxy.enabled and not s.auth.enabled and not s.teleconch.auth_servers:
         raise ConfigError(

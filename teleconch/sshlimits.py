@@ -38,7 +38,8 @@ REFUSAL_LOG_INTERVAL = 10.0
 
 @attrs.frozen
 class SSHLimits:
-    """How much an SSH server gives each peer (``proxy_service`` settings)."""
+    """How much an SSH server gives each peer: the ``proxy_service`` keys of
+    the same names."""
 
     #: Seconds a connection has to authenticate.
     login_grace_time: float = 30

@@ -18,8 +18,9 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
@@ -447,3 +448,63 @@ async def test_a_password_login_is_refused_with_what_to_do(world: World) -> None
     assert "teleconch login" in r.err
     events = await wait_for_events(world.cluster, "proxy.auth")
     assert all("hunter2" not in str(e) for e in events)
+
+
+class _RawPeer(Protocol):
+    """A TCP peer that sends nothing and keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest_twisted.ensureDeferred
+async def test_startups_past_the_per_source_cap_are_refused_over_tcp(
+    tmp_path: Path,
+) -> None:
+    """Real TCP on 3023: with max_startups_per_source 2, a third connection
+    that has not logged in is told so and closed before any SSH; once the
+    others close, the count of unauthenticated connections is back to zero."""
+    cluster = await start_cluster(
+        tmp_path / "data",
+        {"proxy_service": {"max_startups": 5, "max_startups_per_source": 2}},
+    )
+    held: list[_RawPeer] = []
+    try:
+        proxy = cluster.service.proxy
+        assert proxy and proxy.ssh_address and proxy.ssh_factory
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.ssh_address.port)
+        for _ in range(2):
+            held.append(await connectProtocol(endpoint, _RawPeer()))
+        await _until(lambda: all(p.data.startswith(b"SSH-2.0-") for p in held))
+        third = await connectProtocol(endpoint, _RawPeer())
+        await third.lost
+        assert third.data == (
+            b"teleconch: too many unauthenticated connections; try again later\r\n"
+        )
+        assert proxy.ssh_factory.startups.total == 2
+        for peer in held:
+            assert peer.transport is not None
+            peer.transport.loseConnection()
+        await gatherResults([p.lost for p in held])
+        startups = proxy.ssh_factory.startups
+        await _until(lambda: startups.total == 0)
+    finally:
+        for peer in held:
+            if peer.transport is not None:
+                peer.transport.loseConnection()
+        await cluster.stop()
