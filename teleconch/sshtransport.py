@@ -65,17 +65,16 @@ MACS = [
     sshciphers.HMAC_SHA2_256,
     sshciphers.HMAC_SHA2_512,
 ]
+#: Encrypt-then-MAC only (ssh-audit warns on encrypt-and-MAC).
+ETM_MACS = [mac for mac in MACS if mac.endswith(b"-etm@openssh.com")]
 #: Key exchanges we allow, most preferred first, where Conch implements them
-#: on that side (the ML-KEM hybrid is server-only in Conch; Conch has no
-#: diffie-hellman-group16/18-sha512).  No SHA-1 groups.
+#: on that side (the ML-KEM hybrid is server-only in Conch).  No SHA-1 groups,
+#: no NIST curves, no finite-field group exchange (``cryptography`` deprecates
+#: it): what ssh-audit rates good.
 KEY_EXCHANGES = [
     b"mlkem768x25519-sha256",
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
-    b"ecdh-sha2-nistp256",
-    b"ecdh-sha2-nistp384",
-    b"ecdh-sha2-nistp521",
-    b"diffie-hellman-group-exchange-sha256",
 ]
 
 _SEQ_MASK = 0xFFFFFFFF

@@ -205,6 +205,30 @@ def open_session(client: Client, pump: iosim.IOPump, sender: int) -> None:
     pump.flush()
 
 
+# -- algorithms -------------------------------------------------------------------
+
+
+def test_the_proxy_offers_only_encrypt_then_mac_and_our_client_still_connects() -> None:
+    """No encrypt-and-MAC on 3023 (ssh-audit warns on it): our client on a CTR
+    cipher gets an -etm MAC; its default, an AEAD cipher, needs none."""
+    client = Client()
+    client.supportedCiphers = [b"aes128-ctr"]
+    factory = proxy_factory()
+    server = factory.buildProtocol(None)
+    iosim.connect(
+        server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client)
+    )
+    assert client.secured == 1
+    assert server.currentEncryptions.inMACType == b"hmac-sha2-256-etm@openssh.com"
+    assert [
+        m for m in server.supportedMACs if not m.endswith(b"-etm@openssh.com")
+    ] == []
+    _, defaultServer, _ = secured(factory)
+    assert (
+        defaultServer.currentEncryptions.inCipType == b"chacha20-poly1305@openssh.com"
+    )
+
+
 # -- item 7: before key exchange ---------------------------------------------------
 
 

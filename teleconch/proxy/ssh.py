@@ -60,7 +60,7 @@ from teleconch.sshlimits import (
     SSHLimits,
     StartupLimiter,
 )
-from teleconch.sshtransport import ModernTransportMixin
+from teleconch.sshtransport import ETM_MACS, ModernTransportMixin
 
 log = Logger()
 
@@ -411,7 +411,9 @@ class ProxyServerTransport(
     AdmissionMixin, ModernTransportMixin, ProtocolGuardMixin, CertificateServerTransport
 ):
     """Startup limits first; modern ciphers and strict KEX; clean protocol
-    errors; our server-sig-algs."""
+    errors; our server-sig-algs.  Only encrypt-then-MAC MACs (ssh-audit)."""
+
+    supportedMACs = list(ETM_MACS)
 
 
 class ProxyConnection(
