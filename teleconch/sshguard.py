@@ -257,6 +257,40 @@ class GuardedConnectionMixin(_ConnBase):
 
     _guardLog = Logger()
 
+    def serviceStarted(self) -> None:
+        self._opening: set[int] = set()  # channels we asked the peer to open
+        super().serviceStarted()
+
+    def openChannel(self, channel: Any, extra: bytes = b"") -> None:
+        super().openChannel(channel, extra)
+        self._opening.add(channel.id)
+
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        if self._awaitingOpen(packet, "CHANNEL_OPEN_CONFIRMATION"):
+            super().ssh_CHANNEL_OPEN_CONFIRMATION(packet)
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        if self._awaitingOpen(packet, "CHANNEL_OPEN_FAILURE"):
+            super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    def _awaitingOpen(self, packet: bytes, name: str) -> bool:
+        """Only a channel we asked to open, and not yet open, may be answered.
+
+        Conch would otherwise drop (or re-wire) a channel the peer opened, and
+        fail with a KeyError when the connection closes.  A short packet
+        raises here, and is malformed.
+        """
+        (localChannel,) = struct.unpack(">L", packet[:4])
+        if localChannel not in self._opening:
+            assert self.transport is not None
+            self.transport.sendDisconnect(
+                DISCONNECT_PROTOCOL_ERROR,
+                b"unexpected %s message for channel %d" % (name.encode(), localChannel),
+            )
+            return False
+        self._opening.discard(localChannel)
+        return True
+
     def ssh_CHANNEL_REQUEST(self, packet: bytes) -> Deferred[Any]:
         localChannel = struct.unpack(">L", packet[:4])[0]
         requestType, rest = getNS(packet[4:])

@@ -37,6 +37,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from twisted.test import iosim
 from zope.interface import provider
 
+from teleconch.proxy.routing import RoutingError
 from teleconch.proxy.ssh import ProxyAvatar, ProxySSHFactory, Session, make_factory
 from tests.test_sshtransport import HOST_KEY, MemoryClient
 
@@ -56,6 +57,21 @@ class NoPolicy:
 
     def on_refused(self, username: str, reason: str, client: str | None) -> None:
         pass
+
+
+class StubRouter:
+    """Routes nowhere: every node is unknown."""
+
+    cluster_name = "test.example"
+
+    def __init__(self) -> None:
+        self.reactor = Clock()
+
+    async def route(self, *args: Any) -> Any:
+        raise RoutingError("no such node", "unknown node")
+
+    async def reachable(self, session: Any) -> list[Any]:
+        return []
 
 
 def proxy_factory(clock: Clock | None = None, **limits: Any) -> ProxySSHFactory:
@@ -191,7 +207,7 @@ def logged_in(factory: ProxySSHFactory | None = None) -> tuple[Client, Any, Any]
     factory = factory or proxy_factory()
     client, server, pump = secured(factory)
     session = Session("alice", None, PEER)  # type: ignore[arg-type]
-    server.avatar = ProxyAvatar(session, None)  # type: ignore[arg-type]
+    server.avatar = ProxyAvatar(session, StubRouter())  # type: ignore[arg-type]
     server.logoutFunction = lambda: None
     server.setService(factory.services[b"ssh-connection"]())
     return client, server, pump
@@ -454,6 +470,46 @@ def test_a_malformed_channel_request_without_reply_is_a_protocol_error(
     assert client.errors == [
         (DISCONNECT_PROTOCOL_ERROR, b"malformed CHANNEL_REQUEST message")
     ]
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize(
+    ("messageNum", "name"),
+    [
+        (connection.MSG_CHANNEL_OPEN_FAILURE, b"CHANNEL_OPEN_FAILURE"),
+        (connection.MSG_CHANNEL_OPEN_CONFIRMATION, b"CHANNEL_OPEN_CONFIRMATION"),
+    ],
+)
+def test_an_open_answer_for_a_channel_the_peer_opened_is_a_protocol_error(
+    logged: Any, messageNum: int, name: bytes
+) -> None:
+    """Found by fuzzing: OPEN_FAILURE naming a channel the client itself opened
+    made Conch forget it, and the connection's close then raised KeyError."""
+    client, server, pump = logged_in()
+    open_session(client, pump, 0)
+    serverChannel = struct.unpack(">L", client.packets[-1][1][4:8])[0]
+    client.sendPacket(
+        messageNum, struct.pack(">4L", serverChannel, 2, 65536, 32768) + NS(b"")
+    )
+    pump.flush()
+    assert client.errors == [
+        (DISCONNECT_PROTOCOL_ERROR, b"unexpected %s message for channel 0" % name)
+    ]
+    server.connectionLost(None)
+    assert tracebacks(logged) == []
+
+
+def test_data_past_a_channel_window_is_not_an_error_level_line(logged: Any) -> None:
+    """Found by fuzzing: a peer overrunning a window closes the channel with a
+    warning; misbehaving peers are not server errors."""
+    client, _server, pump = logged_in()
+    open_session(client, pump, 0)
+    serverChannel = struct.unpack(">L", client.packets[-1][1][4:8])[0]
+    client.sendPacket(
+        connection.MSG_CHANNEL_DATA, struct.pack(">2L", serverChannel, 5) + b"ab"
+    )
+    pump.flush()
+    assert lines(logged, "overran") != []
     assert tracebacks(logged) == []
 
 

@@ -323,7 +323,7 @@ class FlowControlledConnection(connection.SSHConnection):
             channel.localWindowLeft, channel.localMaxPacket
         ):
             return False
-        self._log.error("peer overran channel {id}'s window", id=channel.id)
+        self._log.warn("peer overran channel {id}'s window", id=channel.id)
         self.sendClose(channel)
         return True
 
