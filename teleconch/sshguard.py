@@ -12,7 +12,8 @@ of these in one place, the transport's dispatch:
 - ``SERVICE_REQUEST`` before the first NEWKEYS, and KEXINIT, NEWKEYS or a key
   exchange message (30-49) outside its place in the exchange, are refused;
 - unknown messages are answered without logging their payload, and more
-  than a few before authentication end the connection;
+  than a few of them (or of DEBUG and UNIMPLEMENTED) before authentication
+  end the connection;
 - disconnects are one line each: the peer's ordinary ones at info, others
   at warn.
 
@@ -38,6 +39,7 @@ from twisted.conch.ssh.transport import (
     MSG_KEXINIT,
     MSG_NEWKEYS,
     MSG_SERVICE_REQUEST,
+    MSG_UNIMPLEMENTED,
     SSHServerTransport,
     messages,
 )
@@ -74,6 +76,8 @@ _MAX_LOGGED_REASON = 200
 #: Key exchange messages (30-49) a server accepts, by kind of key exchange.
 _GEX_MESSAGES = frozenset({30, 32, 34})  # REQUEST_OLD, INIT, REQUEST
 _ONE_SHOT_MESSAGES = frozenset({30})  # KEXDH_INIT / KEX_ECDH_INIT / HYBRID_INIT
+#: Known messages that only make log lines; counted with the unknown ones.
+_NOISE = frozenset({MSG_DEBUG, MSG_UNIMPLEMENTED})
 
 _log = Logger()
 
@@ -115,7 +119,7 @@ class ProtocolGuardMixin(_Base):
     and ``receiveError`` and checks every message before Conch's dispatch.
     """
 
-    #: Unknown (and DEBUG) messages tolerated before authentication.
+    #: Unknown, DEBUG and UNIMPLEMENTED messages tolerated before authentication.
     maxNoiseBeforeAuth = 32
 
     _guardLog = Logger()
@@ -139,7 +143,7 @@ class ProtocolGuardMixin(_Base):
         if refusal is not None:
             self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, refusal)
             return
-        if messageNum == MSG_DEBUG or self._unimplemented(messageNum):
+        if messageNum in _NOISE or self._unimplemented(messageNum):
             self._noise += 1
             if self._noise > self.maxNoiseBeforeAuth and not self._authenticated:
                 self.sendDisconnect(
@@ -147,7 +151,7 @@ class ProtocolGuardMixin(_Base):
                     b"too many unimplemented or debug messages before authentication",
                 )
                 return
-            if messageNum != MSG_DEBUG:
+            if messageNum not in _NOISE:
                 self.sendUnimplemented()
                 return
         try:
@@ -226,6 +230,10 @@ class ProtocolGuardMixin(_Base):
         )
         assert self.transport is not None
         self.transport.loseConnection()
+
+    def receiveUnimplemented(self, seqnum: int) -> None:
+        """Conch warns on each; a peer can send any number of them."""
+        self._guardLog.debug("peer did not implement packet {seqnum}", seqnum=seqnum)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """The peer's DISCONNECT: ordinary ones at info, the rest at warn."""

@@ -278,13 +278,25 @@ def test_a_flood_of_unknown_messages_before_kex_is_cut_short(logged: Any) -> Non
     assert tracebacks(logged) == []
 
 
-def test_a_flood_of_debug_messages_before_kex_is_cut_short() -> None:
-    """DEBUG messages count towards the same small allowance before login."""
+@pytest.mark.parametrize(
+    "packet",
+    [
+        plain(MSG_DEBUG, b"\1" + NS(b"hi") + NS(b"")),
+        plain(MSG_UNIMPLEMENTED, b"\0" * 4),
+    ],
+)
+def test_a_flood_of_debug_or_unimplemented_before_kex_is_cut_short(
+    logged: Any, packet: bytes
+) -> None:
+    """DEBUG and UNIMPLEMENTED count towards the same small allowance before
+    login, and log nothing above debug."""
     server, wire = raw(proxy_factory())
-    flood = b"".join(plain(MSG_DEBUG, b"\1" + NS(b"hi") + NS(b"")) for _ in range(100))
-    server.dataReceived(HELLO + flood)
-    assert disconnect(wire) is not None
-    assert wire.disconnecting
+    server.dataReceived(HELLO + packet * 100)
+    assert disconnect(wire) == (
+        DISCONNECT_PROTOCOL_ERROR,
+        b"too many unimplemented or debug messages before authentication",
+    )
+    assert [e for e in logged if e["log_level"] > LogLevel.info] == []
 
 
 # -- item 9: malformed messages --------------------------------------------------
