@@ -23,7 +23,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from tests.harness import (
     Cluster,
@@ -134,6 +136,30 @@ async def test_plain_ssh_with_teleconch_config_reaches_the_node(world: World) ->
         and fields["bytes_up"] > 0
         and fields["bytes_down"] > 0
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ordinary_ssh_exit_is_logged_at_info_not_as_an_error(
+    world: World,
+) -> None:
+    """Real ssh through the proxy: its DISCONNECT_BY_APPLICATION at exit is one
+    info line on the proxy, not Conch's error-level "Got remote error"."""
+    events: list[dict[str, Any]] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        r = await world.ssh("root@web1.test.example", "true")
+        assert r.code == 0, r.err
+        await _until(lambda: any("(code 11)" in formatEvent(e) for e in events))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    closing = [e for e in events if "(code 11)" in formatEvent(e)]
+    assert [e["log_level"] for e in closing] == [LogLevel.info]
+    assert not [e for e in events if "Got remote error" in formatEvent(e)]
 
 
 @pytest_twisted.ensureDeferred

@@ -245,6 +245,20 @@ def test_the_proxy_offers_only_encrypt_then_mac_and_our_client_still_connects() 
     )
 
 
+def test_re_keying_either_way_still_works_through_the_guard() -> None:
+    """The KEX message checks allow a later key exchange from either side."""
+    client, server, pump = secured()
+    for side in (client, server):
+        old = server.currentEncryptions
+        side.sendKexInit()
+        pump.flush()
+        assert server.currentEncryptions is not old
+        client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        pump.flush()
+        assert client.errors == []
+    assert server.service is not None
+
+
 # -- item 7: before key exchange ---------------------------------------------------
 
 
