@@ -27,7 +27,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch.error import ConchError
-from twisted.conch.ssh import _kex, connection
+from twisted.conch.ssh import _kex, connection, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.transport import (
     DISCONNECT_AUTH_CANCELLED_BY_USER,
@@ -87,10 +87,27 @@ def _text(data: bytes) -> str:
 
 
 def message_name(messageNum: int, service: Any = None) -> str:
-    """``SERVICE_REQUEST``, ``CHANNEL_OPEN``...: how a message is named in logs."""
-    table = messages if messageNum < 50 else getattr(service, "protocolMessages", {})
-    name = table.get(messageNum)
-    return name[4:] if name else f"message type {messageNum}"
+    """``SERVICE_REQUEST``, ``CHANNEL_OPEN``...: how a message is named in logs
+    (by the running service's table, else by the standard services')."""
+    tables = [messages] if messageNum < 50 else [
+        getattr(service, "protocolMessages", {}),
+        userauth.SSHUserAuthServer.protocolMessages,
+        connection.SSHConnection.protocolMessages,
+    ]  # fmt: skip
+    for table in tables:
+        if messageNum in table:
+            return table[messageNum][4:]
+    return f"type {messageNum}"
+
+
+def strings_end(data: bytes, count: int) -> bytes:
+    """What follows ``count`` SSH strings; ValueError if one is cut short."""
+    for _ in range(count):
+        (length,) = struct.unpack(">L", data[:4])
+        if len(data) < 4 + length:
+            raise ValueError(f"a string of {length} bytes has {len(data) - 4}")
+        data = data[4 + length :]
+    return data
 
 
 def disconnect_malformed(transport: Any, name: str, error: object) -> None:
@@ -166,8 +183,13 @@ class ProtocolGuardMixin(_Base):
 
     def _outOfPlace(self, messageNum: int) -> bytes | None:
         """Why this message may not come now, or None."""
-        if messageNum == MSG_SERVICE_REQUEST and not self._keysInUse:
-            return b"service request before key exchange"
+        if not self._keysInUse:
+            if messageNum == MSG_SERVICE_REQUEST:
+                return b"service request before key exchange"
+            # RFC 4253 7.1: transport-generic and key exchange messages only.
+            if not (MSG_DISCONNECT <= messageNum <= MSG_DEBUG or 20 <= messageNum < 50):
+                name = message_name(messageNum, self.service).encode()
+                return b"unexpected %s message before key exchange" % name
         if messageNum == MSG_KEXINIT and self._peerKexInit:
             return b"unexpected KEXINIT message"
         if messageNum == MSG_NEWKEYS and not self._newKeysExpected:
@@ -194,6 +216,26 @@ class ProtocolGuardMixin(_Base):
             return True
         name = self.service.protocolMessages.get(messageNum)
         return name is None or not hasattr(self.service, "ssh_" + name[4:])
+
+    # -- messages Conch reads too leniently -----------------------------------
+
+    # Conch's getNS returns a short string where the length says more.
+
+    def ssh_IGNORE(self, packet: bytes) -> None:
+        strings_end(packet, 1)
+
+    def ssh_DEBUG(self, packet: bytes) -> None:
+        strings_end(packet[1:] if packet else b"", 1)  # the language tag may lack
+        super().ssh_DEBUG(packet)
+
+    def ssh_DISCONNECT(self, packet: bytes) -> None:
+        strings_end(packet[4:] if len(packet) >= 4 else b"", 1)
+        super().ssh_DISCONNECT(packet)
+
+    def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
+        if strings_end(packet, 1):
+            raise ValueError("bytes after the service name")
+        super().ssh_SERVICE_REQUEST(packet)
 
     # -- key exchange bookkeeping ---------------------------------------------
 

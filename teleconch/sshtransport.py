@@ -326,6 +326,14 @@ class ModernTransportMixin(_Base):
         """
         buf = self.buf = self.buf + data
         start = 0
+        if not self.isClient:
+            # RFC 4253 4.2: a client's first line is its version line, at most
+            # 255 bytes with CR LF (HTTP, TLS, banners are refused at once).
+            end = buf.find(b"\n")
+            line = buf if end == -1 else buf[: end + 1]
+            if not b"SSH-".startswith(line[:4]) or len(line) > 255 or b"\0" in line:
+                self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"bad version line")
+                return False
         while (end := buf.find(b"\n", start)) != -1 and not buf.startswith(
             b"SSH-", start
         ):

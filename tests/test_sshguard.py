@@ -276,18 +276,64 @@ def test_service_request_before_key_exchange_is_refused(logged: Any) -> None:
     assert tracebacks(logged) == []
 
 
-def test_a_flood_of_unknown_messages_before_kex_is_cut_short(logged: Any) -> None:
-    """Unknown message types before KEX: a few get UNIMPLEMENTED (queued until
-    the keys), then the connection ends; no log line per message."""
+@pytest.mark.parametrize(
+    ("messageNum", "payload", "name"),
+    [
+        (MSG_EXT_INFO, struct.pack(">L", 1) + NS(b"server-sig-algs") + NS(b"x"), b"EXT_INFO"),
+        (MSG_USERAUTH_REQUEST, NS(b"root") + NS(b"ssh-connection") + NS(b"none"),
+         b"USERAUTH_REQUEST"),
+        (connection.MSG_CHANNEL_OPEN, NS(b"session") + struct.pack(">3L", 0, 1, 1),
+         b"CHANNEL_OPEN"),
+        (connection.MSG_GLOBAL_REQUEST, NS(b"tcpip-forward") + b"\1", b"GLOBAL_REQUEST"),
+        (0, b"junk", b"type 0"),
+        (9, b"junk", b"type 9"),
+        (128, b"junk", b"type 128"),
+        (200, b"junk", b"type 200"),
+    ],
+)  # fmt: skip
+def test_a_non_kex_message_before_the_first_newkeys_is_refused(
+    logged: Any, messageNum: int, payload: bytes, name: bytes
+) -> None:
+    """RFC 4253 7.1: until the keys are in use only transport-generic and
+    key exchange messages may come. Anything else ends the connection at once
+    (no UNIMPLEMENTED queued behind the key exchange, no log of the payload)."""
+    server, wire = raw(proxy_factory())
+    server.dataReceived(HELLO + plain(messageNum, payload))
+    assert disconnect(wire) == (
+        DISCONNECT_PROTOCOL_ERROR,
+        b"unexpected %s message before key exchange" % name,
+    )
+    assert not server._blockedByKeyExchange
+    assert lines(logged, "couldn't handle") == []
+    assert tracebacks(logged) == []
+
+
+def test_a_flood_of_unknown_messages_before_kex_queues_nothing(logged: Any) -> None:
+    """20 MiB of unknown messages before KEX: the first ends the connection,
+    the rest are not even read."""
     server, wire = raw(proxy_factory())
     flood = b"".join(plain(200, b"x" * 1000) for _ in range(500))
     server.dataReceived(HELLO + flood)
-    assert disconnect(wire) == (
-        DISCONNECT_PROTOCOL_ERROR,
-        b"too many unimplemented or debug messages before authentication",
-    )
-    queued = server._blockedByKeyExchange or []
-    assert len([m for m, _ in queued if m == MSG_UNIMPLEMENTED]) <= 32
+    code, _ = disconnect(wire) or (0, b"")
+    assert code == DISCONNECT_PROTOCOL_ERROR
+    assert not server._blockedByKeyExchange
+    assert len(logged) < 5
+
+
+def test_a_flood_of_unknown_messages_before_login_is_cut_short(logged: Any) -> None:
+    """Under the keys but not logged in: 32 unknown messages get UNIMPLEMENTED,
+    the next ends the connection; no log line per message."""
+    client, _, pump = secured()
+    for _ in range(40):
+        client.sendPacket(200, b"x" * 1000)
+    pump.flush()
+    assert client.errors == [
+        (
+            DISCONNECT_PROTOCOL_ERROR,
+            b"too many unimplemented or debug messages before authentication",
+        )
+    ]
+    assert [m for m, _ in client.packets].count(MSG_UNIMPLEMENTED) == 32
     assert lines(logged, "couldn't handle") == []
     assert tracebacks(logged) == []
 
@@ -319,8 +365,6 @@ def test_a_flood_of_debug_or_unimplemented_before_kex_is_cut_short(
 @pytest.mark.parametrize(
     ("messageNum", "payload", "reason"),
     [
-        (MSG_EXT_INFO, b"", b"malformed EXT_INFO message"),
-        (MSG_EXT_INFO, b"\0\0\0\5", b"malformed EXT_INFO message"),
         (MSG_KEXINIT, b"x", b"malformed KEXINIT message"),
         (MSG_DISCONNECT, b"", b"malformed DISCONNECT message"),
         (MSG_DISCONNECT, b"\0\0\0\x0b", b"malformed DISCONNECT message"),
@@ -331,6 +375,17 @@ def test_a_flood_of_debug_or_unimplemented_before_kex_is_cut_short(
         (34, b"", b"unexpected KEX_DH_GEX_REQUEST message"),
         (MSG_NEWKEYS, b"", b"unexpected NEWKEYS message"),
         (MSG_NEWKEYS, b"x", b"unexpected NEWKEYS message"),
+        (2, struct.pack(">L", 1000), b"malformed IGNORE message"),
+        (
+            MSG_DEBUG,
+            b"\1" + struct.pack(">L", 500) + b"abc",
+            b"malformed DEBUG message",
+        ),
+        (
+            MSG_DISCONNECT,
+            struct.pack(">2L", 11, 300) + b"x",
+            b"malformed DISCONNECT message",
+        ),
     ],
 )
 def test_a_malformed_or_misplaced_message_is_a_clean_protocol_error(
@@ -389,6 +444,31 @@ def test_a_malformed_service_request_after_kex_is_a_protocol_error(
     assert client.errors == [
         (DISCONNECT_PROTOCOL_ERROR, b"malformed SERVICE_REQUEST message")
     ]
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize("payload", [b"", b"\0\0\0\5", b"\0\0\0\1" + NS(b"x")])
+def test_a_malformed_ext_info_is_a_protocol_error(logged: Any, payload: bytes) -> None:
+    """EXT_INFO under the keys that does not parse: DISCONNECT, no traceback."""
+    client, _, pump = secured()
+    client.sendPacket(MSG_EXT_INFO, payload)
+    pump.flush()
+    assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, b"malformed EXT_INFO message")]
+    assert tracebacks(logged) == []
+
+
+def test_a_service_request_with_trailing_bytes_is_malformed(logged: Any) -> None:
+    """SERVICE_REQUEST is one string; bytes after it make it malformed."""
+    client, _, pump = secured()
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth") + b"\xff" * 9)
+    pump.flush()
+    assert client.errors == [
+        (DISCONNECT_PROTOCOL_ERROR, b"malformed SERVICE_REQUEST message")
+    ]
+    other, _, otherPump = secured()
+    other.sendPacket(MSG_SERVICE_REQUEST, struct.pack(">L", 64) + b"ssh")
+    otherPump.flush()
+    assert other.errors == client.errors
     assert tracebacks(logged) == []
 
 

@@ -381,6 +381,39 @@ def test_version_line_limit_counts_the_line_alone() -> None:
         assert earlyWire.disconnecting and not early.gotVersion
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 64,
+        b"SSH-2.0-a\0b\r\n",
+        b"SSH-2.0-" + b"A" * 300 + b"\r\n",
+        b"x" * 300 + b"\r\nSSH-2.0-OpenSSH_9.2p1\r\n",
+        b"hello\r\nSSH-2.0-OpenSSH_9.2p1\r\n",
+    ],
+)
+def test_a_client_must_open_with_a_short_version_line(first: bytes) -> None:
+    """RFC 4253 4.2 on the server: the client's first line is its version
+    line, at most 255 bytes with CR LF, no NUL; anything else (HTTP, TLS, a
+    banner line) is refused at once, before any key exchange."""
+    serverFactory = MemoryFactory()
+    serverFactory.startFactory()
+    server = serverFactory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    server.dataReceived(first)
+    assert wire.disconnecting and not server.gotVersion
+
+
+def test_our_client_still_accepts_lines_before_a_servers_version() -> None:
+    """A server may send other lines first (RFC 4253 4.2); our client reads past them."""
+    client = MemoryClient()
+    wire = StringTransport()
+    client.makeConnection(wire)
+    client.dataReceived(b"welcome\r\n" + b"y" * 300 + b"\r\nSSH-2.0-OpenSSH_9.2p1\r\n")
+    assert client.gotVersion and not wire.disconnecting
+
+
 # -- strict KEX -----------------------------------------------------------------
 
 
