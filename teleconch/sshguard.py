@@ -240,6 +240,9 @@ class ProtocolGuardMixin(_Base):
     # -- key exchange bookkeeping ---------------------------------------------
 
     def ssh_KEXINIT(self, packet: bytes) -> Any:
+        # Cookie, ten name-lists, first_kex_packet_follows, reserved uint32.
+        if len(strings_end(packet[16:], 10)) < 5 or len(packet) < 16:
+            raise ValueError("KEXINIT ends early")
         result = super().ssh_KEXINIT(packet)
         self._peerKexInit = not self._disconnected
         return result

@@ -401,6 +401,33 @@ def test_a_malformed_or_misplaced_message_is_a_clean_protocol_error(
     assert len(lines(logged, reason.decode())) == 1
 
 
+def client_kexinit(lists: int = 10, tail: bytes = b"\0" * 5) -> bytes:
+    names = [b"curve25519-sha256", b"ssh-ed25519", b"aes128-ctr", b"aes128-ctr"]
+    names += [b"hmac-sha2-256-etm@openssh.com"] * 2 + [b"none"] * 2 + [b""] * 2
+    return b"\x11" * 16 + b"".join(NS(n) for n in names[:lists]) + tail
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [client_kexinit(lists=9), client_kexinit(tail=b""), client_kexinit(tail=b"\0")],
+    ids=["nine-name-lists", "no-trailer", "short-trailer"],
+)
+def test_a_short_kexinit_is_malformed(logged: Any, payload: bytes) -> None:
+    """Conch's getNS reads past the end as empty lists; a KEXINIT that lacks
+    a name-list or its trailer must not be negotiated on."""
+    server, wire = raw(proxy_factory())
+    server.dataReceived(HELLO + plain(MSG_KEXINIT, payload))
+    assert disconnect(wire) == (DISCONNECT_PROTOCOL_ERROR, b"malformed KEXINIT message")
+    assert tracebacks(logged) == []
+
+
+def test_a_whole_kexinit_is_negotiated() -> None:
+    """The same KEXINIT, whole, goes on to the key exchange."""
+    server, wire = raw(proxy_factory())
+    server.dataReceived(HELLO + plain(MSG_KEXINIT, client_kexinit()))
+    assert disconnect(wire) is None and server.kexAlg == b"curve25519-sha256"
+
+
 def test_a_kex_init_message_before_kexinit_is_refused(logged: Any) -> None:
     """KEX_ECDH_INIT (30) before the peer's KEXINIT: no half-set-up crash."""
     server, wire = raw(proxy_factory())
