@@ -134,6 +134,12 @@ class ProxySettings:
     allow_unregistered_nodes: bool = False
     #: Open HTTPS connections one client address may hold; more are dropped.
     max_web_connections_per_address: int = 64
+    #: Limits on the SSH listener (OpenSSH's LoginGraceTime, MaxStartups,
+    #: PerSourceMaxStartups, MaxSessions ideas); see etc/teleconch.yaml.
+    login_grace_time: int = 30
+    max_startups: int = 100
+    max_startups_per_source: int = 10
+    max_channels_per_connection: int = 64
 
 
 @attrs.frozen
@@ -270,6 +276,15 @@ def _file(value: Any) -> Path:
     return Path(_str(value))
 
 
+def _positive_duration(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    seconds = parse_duration(str(value))
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration above 0; write e.g. 30s or 2m")
+    return seconds
+
+
 def _size(value: Any) -> int:
     """Bytes, as people write them: 10MB, 512KB, 1GB, or a number of bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -324,7 +339,19 @@ _PROXY_KEYS = {
     "https_key_file",
     "allow_unregistered_nodes",
     "max_web_connections_per_address",
+    "login_grace_time",
+    "max_startups",
+    "max_startups_per_source",
+    "max_channels_per_connection",
 }
+
+
+_SSH_LIMIT_KEYS = [
+    ("login_grace_time", _positive_duration, 30),
+    ("max_startups", _positive_int, 100),
+    ("max_startups_per_source", _positive_int, 10),
+    ("max_channels_per_connection", _positive_int, 64),
+]
 
 
 def parse(
@@ -410,6 +437,10 @@ def parse(
         max_web_connections_per_address=_get(
             p, "proxy_service", "max_web_connections_per_address", _positive_int, 64
         ),
+        **{
+            key: _get(p, "proxy_service", key, kind, default)
+            for key, kind, default in _SSH_LIMIT_KEYS
+        },
     )
     settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)
     _check_consistency(settings)
@@ -442,6 +473,11 @@ def _check_consistency(s: Settings) -> None:
     if (s.proxy.https_cert_file is None) != (s.proxy.https_key_file is None):
         raise ConfigError(
             "proxy_service.https_cert_file and https_key_file go together: set both or neither"
+        )
+    if s.proxy.max_startups_per_source > s.proxy.max_startups:
+        raise ConfigError(
+            "proxy_service.max_startups_per_source cannot be above max_startups "
+            f"({s.proxy.max_startups_per_source} > {s.proxy.max_startups})"
         )
     if s.proxy.enabled and not s.auth.enabled and not s.teleconch.auth_servers:
         raise ConfigError(

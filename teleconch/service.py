@@ -44,7 +44,8 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
-from teleconch.proxy.ssh import ProxyPolicy, Router, make_factory
+from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, Router, make_factory
+from teleconch.sshlimits import SSHLimits
 from teleconch.web.http import WebSite
 from teleconch.web.site import WebConfig, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
@@ -324,6 +325,7 @@ class ProxyService(_Starting):
         self.web_listening = ""
         self.ssh_listening = ""
         self.router: Router | None = None
+        self.ssh_factory: ProxySSHFactory | None = None
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
@@ -427,10 +429,16 @@ class ProxyService(_Starting):
             s.proxy.allow_unregistered_nodes,
         )
         policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
+        limits = SSHLimits(
+            **{k: getattr(s.proxy, k) for k in attrs.fields_dict(SSHLimits)}
+        )
+        self.ssh_factory = make_factory(
+            router, policy, host_key, host_cert, self.clock, limits
+        )
         ssh_port = await self._listen(
             "proxy_service.listen_addr",
             s.proxy.listen_addr,
-            make_factory(router, policy, host_key, host_cert, self.clock),
+            self.ssh_factory,
         )
         self.ssh_address = _bound(ssh_port)
         self.ssh_listening = _listening(ssh_port)

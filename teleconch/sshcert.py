@@ -36,8 +36,11 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.hazmat.primitives.serialization.ssh import serialize_ssh_public_key
 from twisted.conch import error
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh.common import NS
-from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.transport import (
+    DISCONNECT_SERVICE_NOT_AVAILABLE,
+    SSHServerTransport,
+)
 from twisted.conch.ssh.userauth import (
     MSG_USERAUTH_BANNER,
     MSG_USERAUTH_PK_OK,
@@ -50,9 +53,11 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
 from teleconch.ca import fingerprint
+from teleconch.sshguard import PARSE_ERRORS, disconnect_malformed
 
 __all__ = [
     "SERVER_SIG_ALGS",
@@ -580,11 +585,28 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         def handle() -> Deferred[Any] | None:
             if self._stopped:
                 return None  # authenticated already, or the connection is gone
+            next_service = getNS(packet, 2)[1]
+            # Conch looks the service up only after a successful login.
+            if (
+                next_service == self.name
+                or next_service not in self._t.factory.services
+            ):
+                self._t.sendDisconnect(
+                    DISCONNECT_SERVICE_NOT_AVAILABLE,
+                    b"no such service: " + next_service[:64],
+                )
+                return None
             return SSHUserAuthServer.ssh_USERAUTH_REQUEST(self, packet)
 
         d = self._one_at_a_time.run(handle)
-        d.addErrback(lambda f: _log.failure("userauth request failed", f))
+        d.addErrback(self._request_failed)
         return d
+
+    def _request_failed(self, reason: Failure) -> None:
+        if reason.check(*PARSE_ERRORS):
+            disconnect_malformed(self._t, "USERAUTH_REQUEST", reason.value or reason)
+        else:
+            _log.failure("userauth request failed", reason)
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred[_PortalResult]:
         if kind == b"publickey":

@@ -65,17 +65,16 @@ MACS = [
     sshciphers.HMAC_SHA2_256,
     sshciphers.HMAC_SHA2_512,
 ]
+#: Encrypt-then-MAC only (ssh-audit warns on encrypt-and-MAC).
+ETM_MACS = [mac for mac in MACS if mac.endswith(b"-etm@openssh.com")]
 #: Key exchanges we allow, most preferred first, where Conch implements them
-#: on that side (the ML-KEM hybrid is server-only in Conch; Conch has no
-#: diffie-hellman-group16/18-sha512).  No SHA-1 groups.
+#: on that side (the ML-KEM hybrid is server-only in Conch).  No SHA-1 groups,
+#: no NIST curves, no finite-field group exchange (``cryptography`` deprecates
+#: it): what ssh-audit rates good.
 KEY_EXCHANGES = [
     b"mlkem768x25519-sha256",
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
-    b"ecdh-sha2-nistp256",
-    b"ecdh-sha2-nistp384",
-    b"ecdh-sha2-nistp521",
-    b"diffie-hellman-group-exchange-sha256",
 ]
 
 _SEQ_MASK = 0xFFFFFFFF
@@ -320,30 +319,44 @@ class ModernTransportMixin(_Base):
             )
 
     def _readVersion(self, data: bytes) -> bool:
-        """Conch's version-line handling; True once packets may follow."""
-        self.buf = self.buf + data
-        if len(self.buf) > _MAX_VERSION_BYTES:
+        """Conch's version-line handling; True once packets may follow.
+
+        The 4 KB limit is on the lines up to the end of the version line, not
+        on the packets that may follow it in the same read.
+        """
+        buf = self.buf = self.buf + data
+        start = 0
+        if not self.isClient:
+            # RFC 4253 4.2: a client's first line is its version line, at most
+            # 255 bytes with CR LF (HTTP, TLS, banners are refused at once).
+            end = buf.find(b"\n")
+            line = buf if end == -1 else buf[: end + 1]
+            if not b"SSH-".startswith(line[:4]) or len(line) > 255 or b"\0" in line:
+                self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"bad version line")
+                return False
+        while (end := buf.find(b"\n", start)) != -1 and not buf.startswith(
+            b"SSH-", start
+        ):
+            start = end + 1  # a line before the version line (RFC 4253 4.2)
+        if (len(buf) if end == -1 else end) > _MAX_VERSION_BYTES:
             self.sendDisconnect(
                 DISCONNECT_CONNECTION_LOST,
                 b"Peer version string longer than 4KB. "
                 b"Preventing a denial of service attack.",
             )
             return False
-        if self.buf.find(b"\n", self.buf.find(b"SSH-")) == -1:
+        if end == -1:
             return False
-        lines = self.buf.split(b"\n")
-        for index, line in enumerate(lines):
-            if line.startswith(b"SSH-"):
-                self.gotVersion = True
-                self.otherVersionString = line.rstrip(b"\r")
-                remoteVersion = line.split(b"-")[1]
-                if remoteVersion not in self.supportedVersions:
-                    self._unsupportedVersionReceived(remoteVersion)
-                    return False
-                self._inbuf += b"\n".join(lines[index + 1 :])
-                self.buf = b""
-                return True
-        return False
+        line = buf[start:end]
+        self.gotVersion = True
+        self.otherVersionString = line.rstrip(b"\r")
+        remoteVersion = line.split(b"-")[1]
+        if remoteVersion not in self.supportedVersions:
+            self._unsupportedVersionReceived(remoteVersion)
+            return False
+        self._inbuf += buf[end + 1 :]
+        self.buf = b""
+        return True
 
     def _processInput(self) -> None:
         """Dispatch every complete packet in the buffer, in order."""

@@ -55,6 +55,18 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
         ),
         ({"auth_service": {"node_cert_ttl": "soon"}}, "auth_service.node_cert_ttl"),
         ({"auth_service": {"node_cert_ttl": "10m"}}, "between 1h and 366d"),
+        ({"proxy_service": {"login_grace_time": "soon"}}, "login_grace_time"),
+        ({"proxy_service": {"login_grace_time": 0}}, "above 0"),
+        ({"proxy_service": {"max_startups": 0}}, "proxy_service.max_startups"),
+        ({"proxy_service": {"max_startups": "many"}}, "proxy_service.max_startups"),
+        (
+            {"proxy_service": {"max_channels_per_connection": -1}},
+            "proxy_service.max_channels_per_connection",
+        ),
+        (
+            {"proxy_service": {"max_startups": 5, "max_startups_per_source": 6}},
+            "max_startups_per_source cannot be above max_startups",
+        ),
     ],
 )
 def test_bad_values_name_the_key(doc: dict, needle: str) -> None:
@@ -62,6 +74,31 @@ def test_bad_values_name_the_key(doc: dict, needle: str) -> None:
     with pytest.raises(cfg.ConfigError) as e:
         cfg.parse(doc)
     assert needle in str(e.value)
+
+
+def test_ssh_limits_have_defaults_and_read_durations() -> None:
+    """The proxy's SSH limits: OpenSSH-like defaults; the grace time as a duration."""
+    p = cfg.parse({}).proxy
+    assert (p.login_grace_time, p.max_startups, p.max_startups_per_source) == (
+        30,
+        100,
+        10,
+    )
+    assert p.max_channels_per_connection == 64
+    p = cfg.parse(
+        {"proxy_service": {"login_grace_time": "1m30s", "max_startups": 20,
+                           "max_startups_per_source": 3, "max_channels_per_connection": 8}}
+    ).proxy  # fmt: skip
+    assert (p.login_grace_time, p.max_startups, p.max_startups_per_source) == (
+        90,
+        20,
+        3,
+    )
+    assert p.max_channels_per_connection == 8
+    assert (
+        cfg.parse({"proxy_service": {"login_grace_time": 45}}).proxy.login_grace_time
+        == 45
+    )
 
 
 def test_invalid_yaml_is_reported_with_the_file(tmp_path: Path) -> None:

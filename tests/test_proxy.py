@@ -6,11 +6,13 @@ ssh-agent are the Debian OpenSSH programs, all on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from tests.harness import (
     Cluster,
@@ -82,10 +87,13 @@ async def _login(c: Cluster, home: Path, name: str, password: str, secret: str) 
     assert r.code == 0, r.err
 
 
-@pytest_twisted.async_yield_fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    """A cluster, one registered sshd node (web1, env=test), alice logged in."""
-    cluster = await start_cluster(tmp_path / "data")
+@contextlib.asynccontextmanager
+async def make_world(
+    tmp_path: Path, raw: Mapping[str, Any] | None = None
+) -> AsyncIterator[World]:
+    """A cluster (with config ``raw``), one registered sshd node (web1,
+    env=test), alice logged in; all stopped on the way out."""
+    cluster = await start_cluster(tmp_path / "data", raw)
     sshd = None
     try:
         prefix = tmp_path / "node" / "web1"
@@ -116,6 +124,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         await cluster.stop()
 
 
+@pytest_twisted.async_yield_fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A cluster, one registered sshd node (web1, env=test), alice logged in."""
+    async with make_world(tmp_path) as w:
+        yield w
+
+
 @pytest_twisted.ensureDeferred
 async def test_plain_ssh_with_teleconch_config_reaches_the_node(world: World) -> None:
     """`teleconch config` + `ssh root@web1.<cluster>`: no prompt, exit status kept."""
@@ -132,6 +147,30 @@ async def test_plain_ssh_with_teleconch_config_reaches_the_node(world: World) ->
         and fields["bytes_up"] > 0
         and fields["bytes_down"] > 0
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ordinary_ssh_exit_is_logged_at_info_not_as_an_error(
+    world: World,
+) -> None:
+    """Real ssh through the proxy: its DISCONNECT_BY_APPLICATION at exit is one
+    info line on the proxy, not Conch's error-level "Got remote error"."""
+    events: list[dict[str, Any]] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        r = await world.ssh("root@web1.test.example", "true")
+        assert r.code == 0, r.err
+        await _until(lambda: any("(code 11)" in formatEvent(e) for e in events))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    closing = [e for e in events if "(code 11)" in formatEvent(e)]
+    assert [e["log_level"] for e in closing] == [LogLevel.info]
+    assert not [e for e in events if "Got remote error" in formatEvent(e)]
 
 
 @pytest_twisted.ensureDeferred
@@ -447,3 +486,107 @@ async def test_a_password_login_is_refused_with_what_to_do(world: World) -> None
     assert "teleconch login" in r.err
     events = await wait_for_events(world.cluster, "proxy.auth")
     assert all("hunter2" not in str(e) for e in events)
+
+
+class _RawPeer(Protocol):
+    """A TCP peer that sends nothing and keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest_twisted.ensureDeferred
+async def test_startups_past_the_per_source_cap_are_refused_over_tcp(
+    tmp_path: Path,
+) -> None:
+    """Real TCP on 3023: with max_startups_per_source 2, a third connection
+    that has not logged in is told so and closed before any SSH; once the
+    others close, the count of unauthenticated connections is back to zero."""
+    cluster = await start_cluster(
+        tmp_path / "data",
+        {"proxy_service": {"max_startups": 5, "max_startups_per_source": 2}},
+    )
+    held: list[_RawPeer] = []
+    try:
+        proxy = cluster.service.proxy
+        assert proxy and proxy.ssh_address and proxy.ssh_factory
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.ssh_address.port)
+        for _ in range(2):
+            held.append(await connectProtocol(endpoint, _RawPeer()))
+        await _until(lambda: all(p.data.startswith(b"SSH-2.0-") for p in held))
+        third = await connectProtocol(endpoint, _RawPeer())
+        await third.lost
+        assert third.data == (
+            b"teleconch: too many unauthenticated connections; try again later\r\n"
+        )
+        assert proxy.ssh_factory.startups.total == 2
+        for peer in held:
+            assert peer.transport is not None
+            peer.transport.loseConnection()
+        await gatherResults([p.lost for p in held])
+        startups = proxy.ssh_factory.startups
+        await _until(lambda: startups.total == 0)
+    finally:
+        for peer in held:
+            if peer.transport is not None:
+                peer.transport.loseConnection()
+        await cluster.stop()
+
+
+#: ssh-audit (>= 3.3) warns on every key exchange without a post-quantum part.
+#: The only one Conch has is mlkem768x25519-sha256 (OpenSSH >= 9.9); offering
+#: it alone would lock out OpenSSH 9.2 (Debian 12) and every older client, and
+#: Conch lacks sntrup761x25519-sha512. So curve25519 stays, with this warning.
+_ACCEPTED_WARNINGS = {
+    ("kex", "curve25519-sha256", "does not provide protection against post-quantum attacks"),
+    ("kex", "curve25519-sha256@libssh.org",
+     "does not provide protection against post-quantum attacks"),
+}  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_audit_finds_nothing_weak_on_the_proxy(tmp_path: Path) -> None:
+    """ssh-audit against 3023: no failure and no warning on key exchange, host
+    key, cipher or MAC (but the post-quantum one above, which no OpenSSH 9.2
+    client could do without)."""
+    cluster = await start_cluster(tmp_path / "data")
+    try:
+        proxy = cluster.service.proxy
+        assert proxy and proxy.ssh_address
+        r = await run(
+            ["ssh-audit", "-j", "--skip-rate-test", "-t", "20",
+             "-p", str(proxy.ssh_address.port), "127.0.0.1"]
+        )  # fmt: skip
+        report = json.loads(r.out)
+    finally:
+        await cluster.stop()
+    problems = []
+    for section in ("kex", "key", "enc", "mac"):
+        for alg in report[section]:
+            notes = alg.get("notes", {})
+            problems += [
+                (section, alg["algorithm"], "fail: " + n) for n in notes.get("fail", [])
+            ]
+            problems += [
+                (section, alg["algorithm"], n)
+                for n in notes.get("warn", [])
+                if (section, alg["algorithm"], n) not in _ACCEPTED_WARNINGS
+            ]  # fmt: skip
+    assert problems == [], r.out
+    offered = {a["algorithm"] for a in report["kex"]}
+    assert "mlkem768x25519-sha256" in offered and "curve25519-sha256" in offered

@@ -44,6 +44,7 @@ from twisted.conch.ssh.transport import (
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
@@ -235,24 +236,7 @@ def test_packets_split_into_single_bytes_still_decode() -> None:
     assert serverService(server).received == [(MSG_TEST, d) for d in sent]
 
 
-@pytest.mark.parametrize(
-    "kex",
-    [
-        b"curve25519-sha256",
-        b"curve25519-sha256@libssh.org",
-        b"ecdh-sha2-nistp256",
-        b"ecdh-sha2-nistp384",
-        b"ecdh-sha2-nistp521",
-        pytest.param(
-            b"diffie-hellman-group-exchange-sha256",
-            # cryptography 50 deprecates finite-field DH, which Conch's GEX uses.
-            marks=pytest.mark.filterwarnings(
-                "ignore:Diffie-Hellman over finite fields"
-                ":cryptography.utils.CryptographyDeprecationWarning"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kex", [b"curve25519-sha256", b"curve25519-sha256@libssh.org"])
 def test_each_key_exchange_in_policy(kex: bytes) -> None:
     """Every key exchange we offer completes between our client and server."""
     client, server, pump = connect(kex=kex)
@@ -365,6 +349,69 @@ def test_absurd_packet_length_is_a_protocol_error() -> None:
     server.dataReceived(struct.pack(">L", 300_000) + b"\0" * 12)
     pump.flush()
     assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, b"bad packet length 300000")]
+
+
+def test_version_line_limit_counts_the_line_alone() -> None:
+    """The 4 KB limit is on the version line: a large first packet arriving
+    in the same read as the line does not count towards it."""
+    serverFactory = MemoryFactory()
+    serverFactory.startFactory()
+    server = serverFactory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    body = bytes([MSG_IGNORE]) + NS(b"i" * 6000)
+    pad = 8 - (5 + len(body)) % 8 + 8
+    packet = struct.pack(">LB", 1 + len(body) + pad, pad) + body + b"\0" * pad
+    server.dataReceived(b"SSH-2.0-OpenSSH_9.2p1\r\n" + packet)
+    assert not wire.disconnecting
+    assert server.gotVersion
+
+    longLine = serverFactory.buildProtocol(None)
+    longWire = StringTransport()
+    longLine.makeConnection(longWire)
+    longLine.dataReceived(b"SSH-2.0-" + b"x" * 5000)
+    assert longWire.disconnecting
+
+    # Lines before the version line count; so does one that only contains "SSH-".
+    for junk in (b"hello\r\n" * 700, b"not SSH-2.0\n" + b"y" * 5000):
+        early = serverFactory.buildProtocol(None)
+        earlyWire = StringTransport()
+        early.makeConnection(earlyWire)
+        early.dataReceived(junk)
+        assert earlyWire.disconnecting and not early.gotVersion
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 64,
+        b"SSH-2.0-a\0b\r\n",
+        b"SSH-2.0-" + b"A" * 300 + b"\r\n",
+        b"x" * 300 + b"\r\nSSH-2.0-OpenSSH_9.2p1\r\n",
+        b"hello\r\nSSH-2.0-OpenSSH_9.2p1\r\n",
+    ],
+)
+def test_a_client_must_open_with_a_short_version_line(first: bytes) -> None:
+    """RFC 4253 4.2 on the server: the client's first line is its version
+    line, at most 255 bytes with CR LF, no NUL; anything else (HTTP, TLS, a
+    banner line) is refused at once, before any key exchange."""
+    serverFactory = MemoryFactory()
+    serverFactory.startFactory()
+    server = serverFactory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    server.dataReceived(first)
+    assert wire.disconnecting and not server.gotVersion
+
+
+def test_our_client_still_accepts_lines_before_a_servers_version() -> None:
+    """A server may send other lines first (RFC 4253 4.2); our client reads past them."""
+    client = MemoryClient()
+    wire = StringTransport()
+    client.makeConnection(wire)
+    client.dataReceived(b"welcome\r\n" + b"y" * 300 + b"\r\nSSH-2.0-OpenSSH_9.2p1\r\n")
+    assert client.gotVersion and not wire.disconnecting
 
 
 # -- strict KEX -----------------------------------------------------------------
@@ -543,7 +590,30 @@ def test_weak_algorithms_are_not_offered() -> None:
     clientKex = kexInitLists(client.ourKexInitPayload)[0]
     assert serverKex[0] == b"mlkem768x25519-sha256"  # Conch has it server-side only
     assert b"mlkem768x25519-sha256" not in clientKex
-    assert b"diffie-hellman-group-exchange-sha256" in serverKex
+    # What ssh-audit fails or warns on: NIST curves, finite-field group exchange.
+    for name in serverKex + clientKex:
+        assert b"nistp" not in name and b"diffie-hellman" not in name, name
+
+
+@pytest.mark.parametrize(
+    "kex", [b"ecdh-sha2-nistp256", b"diffie-hellman-group-exchange-sha256"]
+)
+def test_nist_curve_and_group_exchange_clients_are_refused(kex: bytes) -> None:
+    """A stock Conch client limited to a NIST curve or DH group exchange finds
+    no key exchange in common."""
+
+    class OldClient(SSHClientTransport):
+        supportedKeyExchanges = [kex]
+
+        def receiveError(self, reasonCode: int, description: bytes) -> None:
+            self.error = (reasonCode, description)
+
+    server = MemoryFactory()
+    server.startFactory()
+    s = server.buildProtocol(None)
+    c = OldClient()
+    iosim.connect(s, iosim.makeFakeServer(s), c, iosim.makeFakeClient(c))
+    assert c.error == (DISCONNECT_KEY_EXCHANGE_FAILED, b"couldn't match all kex parts")
 
 
 def test_legacy_cbc_only_client_is_refused() -> None:

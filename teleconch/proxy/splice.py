@@ -42,6 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleconch.sshguard import PARSE_ERRORS
+
 DEFAULT_WINDOW = 2 * 1024 * 1024
 """OpenSSH's window for TCP channels (64 packets of 32 KiB)."""
 DEFAULT_MAX_PACKET = 32 * 1024
@@ -220,6 +222,8 @@ class FlowControlledConnection(connection.SSHConnection):
             channel: SSHChannel = self.getChannel(
                 channelType, windowSize, maxPacket, extra
             )
+        except PARSE_ERRORS:
+            raise  # the transport disconnects: a malformed CHANNEL_OPEN
         except Exception as e:
             if not isinstance(e, ConchError):
                 self._log.failure("channel open failed")
@@ -319,7 +323,7 @@ class FlowControlledConnection(connection.SSHConnection):
             channel.localWindowLeft, channel.localMaxPacket
         ):
             return False
-        self._log.error("peer overran channel {id}'s window", id=channel.id)
+        self._log.warn("peer overran channel {id}'s window", id=channel.id)
         self.sendClose(channel)
         return True
 

@@ -52,8 +52,15 @@ from teleconch.sshcert import (
     CertificateServerTransport,
     CertificateUserAuthServer,
 )
+from teleconch.sshguard import GuardedConnectionMixin, ProtocolGuardMixin
 from teleconch.sshhostcert import CertificateSSHFactory
-from teleconch.sshtransport import ModernTransportMixin
+from teleconch.sshlimits import (
+    AdmissionMixin,
+    ChannelLimitMixin,
+    SSHLimits,
+    StartupLimiter,
+)
+from teleconch.sshtransport import ETM_MACS, ModernTransportMixin
 
 log = Logger()
 
@@ -400,30 +407,58 @@ class ProxyRealm:
         return IConchUser, avatar, lambda: None
 
 
-class ProxyServerTransport(ModernTransportMixin, CertificateServerTransport):
-    """Modern ciphers and strict KEX, with our server-sig-algs."""
+class ProxyServerTransport(
+    AdmissionMixin, ModernTransportMixin, ProtocolGuardMixin, CertificateServerTransport
+):
+    """Startup limits first; modern ciphers and strict KEX; clean protocol
+    errors; our server-sig-algs.  Only encrypt-then-MAC MACs (ssh-audit)."""
+
+    supportedMACs = list(ETM_MACS)
+
+
+class ProxyConnection(
+    ChannelLimitMixin, GuardedConnectionMixin, FlowControlledConnection
+):
+    """Flow-controlled channels, at most so many per connection."""
 
 
 class ProxySSHFactory(CertificateSSHFactory):
     protocol = ProxyServerTransport
     services = {
         b"ssh-userauth": CertificateUserAuthServer,
-        b"ssh-connection": FlowControlledConnection,
+        b"ssh-connection": ProxyConnection,
     }
+
+    def __init__(
+        self,
+        portal: Portal,
+        policy: Any,
+        host_key: Any,
+        host_certificate: str | None,
+        clock: IReactorTime,
+        limits: SSHLimits,
+    ) -> None:
+        super().__init__(portal, policy, host_key, host_certificate)
+        self.clock = clock
+        self.limits = limits
+        self.startups = StartupLimiter(limits, clock)
 
 
 def make_factory(
     router: Router,
     policy: ProxyPolicy,
     host_key: Any,
-    host_certificate: str,
+    host_certificate: str | None,
     clock: IReactorTime,
+    limits: SSHLimits | None = None,
 ) -> ProxySSHFactory:
     class UserAuth(CertificateUserAuthServer):
         """Certificate validity read from the given clock."""
 
     UserAuth.clock = clock
     portal = Portal(ProxyRealm(router), [CertificateChecker()])
-    factory = ProxySSHFactory(portal, policy, host_key, host_certificate)
+    factory = ProxySSHFactory(
+        portal, policy, host_key, host_certificate, clock, limits or SSHLimits()
+    )
     factory.services = {**factory.services, b"ssh-userauth": UserAuth}
     return factory

@@ -8,6 +8,8 @@ import struct
 from tests.hostile.cases import SSH, UNIMPLEMENTED, Case
 
 VERSION = b"SSH-2.0-hostile_probe\r\n"
+#: The MAC the proxy offers (encrypt-then-MAC only).
+ETM = b"hmac-sha2-256-etm@openssh.com"
 
 MSG_DISCONNECT = 1
 MSG_IGNORE = 2
@@ -75,7 +77,7 @@ def kexinit(
     if lists is None:
         kexes = kex + (b",kex-strict-c-v00@openssh.com" if strict else b"")
         lists = [kexes, HOST_KEYS, b"aes128-ctr", b"aes128-ctr"]
-        lists += [b"hmac-sha2-256", b"hmac-sha2-256", b"none", b"none", b"", b""]
+        lists += [ETM, ETM, b"none", b"none", b"", b""]
     body = b"".join(ns(x) for x in lists)
     return bytes((MSG_KEXINIT,)) + b"\x11" * 16 + body + bytes((follows,)) + u32(0)
 
@@ -198,7 +200,7 @@ def _kexinit_cases() -> list[Case]:
         bad = bytes((MSG_KEXINIT,)) + b"\0" * 16 + u32(length) + b"curve25519-sha256"
         cases.append(_pre(f"kexinit-namelist-length-{name}", VERSION + packet(bad)))
     nine = [b"curve25519-sha256", HOST_KEYS, b"aes128-ctr", b"aes128-ctr"]
-    nine += [b"hmac-sha2-256", b"hmac-sha2-256", b"none", b"none", b""]
+    nine += [ETM, ETM, b"none", b"none", b""]
     cases += [
         _pre("kexinit-nine-namelists", VERSION + packet(kexinit(lists=nine))),
         _pre(
