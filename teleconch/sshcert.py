@@ -143,10 +143,20 @@ class CertificateRefused(Exception):
     sentence for the person holding the certificate (no secrets).
     """
 
-    def __init__(self, reason: str, user_message: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        user_message: str,
+        relogin_helps: bool = True,
+        issuer_trusted: bool = True,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.user_message = user_message
+        #: Whether `teleconch login` is the cure (not for a login the roles lack).
+        self.relogin_helps = relogin_helps
+        #: Whether a trusted CA signed it, so its key id names a real user.
+        self.issuer_trusted = issuer_trusted
 
 
 @attrs.frozen
@@ -348,13 +358,18 @@ def _check_common(
     cert_type: Literal["user", "host"],
     principal: str,
 ) -> None:
-    def refuse(what: str, user_message: str) -> NoReturn:
-        raise CertificateRefused(f"{what} ({cert.describe()})", user_message)
+    def refuse(
+        what: str, user_message: str, relogin_helps: bool = True, trusted: bool = True
+    ) -> NoReturn:
+        raise CertificateRefused(
+            f"{what} ({cert.describe()})", user_message, relogin_helps, trusted
+        )
 
     if cert.signature_key not in _normalised_keys(trusted_ca_lines):
         refuse(
             "certificate signed by an untrusted CA",
             "it was not issued by this cluster's certificate authority",
+            trusted=False,
         )
     if cert.cert_type != cert_type:
         refuse(
@@ -379,6 +394,7 @@ def _check_common(
         refuse(
             f"principal {principal!r} not in certificate principals [{allowed}]",
             f"it does not allow {principal!r} (it allows: {allowed})",
+            relogin_helps=False,
         )
 
 
@@ -515,9 +531,14 @@ class CertificatePolicy(Protocol):
         """The user CA public key lines to trust now (the proxy caches them)."""
 
     def on_refused(
-        self, username: str, reason: str, client_address: str | None
+        self,
+        username: str,
+        reason: str,
+        client_address: str | None,
+        login: str | None = None,
     ) -> None:
-        """Audit one refused authentication attempt."""
+        """Audit one refused attempt: ``username`` is the certificate's user when
+        a certificate was read (else the SSH user name), ``login`` the login asked."""
 
 
 class _Refused(UnauthorizedLogin):
@@ -553,6 +574,9 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         if self.explain_with_keyboard_interactive:
             self.supportedAuthentications.append(b"keyboard-interactive")
         self._banners: set[str] = set()
+        # Once a certificate's refusal is explained, the generic hint (run
+        # `teleconch login`) is not added to later refusals of this connection.
+        self._certificate_explained = False
         self._plain_keys: list[str] = []
         # Checks are async: run requests one at a time, so a pipelined request
         # cannot change user/nextService under one still being checked.
@@ -626,28 +650,41 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         host = getattr(self._t.transport.getPeer(), "host", None)
         return host if isinstance(host, str) else None
 
-    def _banner(self, problem: str | None) -> None:
+    def _banner(self, problem: str | None, relogin_helps: bool = True) -> None:
         """Explain a refusal; each line is shown at most once per connection."""
-        hint = self.policy.refusal_message.rstrip("\n")
         lines = (
             [f"teleconch: your certificate was refused: {problem}."] if problem else []
         )
-        lines = [line for line in [*lines, hint] if line and line not in self._banners]
+        if relogin_helps and not (self._certificate_explained and not problem):
+            lines.append(self.policy.refusal_message.rstrip("\n"))
+        if problem:
+            self._certificate_explained = True
+        lines = [line for line in lines if line and line not in self._banners]
         if lines and not self._stopped:
             self._banners.update(lines)
             text = "\n".join(lines) + "\n"
             self._t.sendPacket(MSG_USERAUTH_BANNER, NS(text.encode()) + NS(b""))
 
-    def _audit(self, username: str, reason: str) -> None:
+    def _audit(self, username: str, reason: str, login: str | None = None) -> None:
         try:
-            self.policy.on_refused(username, reason, self._client_address())
+            self.policy.on_refused(
+                username, reason, self._client_address(), login=login or username
+            )
         except Exception:
             _log.failure("audit hook failed for {user}", user=username)
 
-    def _refuse(self, username: str, reason: str, problem: str | None) -> NoReturn:
-        """Audit, explain (one banner per distinct text), and fail the request."""
-        self._audit(username, reason)
-        self._banner(problem)
+    def _refuse(
+        self,
+        username: str,
+        reason: str,
+        problem: str | None,
+        relogin_helps: bool = True,
+        cert: Certificate | None = None,
+    ) -> NoReturn:
+        """Audit (under the certificate's user, if one was read), explain (one
+        banner per distinct text), and fail the request."""
+        self._audit(cert.key_id if cert else username, reason, login=username)
+        self._banner(problem, relogin_helps)
         raise _Refused(reason)
 
     async def _publickey(self, user: bytes, data: bytes) -> _PortalResult:
@@ -695,7 +732,8 @@ class CertificateUserAuthServer(SSHUserAuthServer):
                 cert, trusted, self.clock.seconds(), username, self._client_address()
             )
         except CertificateRefused as e:
-            self._refuse(name, e.reason, e.user_message)
+            trusted_cert = cert if e.issuer_trusted else None
+            self._refuse(name, e.reason, e.user_message, e.relogin_helps, trusted_cert)
         if self._stopped:
             raise error.IgnoreAuthentication()
         assert self.nextService is not None
@@ -715,7 +753,9 @@ class CertificateUserAuthServer(SSHUserAuthServer):
             ]
         )
         if not verify_ssh_signature(cert.public_key, sig_alg, signature, signed):
-            self._refuse(name, f"bad {alg} signature ({cert.describe()})", None)
+            self._refuse(
+                name, f"bad {alg} signature ({cert.describe()})", None, cert=cert
+            )
         creds = CertificateCredentials(username, cert, self._client_address())
         result: _PortalResult = await self.portal.login(creds, creds, IConchUser)
         if self._stopped:  # gone while the realm worked: nobody will log out

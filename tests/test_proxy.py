@@ -303,6 +303,26 @@ async def test_a_node_the_roles_do_not_allow_is_refused_saying_why(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_login_the_certificate_lacks_is_one_message_audited_under_its_user(
+    world: World,
+) -> None:
+    """`teleconch ssh bob@web1` with alice's root-only certificate: one message
+    naming the allowed logins (no advice to log in again), audited as alice
+    asking for bob."""
+    r = await run(["teleconch", "ssh", "bob@web1", "true"], env=world.env())
+    assert r.code != 0
+    lines = [line for line in r.err.splitlines() if line.startswith("teleconch:")]
+    assert lines == [
+        "teleconch: your certificate was refused: it does not allow 'bob' "
+        "(it allows: root)."
+    ], r.err
+    assert "teleconch login" not in r.err
+    events = await wait_for_events(world.cluster, "proxy.auth", user="alice")
+    assert events[-1]["fields"]["login"] == "bob"
+    assert "'bob'" in events[-1]["fields"]["reason"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_plain_key_or_password_is_refused_with_what_to_do(world: World) -> None:
     """Without a certificate the proxy says to run teleconch login."""
     key = world.tmp / "plain"

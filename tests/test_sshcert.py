@@ -399,10 +399,17 @@ class Policy:
             raise ConnectionError("auth service unreachable")
         return self.cas
 
+    logins: list[str | None] = attrs.Factory(list)
+
     def on_refused(
-        self, username: str, reason: str, client_address: str | None
+        self,
+        username: str,
+        reason: str,
+        client_address: str | None,
+        login: str | None = None,
     ) -> None:
         self.refused.append((username, reason, client_address))
+        self.logins.append(login)
 
 
 class ExecSession(SSHChannel):
@@ -641,6 +648,32 @@ def test_the_wrong_login_is_explained(server: Any, ca: CA, user_key: Any) -> Non
     packets = server.take()
     assert packets[-1] == FAILURE
     assert "it does not allow 'root' (it allows: alice)" in banners(packets)[0]
+
+
+def test_a_login_the_certificate_lacks_is_one_message_audited_under_its_user(
+    server: Any, ca: CA, user_key: Any, policy: Policy
+) -> None:
+    """`teleconch ssh bob@web1` with alice's certificate: one banner naming the
+    allowed logins, no "run teleconch login" after the agent's plain key, and
+    the audit entry names the certificate's user and the login asked for."""
+    blob = cert_blob(ca.user(user_key, key_id="alice"))
+    server.service.ssh_USERAUTH_REQUEST(
+        publickey(user_key, ED_CERT, blob, b"ssh-ed25519", user=b"bob")
+    )
+    plain = Key(user_key).public().blob()
+    server.service.ssh_USERAUTH_REQUEST(
+        publickey(user_key, b"ssh-ed25519", plain, None, user=b"bob")
+    )
+    server.service.ssh_USERAUTH_REQUEST(
+        request(b"bob", b"keyboard-interactive", NS(b"") + NS(b""))
+    )
+    packets = server.take()
+    assert banners(packets) == [
+        "teleconch: your certificate was refused: it does not allow 'bob' "
+        "(it allows: alice).\n"
+    ]
+    assert policy.refused[0][0] == "alice" and policy.logins[0] == "bob"
+    assert "'bob'" in policy.refused[0][1]
 
 
 def test_plain_keys_are_refused_quietly_and_audited_if_the_login_fails(

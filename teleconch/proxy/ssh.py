@@ -110,13 +110,18 @@ class ProxyPolicy:
         return cas
 
     def on_refused(
-        self, username: str, reason: str, client_address: str | None
+        self,
+        username: str,
+        reason: str,
+        client_address: str | None,
+        login: str | None = None,
     ) -> None:
         _emit(
             self._agent,
             "proxy.auth",
             username,
             False,
+            login=login or username,
             reason=reason,
             client_addr=client_address,
         )
