@@ -78,6 +78,11 @@ CHATTER_FORMATS = frozenset(
         "Stopping factory {factory!r}",
         "{cls} connection established (HOST:{host} PEER:{peer})",
         "{cls} connection lost (HOST:{host} PEER:{peer})",
+        # Conch's SSH transport, for every connection (the disconnect reason
+        # is logged on its own line; we never offer group exchange).
+        "connection lost",
+        "disabling non-fixed-group key exchange algorithms "
+        "because we cannot find moduli file",
     }
 )
 

@@ -48,6 +48,7 @@ def test_connection_chatter_is_debug(tmp_path: Path) -> None:
     observer(_event(LogLevel.info, "Starting factory {factory!r}", factory="f"))
     established = "{cls} connection established (HOST:{host} PEER:{peer})"
     observer(_event(LogLevel.info, established, cls="AMP", host="h", peer="p"))
+    observer(_event(LogLevel.info, "connection lost"))
     observer.close()
     assert path.read_text() == ""
     debug = make_observer(LogSettings(severity="debug", output=str(path)))
