@@ -5,6 +5,7 @@ test_store.py."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from teleconch.auth.backends import open_store
 from teleconch.auth.backends.sqlite import SCHEMA_VERSION, SQLiteStore
 from teleconch.auth.backends.sqlite_schema import MIGRATIONS
 from teleconch.auth.backends.sqlite_streams import READ_CHUNKS
 from teleconch.auth.store import StoreError
 from teleconch.auth.types import AuditEvent, User
+from teleconch.config import StorageSettings
 
 NOW = 1_700_000_000.0
 
@@ -179,3 +182,27 @@ async def test_read_range_seeks_the_chunk_index_and_never_scans(
     details = [row["detail"] for row in plan]
     assert not [d for d in details if d.startswith("SCAN")], details
     assert any("(stream_id=? AND start>? AND start<?)" in d for d in details), details
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_store_opens_sqlite_where_the_config_says(tmp_path: Path) -> None:
+    """The default is <data_dir>/auth/teleconch.db; ``path`` puts it elsewhere;
+    a file that cannot be made is reported with its path."""
+    from twisted.internet import reactor
+
+    (tmp_path / "auth").mkdir()
+    for settings, expected in [
+        (StorageSettings(), tmp_path / "auth" / "teleconch.db"),
+        (StorageSettings("sqlite", tmp_path / "my.db"), tmp_path / "my.db"),
+    ]:
+        store = await open_store(settings, tmp_path, reactor)
+        try:
+            await store.create_user(ALICE)
+        finally:
+            await store.close()
+        assert expected.exists()
+    missing = tmp_path / "nowhere" / "t.db"
+    with pytest.raises(
+        StoreError, match=re.escape(f"cannot open the database {missing}")
+    ):
+        await open_store(StorageSettings("sqlite", missing), tmp_path, reactor)

@@ -86,8 +86,11 @@ class SQLiteStore:
     # -- plumbing: the plain (non-async) methods run in the pool thread ------
 
     def _connect(self) -> None:
-        create_private(self.path)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            create_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the database {self.path}: {e}") from e
         self._conn = conn
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
