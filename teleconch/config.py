@@ -25,6 +25,7 @@ PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
 DEFAULT_DATA_DIR = "teleconch-data"
 SESSION_RECORDING_MODES = ("node", "proxy", "off")
+STORAGE_TYPES = ("sqlite", "postgresql")
 
 
 class ConfigError(Exception):
@@ -101,6 +102,17 @@ def local_dial_addr(listen_addr: str) -> HostPort:
 
 
 @attrs.frozen
+class StorageSettings:
+    """Where the auth service keeps its records (``teleconch.storage``).
+
+    ``path`` is SQLite's file; None means ``<data_dir>/auth/teleconch.db``.
+    """
+
+    type: str = "sqlite"
+    path: Path | None = None
+
+
+@attrs.frozen
 class GlobalSettings:
     nodename: str
     data_dir: Path
@@ -108,6 +120,7 @@ class GlobalSettings:
     auth_token: str | None = attrs.field(default=None, repr=False)
     ca_pin: str | None = None
     log: LogSettings = attrs.field(factory=LogSettings)
+    storage: StorageSettings = attrs.field(factory=StorageSettings)
 
 
 @attrs.frozen
@@ -319,8 +332,24 @@ def _log(value: Any) -> LogSettings:
     )  # fmt: skip
 
 
+def _storage(value: Any) -> StorageSettings:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping (type, and path for sqlite)")
+    where = "teleconch.storage"
+    kind = _get(value, where, "type", _enum(*STORAGE_TYPES), "sqlite")
+    if kind == "postgresql":
+        raise ConfigError(
+            f"{where}.type: 'postgresql' is not available yet; use 'sqlite' (the default)"
+        )
+    _check_keys(value, {"type", "path"}, where)
+    return StorageSettings(kind, _get(value, where, "path", _file, None))
+
+
 _LOG_KEYS = {"severity", "output", "max_size", "max_backups"}
-_GLOBAL_KEYS = {"nodename", "data_dir", "auth_servers", "auth_token", "ca_pin", "log"}
+_GLOBAL_KEYS = {
+    *("nodename", "data_dir", "auth_servers", "auth_token", "ca_pin", "log"),
+    "storage",
+}
 _AUTH_KEYS = {
     "enabled",
     "listen_addr",
@@ -379,6 +408,7 @@ def parse(
         auth_token=_get(g, "teleconch", "auth_token", _token, None),
         ca_pin=_get(g, "teleconch", "ca_pin", _pin, None),
         log=_get(g, "teleconch", "log", _log, LogSettings()),
+        storage=_get(g, "teleconch", "storage", _storage, StorageSettings()),
     )
     _refuse_unbuilt(a)
     auth = AuthSettings(

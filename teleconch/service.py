@@ -29,8 +29,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from teleconch import config as cfg
 from teleconch.auth.agent import AuthAgent, JoinRequest, join
 from teleconch.auth.api import AuthAPIFactory
-from teleconch.auth.backends.sqlite import SQLiteStore
+from teleconch.auth.backends import open_store
 from teleconch.auth.server import AuthServer
+from teleconch.auth.store import Store
 from teleconch.ca import SSHCertificateAuthority, public_key_line
 from teleconch.files import ensure_private_directory, write_private_file
 from teleconch.pki import (
@@ -181,7 +182,7 @@ class AuthService(_Starting):
         self.address: cfg.HostPort | None = None
         #: What the listener is bound to (0.0.0.0:3025), for the banner.
         self.listening = ""
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
 
     def _prepare_files(
         self,
@@ -208,8 +209,7 @@ class AuthService(_Starting):
     async def _start(self) -> None:
         s = self.settings
         user_ca, host_ca, tls_ca = await self._in_thread(self._prepare_files)
-        self._store = SQLiteStore(str(self.files.dir / "teleconch.db"), self.reactor)
-        await self._store.open()
+        self._store = await open_store(s.teleconch.storage, s.data_dir, self.reactor)
         auth_addr = cfg.HostPort(s.teleconch.nodename, cfg.AUTH_PORT)
         identity = tls_ca.issue_identity(
             ROLE_AUTH,

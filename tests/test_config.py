@@ -67,6 +67,13 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
             {"proxy_service": {"max_startups": 5, "max_startups_per_source": 6}},
             "max_startups_per_source cannot be above max_startups",
         ),
+        ({"teleconch": {"storage": "sqlite"}}, "teleconch.storage: expected a mapping"),
+        ({"teleconch": {"storage": {"type": "mysql"}}}, "teleconch.storage.type"),
+        (
+            {"teleconch": {"storage": {"path": "/x.db", "pth": 1}}},
+            "unknown key 'teleconch.storage.pth'; did you mean 'path'?",
+        ),
+        ({"teleconch": {"storage": {"path": ""}}}, "teleconch.storage.path"),
     ],
 )
 def test_bad_values_name_the_key(doc: dict, needle: str) -> None:
@@ -179,3 +186,22 @@ def test_settings_of_the_unbuilt_recording_proxy_are_refused(
         cfg.parse({"auth_service": auth})
     assert "not available yet" in str(e.value)
     assert cfg.parse({"auth_service": {"session_recording": "off"}})
+
+
+def test_storage_is_sqlite_in_the_data_dir_unless_set() -> None:
+    """No ``teleconch.storage``: SQLite at its default place; ``path`` moves it."""
+    assert cfg.parse({}).teleconch.storage == cfg.StorageSettings("sqlite", None)
+    s = cfg.parse({"teleconch": {"storage": {"type": "sqlite", "path": "/db/t.db"}}})
+    assert s.teleconch.storage == cfg.StorageSettings("sqlite", Path("/db/t.db"))
+
+
+def test_postgresql_storage_is_refused_until_it_is_built() -> None:
+    """``type: postgresql`` (with its conn_string) says it is not available
+    yet rather than starting on SQLite behind the operator's back."""
+    doc = {"teleconch": {"storage": {"type": "postgresql", "conn_string": "x"}}}
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.parse(doc)
+    assert str(e.value) == (
+        "teleconch.storage.type: 'postgresql' is not available yet; "
+        "use 'sqlite' (the default)"
+    )

@@ -547,9 +547,7 @@ class AuthServer:
         user = await self.store.get_user(name)
         if user is None:
             raise api.NotFoundError(f"no user {name!r}")
-        for t in await self.store.list_tokens():
-            if t.user == name:
-                await self.store.delete_token(t.token_hash)
+        await self.store.delete_user_tokens(name)
         await self.store.clear_login_failures(name)
         await self.store.set_lock(name, 0)
         invite = await self._new_invite(name, "reset")
@@ -574,8 +572,9 @@ class AuthServer:
     async def list_users(self) -> list[dict[str, Any]]:
         now = self._now()
         out = []
+        locks = await self.store.user_locks(now)
         for u in await self.store.list_users():
-            lock = await self.store.get_lock(u.name)
+            lock = locks.get(u.name)
             out.append(
                 {
                     "name": u.name,
@@ -638,7 +637,7 @@ class AuthServer:
             raise api.NotFoundError(f"no role {name!r}")
         if role.builtin:
             raise api.BadParameter(f"{name!r} is a built-in role and cannot be removed")
-        users = [u.name for u in await self.store.list_users() if name in u.roles]
+        users = await self.store.users_with_role(name)
         if users:
             raise api.BadParameter(
                 f"role {name!r} is held by {', '.join(users)}; take it from them first"
@@ -801,7 +800,7 @@ class AuthServer:
         except BadPublicKey as e:
             raise api.BadParameter(str(e)) from None
         account = await self.check_login(user, password, otp_token, client_addr)
-        roles = [r for r in [await self.store.get_role(n) for n in account.roles] if r]
+        roles = await self.store.get_roles(account.roles)
         principals = expand_logins(roles, account.logins) or [
             f"{NO_LOGIN_PREFIX}{uuid.uuid4()}"
         ]
@@ -954,8 +953,7 @@ class AuthServer:
         return self._host_ca.public_key
 
     async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
-        found = [await self.store.get_role(n) for n in names]
-        return [role_to_json(r) for r in found if r is not None]
+        return [role_to_json(r) for r in await self.store.get_roles(names)]
 
     # --- audit -----------------------------------------------------------------
 

@@ -7,8 +7,8 @@ keeps records and makes the few compound changes atomic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from teleconch.auth.types import (
     AuditEvent,
@@ -16,6 +16,7 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    StreamInfo,
     Token,
     User,
 )
@@ -31,6 +32,52 @@ class AlreadyExists(StoreError):
 
 class NotFound(StoreError):
     """No record with that key."""
+
+
+class StreamGap(StoreError):
+    """An append starts past the stream's end; ``size`` is where it ends."""
+
+    def __init__(self, stream_id: str, offset: int, size: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} holds {size} bytes; an append at {offset} "
+            f"would leave a gap (resume at {size})"
+        )
+        self.size = size
+
+
+class StreamConflict(StoreError):
+    """An append would rewrite stored bytes with others, or add to a
+    complete stream."""
+
+
+def append_tail(
+    info: StreamInfo, offset: int, data: bytes, read: Callable[[int, int], bytes]
+) -> bytes:
+    """The rule of ``Store.append_chunk``, for every backend: the part of
+    ``data`` (at ``offset``) that is new, to be stored at ``info.size``.
+
+    ``read(start, length)`` gives stored bytes; only the part ``data``
+    overlaps is read and must be equal (a retried upload).
+    """
+    if offset < 0:
+        raise ValueError(f"offset {offset} is negative")
+    if offset > info.size:
+        raise StreamGap(info.stream_id, offset, info.size)
+    overlap = min(info.size, offset + len(data)) - offset
+    if overlap and read(offset, overlap) != data[:overlap]:
+        raise StreamConflict(
+            f"stream {info.stream_id!r}: the {overlap} bytes at {offset} differ "
+            "from those stored"
+        )
+    tail = data[overlap:]
+    if tail and info.complete:
+        raise StreamConflict(f"stream {info.stream_id!r} is complete")
+    return tail
+
+
+def check_range(start: int, length: int) -> None:
+    if start < 0 or length < 0:
+        raise ValueError(f"range ({start}, {length}) is negative")
 
 
 class Store(Protocol):
@@ -55,6 +102,9 @@ class Store(Protocol):
         """Replace the record with that name; raise NotFound if none."""
 
     async def list_users(self) -> list[User]: ...
+    async def users_with_role(self, role: str) -> list[str]:
+        """The names of the users holding ``role``, in name order."""
+
     async def delete_user(self, name: str) -> bool:
         """Delete the user and their tokens; False when there was none."""
 
@@ -68,6 +118,10 @@ class Store(Protocol):
     # roles
     async def upsert_role(self, role: Role) -> None: ...
     async def get_role(self, name: str) -> Role | None: ...
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
+        """The roles of those names that exist, in the order of ``names``;
+        a name given twice gives its role once."""
+
     async def list_roles(self) -> list[Role]: ...
     async def delete_role(self, name: str) -> bool: ...
 
@@ -76,6 +130,9 @@ class Store(Protocol):
     async def get_token(self, token_hash: str) -> Token | None: ...
     async def list_tokens(self) -> list[Token]: ...
     async def delete_token(self, token_hash: str) -> bool: ...
+    async def delete_user_tokens(self, user: str) -> int:
+        """Delete every token of ``user`` (of any kind); return how many."""
+
     async def consume_token(self, token_hash: str, now: float) -> Token | None:
         """Atomically remove and return the token if it exists and
         ``now < expires``; an expired token is removed and None returned."""
@@ -114,6 +171,10 @@ class Store(Protocol):
     async def get_lock(self, name: str) -> float | None:
         """The time the lock on ``name`` ends, or None."""
 
+    async def user_locks(self, now: float) -> dict[str, float]:
+        """The locks on existing users that end after ``now``: name -> end.
+        (Names that are not users, locked by someone guessing, are left out.)"""
+
     # nodes
     async def upsert_node(self, node: Node) -> None: ...
     async def get_node(self, id_or_name: str) -> Node | None: ...
@@ -131,3 +192,51 @@ class Store(Protocol):
     async def list_identities(self) -> list[JoinedIdentity]: ...
     async def delete_identity(self, host_id: str) -> bool:
         """Forget a joined identity (its node was removed); False if unknown."""
+
+    # byte streams (session recordings): chunks appended in order, read by range
+    #
+    # Chunks are stored as given: compressing them is the writer's choice (a
+    # recording compresses its own frames), so offsets count stored bytes.
+    async def create_stream(
+        self, stream_id: str, meta: Mapping[str, Any], created: float
+    ) -> None:
+        """Start an empty stream; raise AlreadyExists when the id is taken."""
+
+    async def get_stream(self, stream_id: str) -> StreamInfo | None: ...
+    async def stream_size(self, stream_id: str) -> int:
+        """The bytes stored so far, where a resumed upload goes on; NotFound
+        for an unknown stream."""
+
+    async def append_chunk(self, stream_id: str, offset: int, data: bytes) -> int:
+        """Store ``data`` at ``offset`` and return the stream's new size.
+
+        Idempotent for a retried upload: bytes that are stored already with
+        the same content are skipped (so a retry at the same offset is a
+        no-op), and only what lies past the end is added.  Raise StreamGap
+        when ``offset`` is past the end, StreamConflict when ``data`` differs
+        from stored bytes or new bytes would go to a complete stream,
+        NotFound for an unknown stream.  Atomic.
+        """
+
+    async def read_range(self, stream_id: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``start``: fewer at the end of the
+        stream, none past it.  Reads only the chunks the range touches.
+        NotFound for an unknown stream; ValueError for a negative argument."""
+
+    async def complete_stream(self, stream_id: str) -> int:
+        """Mark the stream complete (again is harmless); return its size.
+        NotFound for an unknown stream."""
+
+    async def list_streams(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        complete: bool | None = None,
+        limit: int = 1000,
+    ) -> list[StreamInfo]:
+        """Streams by ``created`` (since inclusive, until exclusive), oldest
+        first, at most ``limit`` of the newest; ``complete`` narrows to the
+        complete (True) or unfinished (False) ones."""
+
+    async def delete_stream(self, stream_id: str) -> bool:
+        """Delete the stream and its chunks; False when there was none."""

@@ -135,3 +135,18 @@ class JoinedIdentity:
     name: str
     principals: tuple[str, ...] = attrs.field(converter=_strings, default=())
     joined: float = 0.0
+
+
+@attrs.frozen
+class StreamInfo:
+    """A byte stream kept in chunks (a session recording, for one).
+
+    ``size`` is the number of bytes stored so far; a ``complete`` stream
+    takes no more.  ``meta`` is what its writer said about it (JSON values).
+    """
+
+    stream_id: str
+    meta: Mapping[str, Any] = attrs.field(converter=_freeze_fields, factory=dict)
+    created: float = 0.0
+    size: int = 0
+    complete: bool = False

@@ -6,18 +6,31 @@ not, and a single writer needs no locking of our own.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from teleconch.auth.backends import sqlite_streams as streams
+from teleconch.auth.backends.sqlite_schema import (
+    EVENTS,
+    IDENTITIES,
+    NODES,
+    PROXIES,
+    ROLES,
+    SCHEMA_VERSION,
+    STREAMS,
+    TOKENS,
+    USERS,
+    Table,
+    create_private,
+    dump,
+    migrate,
+)
 from teleconch.auth.store import AlreadyExists, NotFound, StoreError
 from teleconch.auth.types import (
     AuditEvent,
@@ -25,9 +38,12 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    StreamInfo,
     Token,
     User,
 )
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=attrs.AttrsInstance)
@@ -37,134 +53,6 @@ BUSY_TIMEOUT_MS = 5000
 
 #: Token kinds that ``complete_invite`` accepts.
 _INVITE_KINDS = ("invite", "reset")
-
-#: Schema migrations, in order; the schema version is the number applied.
-#: Never edit a released entry: append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE users (
-            name TEXT PRIMARY KEY, logins TEXT NOT NULL, roles TEXT NOT NULL,
-            status TEXT NOT NULL, created REAL NOT NULL, password_hash BLOB,
-            totp_secret TEXT, totp_last_counter INTEGER NOT NULL)""",
-        """CREATE TABLE roles (
-            name TEXT PRIMARY KEY, logins TEXT NOT NULL, node_labels TEXT NOT NULL,
-            max_session_ttl INTEGER NOT NULL, rules TEXT NOT NULL,
-            builtin INTEGER NOT NULL)""",
-        """CREATE TABLE tokens (
-            token_hash TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,
-            created REAL NOT NULL, expires REAL NOT NULL, user TEXT,
-            totp_secret TEXT)""",
-        "CREATE INDEX tokens_user ON tokens (user)",
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL,
-            time REAL NOT NULL, user TEXT NOT NULL, success INTEGER NOT NULL,
-            fields TEXT NOT NULL)""",
-        "CREATE INDEX events_time ON events (time)",
-        "CREATE INDEX events_user_time ON events (user, time)",
-        "CREATE INDEX events_event_time ON events (event, time)",
-        """CREATE TABLE login_failures (
-            id INTEGER PRIMARY KEY, name TEXT NOT NULL, time REAL NOT NULL)""",
-        "CREATE INDEX login_failures_name_time ON login_failures (name, time)",
-        "CREATE TABLE locks (name TEXT PRIMARY KEY, until REAL NOT NULL)",
-        """CREATE TABLE nodes (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, addr TEXT NOT NULL,
-            labels TEXT NOT NULL, created REAL NOT NULL)""",
-        "CREATE INDEX nodes_name ON nodes (name)",
-        """CREATE TABLE proxies (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, public_addr TEXT NOT NULL,
-            ssh_addr TEXT NOT NULL, last_seen REAL NOT NULL)""",
-    ),
-    (
-        """CREATE TABLE identities (
-            host_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
-            principals TEXT NOT NULL, joined REAL NOT NULL)""",
-    ),
-    ("ALTER TABLE nodes ADD COLUMN cert_expires REAL NOT NULL DEFAULT 0",),
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _dump(value: Any) -> str:
-    # default=str: an odd value in an audit field must not lose the event.
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-class _Table(Generic[_R]):
-    """Maps a record class onto the table whose columns are named after its
-    fields, so that adding a field means adding a column and nothing else."""
-
-    def __init__(
-        self,
-        name: str,
-        cls: type[_R],
-        json: tuple[str, ...] = (),
-        bools: tuple[str, ...] = (),
-        auto: str | None = None,
-    ) -> None:
-        self.cls, self.json, self.bools = cls, json, bools
-        fields = [f.name for f in attrs.fields(cls)]
-        self.fields = tuple(f for f in fields if f != auto)
-        cols = ", ".join(self.fields)
-        marks = ", ".join(f":{f}" for f in self.fields)
-        # Only our own table and field names are formatted in; values are bound.
-        self.insert = f"INSERT INTO {name} ({cols}) VALUES ({marks})"  # noqa: S608
-        self.replace = f"INSERT OR REPLACE INTO {name} ({cols}) VALUES ({marks})"  # noqa: S608
-        key, *rest = self.fields
-        sets = ", ".join(f"{f} = :{f}" for f in rest)
-        self.update = f"UPDATE {name} SET {sets} WHERE {key} = :{key}"  # noqa: S608
-
-    def params(self, obj: _R) -> dict[str, Any]:
-        values = attrs.asdict(obj, recurse=False)
-        return {
-            f: _dump(values[f]) if f in self.json else values[f] for f in self.fields
-        }
-
-    def load(self, row: sqlite3.Row) -> _R:
-        values = dict(zip(row.keys(), row, strict=True))
-        for k in self.json:
-            values[k] = json.loads(values[k])
-        for k in self.bools:
-            values[k] = bool(values[k])
-        return self.cls(**values)
-
-
-_USERS = _Table("users", User, json=("logins", "roles"))
-_ROLES = _Table(
-    "roles", Role, json=("logins", "node_labels", "rules"), bools=("builtin",)
-)
-_TOKENS = _Table("tokens", Token)
-_EVENTS = _Table("events", AuditEvent, json=("fields",), bools=("success",), auto="id")
-_NODES = _Table("nodes", Node, json=("labels",))
-_PROXIES = _Table("proxies", ProxyInfo)
-_IDENTITIES = _Table("identities", JoinedIdentity, json=("principals",))
-
-
-def _create_private(path: str) -> None:
-    """Create the file owner-only before SQLite does (it would honour umask);
-    SQLite gives its -wal and -shm files the same mode."""
-    if path == ":memory:" or path.startswith("file:"):
-        return
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    with conn:
-        # The write lock makes a concurrent opener wait instead of migrating twice.
-        conn.execute("BEGIN IMMEDIATE")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version {version} is newer than this "
-                f"teleconch ({SCHEMA_VERSION}); upgrade teleconch"
-            )
-        for statements in MIGRATIONS[version:]:
-            for sql in statements:
-                conn.execute(sql)
-        # PRAGMA takes no parameters; the value is our own integer.
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
 
 def _take_token(c: sqlite3.Connection, token_hash: str, now: float) -> Token | None:
@@ -176,7 +64,7 @@ def _take_token(c: sqlite3.Connection, token_hash: str, now: float) -> Token | N
     if row is None:
         return None
     c.execute("DELETE FROM tokens WHERE token_hash = ?", (token_hash,))
-    return _TOKENS.load(row) if now < row["expires"] else None
+    return TOKENS.load(row) if now < row["expires"] else None
 
 
 #: An id match wins over a name match; among same-named nodes, the newest.
@@ -198,15 +86,18 @@ class SQLiteStore:
     # -- plumbing: the plain (non-async) methods run in the pool thread ------
 
     def _connect(self) -> None:
-        _create_private(self.path)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            create_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the database {self.path}: {e}") from e
         self._conn = conn
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA journal_mode = WAL").fetchone()
         conn.execute("PRAGMA synchronous = NORMAL")
-        _migrate(conn)
+        migrate(conn)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -234,11 +125,11 @@ class SQLiteStore:
 
         return await self._run(op)
 
-    async def _get(self, table: _Table[_R], sql: str, args: Any) -> _R | None:
+    async def _get(self, table: Table[_R], sql: str, args: Any) -> _R | None:
         row = await self._run(lambda c: c.execute(sql, args).fetchone())
         return None if row is None else table.load(row)
 
-    async def _list(self, table: _Table[_R], sql: str, args: Any = ()) -> list[_R]:
+    async def _list(self, table: Table[_R], sql: str, args: Any = ()) -> list[_R]:
         rows = await self._run(lambda c: c.execute(sql, args).fetchall())
         return [table.load(r) for r in rows]
 
@@ -276,19 +167,27 @@ class SQLiteStore:
     # -- users ----------------------------------------------------------------
 
     async def create_user(self, user: User) -> None:
-        sql = _USERS.insert + " ON CONFLICT (name) DO NOTHING"
-        if await self._write(sql, _USERS.params(user)) == 0:
+        sql = USERS.insert + " ON CONFLICT (name) DO NOTHING"
+        if await self._write(sql, USERS.params(user)) == 0:
             raise AlreadyExists(f"user {user.name!r} exists")
 
     async def get_user(self, name: str) -> User | None:
-        return await self._get(_USERS, "SELECT * FROM users WHERE name = ?", (name,))
+        return await self._get(USERS, "SELECT * FROM users WHERE name = ?", (name,))
 
     async def update_user(self, user: User) -> None:
-        if await self._write(_USERS.update, _USERS.params(user)) == 0:
+        if await self._write(USERS.update, USERS.params(user)) == 0:
             raise NotFound(f"no user {user.name!r}")
 
     async def list_users(self) -> list[User]:
-        return await self._list(_USERS, "SELECT * FROM users ORDER BY name")
+        return await self._list(USERS, "SELECT * FROM users ORDER BY name")
+
+    async def users_with_role(self, role: str) -> list[str]:
+        sql = (
+            "SELECT name FROM users WHERE EXISTS"
+            " (SELECT 1 FROM json_each(users.roles) WHERE value = ?) ORDER BY name"
+        )
+        rows = await self._run(lambda c: c.execute(sql, (role,)).fetchall())
+        return [str(r["name"]) for r in rows]
 
     async def delete_user(self, name: str) -> bool:
         def op(c: sqlite3.Connection) -> bool:
@@ -310,13 +209,19 @@ class SQLiteStore:
     # -- roles ----------------------------------------------------------------
 
     async def upsert_role(self, role: Role) -> None:
-        await self._write(_ROLES.replace, _ROLES.params(role))
+        await self._write(ROLES.replace, ROLES.params(role))
 
     async def get_role(self, name: str) -> Role | None:
-        return await self._get(_ROLES, "SELECT * FROM roles WHERE name = ?", (name,))
+        return await self._get(ROLES, "SELECT * FROM roles WHERE name = ?", (name,))
+
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
+        # One bound JSON array, however many names: no limit on variables.
+        sql = "SELECT * FROM roles WHERE name IN (SELECT value FROM json_each(?))"
+        found = {r.name: r for r in await self._list(ROLES, sql, (dump(list(names)),))}
+        return [found.pop(n) for n in names if n in found]
 
     async def list_roles(self) -> list[Role]:
-        return await self._list(_ROLES, "SELECT * FROM roles ORDER BY name")
+        return await self._list(ROLES, "SELECT * FROM roles ORDER BY name")
 
     async def delete_role(self, name: str) -> bool:
         return await self._write("DELETE FROM roles WHERE name = ?", (name,)) > 0
@@ -324,20 +229,23 @@ class SQLiteStore:
     # -- tokens ---------------------------------------------------------------
 
     async def add_token(self, token: Token) -> None:
-        sql = _TOKENS.insert + " ON CONFLICT (token_hash) DO NOTHING"
-        if await self._write(sql, _TOKENS.params(token)) == 0:
+        sql = TOKENS.insert + " ON CONFLICT (token_hash) DO NOTHING"
+        if await self._write(sql, TOKENS.params(token)) == 0:
             raise AlreadyExists(f"token {token.name!r} exists")
 
     async def get_token(self, token_hash: str) -> Token | None:
         sql = "SELECT * FROM tokens WHERE token_hash = ?"
-        return await self._get(_TOKENS, sql, (token_hash,))
+        return await self._get(TOKENS, sql, (token_hash,))
 
     async def list_tokens(self) -> list[Token]:
-        return await self._list(_TOKENS, "SELECT * FROM tokens ORDER BY created, name")
+        return await self._list(TOKENS, "SELECT * FROM tokens ORDER BY created, name")
 
     async def delete_token(self, token_hash: str) -> bool:
         sql = "DELETE FROM tokens WHERE token_hash = ?"
         return await self._write(sql, (token_hash,)) > 0
+
+    async def delete_user_tokens(self, user: str) -> int:
+        return await self._write("DELETE FROM tokens WHERE user = ?", (user,))
 
     async def consume_token(self, token_hash: str, now: float) -> Token | None:
         def op(c: sqlite3.Connection) -> Token | None:
@@ -375,7 +283,7 @@ class SQLiteStore:
                     (password_hash, totp_secret, totp_counter, token.user),
                 )
                 sql = "SELECT * FROM users WHERE name = ?"
-                return _USERS.load(c.execute(sql, (token.user,)).fetchone())
+                return USERS.load(c.execute(sql, (token.user,)).fetchone())
 
         return await self._run(op)
 
@@ -384,7 +292,7 @@ class SQLiteStore:
     async def append_event(self, event: AuditEvent) -> int:
         def op(c: sqlite3.Connection) -> int:
             with c:
-                rowid = c.execute(_EVENTS.insert, _EVENTS.params(event)).lastrowid
+                rowid = c.execute(EVENTS.insert, EVENTS.params(event)).lastrowid
             assert rowid is not None
             return rowid
 
@@ -419,7 +327,7 @@ class SQLiteStore:
             f"SELECT * FROM events WHERE {' AND '.join(where)}"  # noqa: S608
             " ORDER BY time DESC, id DESC LIMIT ?"
         )
-        return (await self._list(_EVENTS, sql, [*args, limit]))[::-1]
+        return (await self._list(EVENTS, sql, [*args, limit]))[::-1]
 
     # -- login failures and locks ---------------------------------------------
 
@@ -444,16 +352,24 @@ class SQLiteStore:
         row = await self._run(lambda c: c.execute(sql, (name,)).fetchone())
         return None if row is None else float(row["until"])
 
+    async def user_locks(self, now: float) -> dict[str, float]:
+        sql = (
+            "SELECT l.name, l.until FROM locks l JOIN users u ON u.name = l.name"
+            " WHERE l.until > ?"
+        )
+        rows = await self._run(lambda c: c.execute(sql, (now,)).fetchall())
+        return {str(r["name"]): float(r["until"]) for r in rows}
+
     # -- nodes and proxies ----------------------------------------------------
 
     async def upsert_node(self, node: Node) -> None:
-        await self._write(_NODES.replace, _NODES.params(node))
+        await self._write(NODES.replace, NODES.params(node))
 
     async def get_node(self, id_or_name: str) -> Node | None:
-        return await self._get(_NODES, _FIND_NODE, (id_or_name,))
+        return await self._get(NODES, _FIND_NODE, (id_or_name,))
 
     async def list_nodes(self) -> list[Node]:
-        return await self._list(_NODES, "SELECT * FROM nodes ORDER BY name, id")
+        return await self._list(NODES, "SELECT * FROM nodes ORDER BY name, id")
 
     async def delete_node(self, id_or_name: str) -> bool:
         def op(c: sqlite3.Connection) -> bool:
@@ -467,20 +383,82 @@ class SQLiteStore:
         return await self._run(op)
 
     async def upsert_proxy(self, proxy: ProxyInfo) -> None:
-        await self._write(_PROXIES.replace, _PROXIES.params(proxy))
+        await self._write(PROXIES.replace, PROXIES.params(proxy))
 
     async def list_proxies(self) -> list[ProxyInfo]:
-        return await self._list(_PROXIES, "SELECT * FROM proxies ORDER BY name, id")
+        return await self._list(PROXIES, "SELECT * FROM proxies ORDER BY name, id")
 
     async def add_identity(self, identity: JoinedIdentity) -> None:
-        sql = _IDENTITIES.insert + " ON CONFLICT DO NOTHING"
-        if await self._write(sql, _IDENTITIES.params(identity)) == 0:
+        sql = IDENTITIES.insert + " ON CONFLICT DO NOTHING"
+        if await self._write(sql, IDENTITIES.params(identity)) == 0:
             raise AlreadyExists(f"an identity named {identity.name!r} exists")
 
     async def list_identities(self) -> list[JoinedIdentity]:
         sql = "SELECT * FROM identities ORDER BY name"
-        return await self._list(_IDENTITIES, sql)
+        return await self._list(IDENTITIES, sql)
 
     async def delete_identity(self, host_id: str) -> bool:
         sql = "DELETE FROM identities WHERE host_id = ?"
         return await self._write(sql, (host_id,)) > 0
+
+    # -- byte streams ---------------------------------------------------------
+
+    async def create_stream(
+        self, stream_id: str, meta: Mapping[str, Any], created: float
+    ) -> None:
+        info = StreamInfo(stream_id, meta, created)
+        sql = STREAMS.insert + " ON CONFLICT (stream_id) DO NOTHING"
+        if await self._write(sql, STREAMS.params(info)) == 0:
+            raise AlreadyExists(f"stream {stream_id!r} exists")
+
+    async def get_stream(self, stream_id: str) -> StreamInfo | None:
+        sql = "SELECT * FROM streams WHERE stream_id = ?"
+        return await self._get(STREAMS, sql, (stream_id,))
+
+    async def stream_size(self, stream_id: str) -> int:
+        return (await self._run(lambda c: streams.find(c, stream_id))).size
+
+    async def append_chunk(self, stream_id: str, offset: int, data: bytes) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            with c:
+                return streams.append(c, stream_id, offset, bytes(data))
+
+        return await self._run(op)
+
+    async def read_range(self, stream_id: str, start: int, length: int) -> bytes:
+        def op(c: sqlite3.Connection) -> bytes:
+            # One read transaction: the size and the chunks agree.
+            with c:
+                c.execute("BEGIN")
+                return streams.read(c, stream_id, start, length)
+
+        return await self._run(op)
+
+    async def complete_stream(self, stream_id: str) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            with c:
+                return streams.complete(c, stream_id)
+
+        return await self._run(op)
+
+    async def list_streams(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        complete: bool | None = None,
+        limit: int = 1000,
+    ) -> list[StreamInfo]:
+        if limit <= 0:
+            return []
+        sql = (
+            "SELECT * FROM streams WHERE (?1 IS NULL OR created >= ?1)"
+            " AND (?2 IS NULL OR created < ?2) AND (?3 IS NULL OR complete = ?3)"
+            " ORDER BY created DESC, stream_id DESC LIMIT ?4"
+        )
+        args = (since, until, complete, limit)
+        return (await self._list(STREAMS, sql, args))[::-1]
+
+    async def delete_stream(self, stream_id: str) -> bool:
+        # The chunks go with it (ON DELETE CASCADE).
+        sql = "DELETE FROM streams WHERE stream_id = ?"
+        return await self._write(sql, (stream_id,)) > 0

@@ -1,0 +1,55 @@
+"""The backends the store suite runs on, as fixtures: ``backend`` makes a
+store (again, on the same storage, after a close), ``store`` is one open.
+
+A new backend is one more entry in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from teleconch.auth.backends.memory import MemoryStore
+from teleconch.auth.backends.sqlite import SQLiteStore
+from teleconch.auth.store import Store
+
+NOW = 1_700_000_000.0
+
+#: A backend makes a store on its storage; calling it again after a close
+#: makes one on the same storage (a restart).
+MakeStore = Callable[[], Store]
+
+
+def _sqlite(tmp_path: Path) -> MakeStore:
+    path = str(tmp_path / "teleconch.db")
+    return lambda: SQLiteStore(path, reactor)
+
+
+def _memory(tmp_path: Path) -> MakeStore:
+    store = MemoryStore()  # its records outlive a close
+    return lambda: store
+
+
+BACKENDS: dict[str, Callable[[Path], MakeStore]] = {
+    "sqlite": _sqlite,
+    "memory": _memory,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest_twisted.async_yield_fixture
+async def store(backend: MakeStore) -> AsyncIterator[Store]:
+    opened = backend()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
