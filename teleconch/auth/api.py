@@ -20,7 +20,8 @@ from twisted.protocols import amp
 from teleconch.auth import nodejoin
 from teleconch.auth import protocol as api
 from teleconch.auth.guard import ConnectionGuard, GuardedAMP, GuardLimits
-from teleconch.auth.server import AuthServer, Identity, node_to_json
+from teleconch.auth.nodes import node_to_json
+from teleconch.auth.server import AuthServer, Identity
 
 log = Logger()
 

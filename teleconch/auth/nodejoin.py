@@ -15,7 +15,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -25,14 +25,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from teleconch.auth import protocol as api
 from teleconch.auth.attest import JOIN_PURPOSE, RENEW_PURPOSE, attest, renew_message
 from teleconch.auth.joining import Claims, _is_loopback
-from teleconch.auth.server import AuthServer, _iso, clean_labels, token_hash
+from teleconch.auth.login import iso_utc
+from teleconch.auth.nodes import clean_labels
 from teleconch.auth.store import AlreadyExists
+from teleconch.auth.tokens import token_hash
 from teleconch.auth.types import JoinedIdentity, Node
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_node_name
 from teleconch.ca import BadPublicKey, fingerprint, parse_public_key
 from teleconch.config import parse_host_port
 from teleconch.pki import ROLE_NODE
 from teleconch.text import printable
+
+if TYPE_CHECKING:
+    from teleconch.auth.server import AuthServer
 
 #: How far a renewing node's clock may be from ours.
 RENEW_CLOCK_SKEW = 300
@@ -337,7 +342,7 @@ async def _renew(
     if not cert.valid_after <= now < cert.valid_before:
         _refuse(
             "certificate expired",
-            f"the node's host certificate expired at {_iso(cert.valid_before)}: only a "
+            f"the node's host certificate expired at {iso_utc(cert.valid_before)}: only a "
             "valid one can be renewed. Join again: `teleconch-ctl nodes rm "
             f"{node.name}`, then `teleconch-ctl tokens add --type=node` and run the "
             "command it prints",

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from teleconch.auth.server import ROLES_EXTENSION, TRAITS_EXTENSION, expand_logins
+from teleconch.auth.rbac import ROLES_EXTENSION, TRAITS_EXTENSION, expand_logins
 from teleconch.auth.types import Node, Role
 from teleconch.config import parse_host_port
 

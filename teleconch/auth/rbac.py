@@ -1,0 +1,100 @@
+"""Roles: the built-in ones, how a role definition is checked, and the logins
+roles grant.
+
+The proxy imports this module to expand logins from a certificate's roles;
+it pulls in neither bcrypt nor the auth server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from teleconch.auth import protocol as api
+from teleconch.auth.types import ALL_NODES, INTERNAL_LOGINS, Role
+from teleconch.auth.validation import LABEL, LOGIN, ROLE_NAME
+
+MAX_CERT_TTL = 12 * 3600
+MIN_CERT_TTL = 60
+#: The certificate extension naming the user's roles.
+ROLES_EXTENSION = "teleconch-roles"
+#: The user's own logins, so the proxy can expand {{internal.logins}} per role.
+TRAITS_EXTENSION = "teleconch-traits"
+
+
+BUILTIN_ROLES = (
+    Role(
+        name="access",
+        logins=(INTERNAL_LOGINS,),
+        node_labels=ALL_NODES,
+        rules=(),
+        builtin=True,
+    ),
+    Role(
+        name="auditor",
+        logins=(),
+        node_labels={},
+        rules=("events:read", "sessions:read"),
+        builtin=True,
+    ),
+    Role(
+        name="admin",
+        logins=(INTERNAL_LOGINS,),
+        node_labels=ALL_NODES,
+        rules=("*",),
+        builtin=True,
+    ),
+)
+
+
+def expand_logins(roles: Iterable[Role], user_logins: Sequence[str]) -> list[str]:
+    """The logins the roles grant, with the user's own in place of the template."""
+    out: set[str] = set()
+    for role in roles:
+        for login in role.logins:
+            if login == INTERNAL_LOGINS:
+                out.update(user_logins)
+            else:
+                out.add(login)
+    return sorted(out)
+
+
+def role_from_spec(spec: Mapping[str, Any]) -> Role:
+    """A role an administrator defined, checked; BadParameter says what is wrong.
+
+    Only the name, logins, node labels and session TTL come from the spec: a
+    custom role has no rules and is never built in.
+    """
+    try:
+        name = str(spec["name"])
+        logins = [str(x) for x in spec.get("logins", [])]
+        labels = {
+            str(k): [str(v) for v in vs]
+            for k, vs in spec.get("node_labels", {}).items()
+        }
+        ttl = int(spec.get("max_session_ttl", MAX_CERT_TTL))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise api.BadParameter(f"malformed role: {e}") from None
+    if not ROLE_NAME.fullmatch(name):
+        raise api.BadParameter(f"{name!r} is not a valid role name")
+    for login in logins:
+        if login != INTERNAL_LOGINS and not LOGIN.fullmatch(login):
+            raise api.BadParameter(f"{login!r} is not a valid login")
+    for key, values in labels.items():
+        for item in (key, *values):
+            if not LABEL.fullmatch(item):
+                raise api.BadParameter(f"{item!r} is not a valid label key or value")
+    if not 60 <= ttl <= MAX_CERT_TTL:
+        raise api.BadParameter("max_session_ttl must be between 1m and 12h")
+    return Role(name=name, logins=logins, node_labels=labels, max_session_ttl=ttl)
+
+
+def role_to_json(role: Role) -> dict[str, Any]:
+    return {
+        "name": role.name,
+        "logins": list(role.logins),
+        "node_labels": {k: list(v) for k, v in role.node_labels.items()},
+        "max_session_ttl": role.max_session_ttl,
+        "rules": list(role.rules),
+        "builtin": role.builtin,
+    }
