@@ -3,17 +3,17 @@ removed) and custom roles."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
-from teleconch.auth.rbac import role_from_spec, role_to_json
+from teleconch.auth.protocol import Invite
+from teleconch.auth.rbac import role_from_spec
 from teleconch.auth.store import AlreadyExists, Store
-from teleconch.auth.tokens import Invite, Tokens
-from teleconch.auth.types import User
+from teleconch.auth.tokens import Tokens
+from teleconch.auth.types import Role, RoleSpec, User, UserEntry
 from teleconch.auth.validation import LOGIN, USER_NAME_RULE, is_user_name
 from teleconch.text import printable
 
@@ -102,20 +102,20 @@ class Accounts:
         await self.audit("user.unlock", user=name, was_locked=locked)
         return locked
 
-    async def list_users(self) -> list[dict[str, Any]]:
+    async def list_users(self) -> list[UserEntry]:
         now = self._now()
         out = []
         for u in await self.store.list_users():
             lock = await self.store.get_lock(u.name)
             out.append(
-                {
-                    "name": u.name,
-                    "logins": list(u.logins),
-                    "roles": list(u.roles),
-                    "status": "locked" if lock and lock > now else u.status,
-                    "locked_until": lock if lock and lock > now else None,
-                    "created": u.created,
-                }
+                UserEntry(
+                    name=u.name,
+                    logins=u.logins,
+                    roles=u.roles,
+                    status="locked" if lock and lock > now else u.status,
+                    locked_until=lock if lock and lock > now else None,
+                    created=u.created,
+                )
             )
         return out
 
@@ -126,7 +126,7 @@ class Accounts:
 
     # --- roles ---------------------------------------------------------------
 
-    async def upsert_role(self, spec: Mapping[str, Any]) -> None:
+    async def upsert_role(self, spec: RoleSpec) -> None:
         role = role_from_spec(spec)
         existing = await self.store.get_role(role.name)
         if existing is not None and existing.builtin:
@@ -134,10 +134,10 @@ class Accounts:
                 f"{role.name!r} is a built-in role; choose another name"
             )
         await self.store.upsert_role(role)
-        await self.audit("role.upsert", role=role.name, spec=role_to_json(role))
+        await self.audit("role.upsert", role=role.name, spec=role.to_json())
 
-    async def list_roles(self) -> list[dict[str, Any]]:
-        return [role_to_json(r) for r in await self.store.list_roles()]
+    async def list_roles(self) -> list[Role]:
+        return await self.store.list_roles()
 
     async def delete_role(self, name: str) -> None:
         role = await self.store.get_role(name)
@@ -153,6 +153,6 @@ class Accounts:
         await self.store.delete_role(name)
         await self.audit("role.delete", role=name)
 
-    async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
         found = [await self.store.get_role(n) for n in names]
-        return [role_to_json(r) for r in found if r is not None]
+        return [r for r in found if r is not None]

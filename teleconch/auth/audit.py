@@ -99,22 +99,11 @@ class AuditLog:
         events: Sequence[str],
         user: str | None,
         limit: int,
-    ) -> list[dict[str, Any]]:
-        found = await self.store.search_events(
+    ) -> list[AuditEvent]:
+        return await self.store.search_events(
             since=since,
             until=until,
             events=list(events) or None,
             user=user,
             limit=max(1, min(limit, 10000)),
         )
-        return [
-            {
-                "id": e.id,
-                "event": e.event,
-                "time": e.time,
-                "user": e.user,
-                "success": e.success,
-                **{"fields": dict(e.fields)},
-            }
-            for e in found
-        ]

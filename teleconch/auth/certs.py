@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
-import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 from twisted.internet.interfaces import IReactorTime
@@ -16,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.login import Logins
+from teleconch.auth.protocol import ClusterCAs, HostCertificate, IssuedCertificate
 from teleconch.auth.rbac import (
     MAX_CERT_TTL,
     MIN_CERT_TTL,
@@ -24,6 +23,7 @@ from teleconch.auth.rbac import (
     expand_logins,
 )
 from teleconch.auth.store import Store
+from teleconch.auth.types import HostSigner
 from teleconch.auth.validation import is_ip
 from teleconch.ca import (
     STANDARD_USER_EXTENSIONS,
@@ -37,14 +37,6 @@ from teleconch.ca import (
 #: Teleport; user certificates are the short-lived ones.
 HOST_CERT_TTL = 10 * 365 * 86400
 NO_LOGIN_PREFIX = "-teleconch-nologin-"
-
-
-@attrs.frozen
-class IssuedCertificate:
-    username: str
-    cert: str
-    valid_before: int
-    host_signers: list[dict[str, Any]]
 
 
 class Certificates:
@@ -76,12 +68,12 @@ class Certificates:
 
     # --- the CAs' public keys --------------------------------------------------
 
-    def cluster_cas(self) -> dict[str, Any]:
-        return {
-            "cluster_name": self.cluster_name,
-            "user_ca_keys": [self._user_ca.public_key_line()],
-            "host_ca_keys": [self._host_ca.public_key_line()],
-        }
+    def cluster_cas(self) -> ClusterCAs:
+        return ClusterCAs(
+            cluster_name=self.cluster_name,
+            user_ca_keys=(self._user_ca.public_key_line(),),
+            host_ca_keys=(self._host_ca.public_key_line(),),
+        )
 
     def export_ca(self, kind: str) -> list[str]:
         if kind == "user":
@@ -157,19 +149,19 @@ class Certificates:
             roles=[r.name for r in roles],
             key=fingerprint(key),
         )
-        signers = [
-            {
-                "domain_name": self.cluster_name,
-                "checking_keys": [self._host_ca.public_key_line()],
-            }
-        ]
+        signers = (
+            HostSigner(
+                domain_name=self.cluster_name,
+                checking_keys=(self._host_ca.public_key_line(),),
+            ),
+        )
         return IssuedCertificate(account.name, cert, now + ttl, signers)
 
     # --- host certificates -----------------------------------------------------
 
     async def sign_host_certificate(
         self, public_key: str, hosts: Sequence[str], ttl: int
-    ) -> tuple[str, list[str]]:
+    ) -> HostCertificate:
         try:
             key = parse_public_key(public_key)
         except BadPublicKey as e:
@@ -200,7 +192,7 @@ class Certificates:
             key=fingerprint(key),
             ttl=ttl,
         )
-        return cert, principals
+        return HostCertificate(cert, tuple(principals))
 
     def sign_node_certificate(
         self,

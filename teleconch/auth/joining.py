@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.certs import HOST_CERT_TTL
+from teleconch.auth.protocol import JoinResult
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.tokens import token_hash
 from teleconch.auth.types import JoinedIdentity, Node
@@ -159,14 +160,6 @@ def host_principals(
     return list(dict.fromkeys(principals))
 
 
-@attrs.frozen
-class JoinResult:
-    host_id: str
-    tls_cert: bytes
-    tls_ca_certs: list[bytes]
-    ssh_host_cert: str
-
-
 class Registrar:
     """A proxy or node trades a join token for its TLS identity and host certificate."""
 
@@ -277,4 +270,6 @@ class Registrar:
             client_addr=client_addr,
             principals=principals,
         )
-        return JoinResult(host_id, tls_cert, [self._tls_ca.cert_pem], host_cert)
+        return JoinResult(
+            host_id, self.cluster_name, tls_cert, (self._tls_ca.cert_pem,), host_cert
+        )

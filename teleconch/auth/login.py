@@ -16,6 +16,7 @@ from twisted.internet.threads import deferToThreadPool
 from teleconch import totp
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
+from teleconch.auth.protocol import InviteInfo
 from teleconch.auth.store import Store
 from teleconch.auth.tokens import Tokens, token_hash
 from teleconch.auth.types import User
@@ -95,17 +96,17 @@ class Logins:
 
     # --- sign-up -------------------------------------------------------------
 
-    async def get_invite(self, token: str) -> dict[str, Any]:
+    async def get_invite(self, token: str) -> InviteInfo:
         found = await self._tokens.live_invite(token)
         assert found.user is not None and found.totp_secret is not None
-        return {
-            "user": found.user,
-            "totp_secret": found.totp_secret,
-            "otpauth_uri": totp.otpauth_uri(
+        return InviteInfo(
+            user=found.user,
+            totp_secret=found.totp_secret,
+            otpauth_uri=totp.otpauth_uri(
                 found.totp_secret, found.user, self.cluster_name
             ),
-            "expires": found.expires,
-        }
+            expires=found.expires,
+        )
 
     async def complete_invite(
         self, token: str, password: str, otp_token: str, client_addr: str

@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from teleconch.auth import protocol as api
-from teleconch.auth.attest import JOIN_PURPOSE, RENEW_PURPOSE, attest, renew_message
+from teleconch.auth.attest import (
+    JOIN_PURPOSE,
+    RENEW_PURPOSE,
+    Attested,
+    attest,
+    renew_message,
+)
 from teleconch.auth.joining import Claims, _is_loopback
 from teleconch.auth.login import iso_utc
 from teleconch.auth.nodes import clean_labels
@@ -114,7 +120,7 @@ async def join_node(
     labels: Mapping[str, Any],
     public_key: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     """Register a node with a node token; its host certificate and the user CA."""
     try:
         return await _join(server, token, name, addr, labels, public_key, client_addr)
@@ -138,7 +144,7 @@ async def _join(
     labels: Mapping[str, Any],
     public_key: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     store = server.store
     found = await store.get_token(token_hash(token))
     if found is None or found.kind != ROLE_NODE or found.expires <= server._now():
@@ -230,16 +236,16 @@ def _payload(
         "host_cert": cert,
         "principals": principals,
         "expires": expires,
-        "user_ca": server.export_ca("user"),
+        "user_ca": list(server.export_ca("user")),
     }
 
 
 def _attested(
     server: AuthServer, purpose: str, payload: dict[str, Any], binding: str
-) -> dict[str, Any]:
+) -> Attested:
     if server.tls_identity is None:
         raise api.BadParameter("this auth service has no identity to sign answers with")
-    return attest(server.tls_identity, purpose, payload, binding)
+    return Attested.from_json(attest(server.tls_identity, purpose, payload, binding))
 
 
 async def renew_node(
@@ -249,7 +255,7 @@ async def renew_node(
     timestamp: int,
     signature: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     """A fresh host certificate for a joined node's own key, proven by its signature."""
     #: What the refusal's audit may name: the node, once the certificate says.
     seen: dict[str, str] = {}
@@ -308,7 +314,7 @@ async def _renew(
     signature: str,
     client_addr: str,
     seen: dict[str, str],
-) -> dict[str, Any]:
+) -> Attested:
     cert = _read_cert(server, line)
     key_id = cert.key_id.decode("utf-8", "replace")
     suffix = f".{server.cluster_name}"

@@ -29,17 +29,6 @@ def clean_labels(labels: Mapping[str, Any]) -> dict[str, str]:
     return clean
 
 
-def node_to_json(node: Node) -> dict[str, Any]:
-    return {
-        "id": node.id,
-        "name": node.name,
-        "addr": node.addr,
-        "labels": dict(node.labels),
-        "created": node.created,
-        "cert_expires": node.cert_expires or None,
-    }
-
-
 class Nodes:
     """Registering, listing and removing nodes."""
 
@@ -82,8 +71,8 @@ class Nodes:
         await self.audit("node.upsert", node=name, addr=addr, labels=clean)
         return node
 
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        return [node_to_json(n) for n in await self.store.list_nodes()]
+    async def list_nodes(self) -> list[Node]:
+        return await self.store.list_nodes()
 
     async def delete_node(self, name: str) -> None:
         node = await self.store.get_node(name)

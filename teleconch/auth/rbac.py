@@ -7,11 +7,10 @@ it pulls in neither bcrypt nor the auth server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from teleconch.auth import protocol as api
-from teleconch.auth.types import ALL_NODES, INTERNAL_LOGINS, Role
+from teleconch.auth import errors as api
+from teleconch.auth.types import ALL_NODES, INTERNAL_LOGINS, Role, RoleSpec
 from teleconch.auth.validation import LABEL, LOGIN, ROLE_NAME
 
 MAX_CERT_TTL = 12 * 3600
@@ -59,22 +58,14 @@ def expand_logins(roles: Iterable[Role], user_logins: Sequence[str]) -> list[str
     return sorted(out)
 
 
-def role_from_spec(spec: Mapping[str, Any]) -> Role:
+def role_from_spec(spec: RoleSpec) -> Role:
     """A role an administrator defined, checked; BadParameter says what is wrong.
 
     Only the name, logins, node labels and session TTL come from the spec: a
     custom role has no rules and is never built in.
     """
-    try:
-        name = str(spec["name"])
-        logins = [str(x) for x in spec.get("logins", [])]
-        labels = {
-            str(k): [str(v) for v in vs]
-            for k, vs in spec.get("node_labels", {}).items()
-        }
-        ttl = int(spec.get("max_session_ttl", MAX_CERT_TTL))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise api.BadParameter(f"malformed role: {e}") from None
+    name, logins, labels = spec.name, spec.logins, spec.node_labels
+    ttl = spec.max_session_ttl
     if not ROLE_NAME.fullmatch(name):
         raise api.BadParameter(f"{name!r} is not a valid role name")
     for login in logins:
@@ -87,14 +78,3 @@ def role_from_spec(spec: Mapping[str, Any]) -> Role:
     if not 60 <= ttl <= MAX_CERT_TTL:
         raise api.BadParameter("max_session_ttl must be between 1m and 12h")
     return Role(name=name, logins=logins, node_labels=labels, max_session_ttl=ttl)
-
-
-def role_to_json(role: Role) -> dict[str, Any]:
-    return {
-        "name": role.name,
-        "logins": list(role.logins),
-        "node_labels": {k: list(v) for k, v in role.node_labels.items()},
-        "max_session_ttl": role.max_session_ttl,
-        "rules": list(role.rules),
-        "builtin": role.builtin,
-    }

@@ -1,10 +1,13 @@
 """AuthServer: the rules of the cluster, behind the Auth API.
 
 A thin facade: the rules live one concern per module (``rbac``, ``login``,
-``tokens``, ``joining``, ``certs``, ``nodes``, ``accounts``, ``audit``) and
-this class composes them over one store and one clock.  It knows nothing of
-AMP or TLS: ``teleconch.auth.api`` turns commands into calls here, naming
-the caller.
+``tokens``, ``joining``, ``nodejoin``, ``certs``, ``nodes``, ``accounts``,
+``audit``) and this class composes them over one store and one clock.  Its
+methods are the Auth API's: each answers one command of
+``teleconch.auth.protocol`` with its request's fields as arguments and its
+response record (or, for a response of one field, that field's value).  It
+knows nothing of AMP or TLS: ``teleconch.auth.api`` binds commands to these
+methods.
 """
 
 from __future__ import annotations
@@ -18,17 +21,37 @@ from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 from twisted.internet.interfaces import IReactorTime
 
 from teleconch import __version__
+from teleconch.auth import nodejoin
 from teleconch.auth import protocol as api
 from teleconch.auth.accounts import Accounts
+from teleconch.auth.attest import Attested
 from teleconch.auth.audit import AuditLog
-from teleconch.auth.certs import Certificates, IssuedCertificate
-from teleconch.auth.joining import JoinResult, Registrar
+from teleconch.auth.certs import Certificates
+from teleconch.auth.joining import Registrar
 from teleconch.auth.login import Logins, Passwords
 from teleconch.auth.nodes import Nodes, Proxies
+from teleconch.auth.protocol import (
+    ClusterCAs,
+    ClusterInfo,
+    HostCertificate,
+    Invite,
+    InviteInfo,
+    IssuedCertificate,
+    JoinResult,
+    JoinToken,
+)
 from teleconch.auth.rbac import BUILTIN_ROLES
 from teleconch.auth.store import Store
-from teleconch.auth.tokens import Invite, Tokens
-from teleconch.auth.types import Node, User
+from teleconch.auth.tokens import Tokens
+from teleconch.auth.types import (
+    AuditEvent,
+    Node,
+    Role,
+    RoleSpec,
+    TokenEntry,
+    User,
+    UserEntry,
+)
 from teleconch.ca import SSHCertificateAuthority
 from teleconch.pki import TLSAuthority, TLSIdentity
 
@@ -123,16 +146,16 @@ class AuthServer:
 
     # --- cluster ---------------------------------------------------------
 
-    def ping(self, caller: Identity) -> dict[str, Any]:
-        return {
-            "tls_ca_certs": [self._tls_ca.cert_pem],
-            "cluster_name": self.cluster_name,
-            "server_version": __version__,
-            "caller_role": caller.role,
-            "caller_name": caller.name,
-        }
+    def ping(self, caller: Identity) -> ClusterInfo:
+        return ClusterInfo(
+            tls_ca_certs=(self._tls_ca.cert_pem,),
+            cluster_name=self.cluster_name,
+            server_version=__version__,
+            caller_role=caller.role,
+            caller_name=caller.name,
+        )
 
-    def cluster_cas(self) -> dict[str, Any]:
+    def cluster_cas(self) -> ClusterCAs:
         return self.certs.cluster_cas()
 
     def export_ca(self, kind: str) -> list[str]:
@@ -154,10 +177,10 @@ class AuthServer:
 
     # --- joining ---------------------------------------------------------
 
-    async def create_token(self, kind: str, ttl: int) -> dict[str, Any]:
+    async def create_token(self, kind: str, ttl: int) -> JoinToken:
         return await self.tokens.create_token(kind, ttl)
 
-    async def list_tokens(self) -> list[dict[str, Any]]:
+    async def list_tokens(self) -> list[TokenEntry]:
         return await self.tokens.list_tokens()
 
     async def delete_token(self, name: str) -> None:
@@ -165,6 +188,12 @@ class AuthServer:
 
     async def register_using_token(self, **kw: Any) -> JoinResult:
         return await self.registrar.register_using_token(**kw)
+
+    async def join_openssh_node(self, **kw: Any) -> Attested:
+        return await nodejoin.join_node(self, **kw)
+
+    async def renew_node_certificate(self, **kw: Any) -> Attested:
+        return await nodejoin.renew_node(self, **kw)
 
     # --- users and roles ---------------------------------------------------
 
@@ -179,27 +208,27 @@ class AuthServer:
     async def unlock_user(self, name: str) -> bool:
         return await self.accounts.unlock_user(name)
 
-    async def list_users(self) -> list[dict[str, Any]]:
+    async def list_users(self) -> list[UserEntry]:
         return await self.accounts.list_users()
 
     async def delete_user(self, name: str) -> None:
         await self.accounts.delete_user(name)
 
-    async def upsert_role(self, spec: Mapping[str, Any]) -> None:
-        await self.accounts.upsert_role(spec)
+    async def upsert_role(self, role: RoleSpec) -> None:
+        await self.accounts.upsert_role(role)
 
-    async def list_roles(self) -> list[dict[str, Any]]:
+    async def list_roles(self) -> list[Role]:
         return await self.accounts.list_roles()
 
     async def delete_role(self, name: str) -> None:
         await self.accounts.delete_role(name)
 
-    async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
         return await self.accounts.get_roles(names)
 
     # --- sign-up and login -------------------------------------------------
 
-    async def get_invite(self, token: str) -> dict[str, Any]:
+    async def get_invite(self, token: str) -> InviteInfo:
         return await self.logins.get_invite(token)
 
     async def complete_invite(
@@ -224,7 +253,7 @@ class AuthServer:
     ) -> Node:
         return await self.nodes.upsert_node(name, addr, labels)
 
-    async def list_nodes(self) -> list[dict[str, Any]]:
+    async def list_nodes(self) -> list[Node]:
         return await self.nodes.list_nodes()
 
     async def delete_node(self, name: str) -> None:
@@ -232,7 +261,7 @@ class AuthServer:
 
     async def sign_host_certificate(
         self, public_key: str, hosts: Sequence[str], ttl: int
-    ) -> tuple[str, list[str]]:
+    ) -> HostCertificate:
         return await self.certs.sign_host_certificate(public_key, hosts, ttl)
 
     def sign_node_certificate(
@@ -252,5 +281,17 @@ class AuthServer:
         events: Sequence[str],
         user: str | None,
         limit: int,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditEvent]:
         return await self.log.search_events(since, until, events, user, limit)
+
+    async def emit_event(
+        self,
+        caller: Identity,
+        event: str,
+        user: str,
+        success: bool,
+        fields: Mapping[str, Any],
+    ) -> None:
+        """An event a proxy or node reports, named as theirs."""
+        fields = dict(fields, reported_by=f"{caller.role}:{caller.name}")
+        await self.audit(event, user=user, success=success, **fields)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from teleconch import totp
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.nodes import Proxies
+from teleconch.auth.protocol import Invite, JoinToken
 from teleconch.auth.store import Store
-from teleconch.auth.types import Token
+from teleconch.auth.types import Token, TokenEntry
 from teleconch.pki import ROLE_NODE, ROLE_PROXY, TLSAuthority
 
 INVITE_TTL = 3600
@@ -24,14 +23,6 @@ JOIN_TOKEN_TTL = 30 * 60
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-@attrs.frozen
-class Invite:
-    user: str
-    token: str
-    url: str
-    expires: float
 
 
 class Tokens:
@@ -56,7 +47,7 @@ class Tokens:
     def _now(self) -> float:
         return self._clock.seconds()
 
-    async def create_token(self, kind: str, ttl: int) -> dict[str, Any]:
+    async def create_token(self, kind: str, ttl: int) -> JoinToken:
         if kind not in (ROLE_PROXY, ROLE_NODE):
             raise api.BadParameter(
                 f"unknown token type {kind!r}: use --type=proxy or --type=node"
@@ -66,18 +57,18 @@ class Tokens:
         token = secrets.token_hex(32)
         now = await self.add_token(token, kind, ttl)
         await self.audit("token.create", kind=kind, name=token[:8], ttl=ttl)
-        return {
-            "token": token,
-            "expires": now + ttl,
-            "ca_pin": self._tls_ca.pin,
-            "auth_addr": self.auth_addr,
-            "proxy_addr": await self._proxies.public_addr(),
-        }
+        return JoinToken(
+            token=token,
+            expires=now + ttl,
+            ca_pin=self._tls_ca.pin,
+            auth_addr=self.auth_addr,
+            proxy_addr=await self._proxies.public_addr(),
+        )
 
-    async def list_tokens(self) -> list[dict[str, Any]]:
+    async def list_tokens(self) -> list[TokenEntry]:
         now = self._now()
         return [
-            {"name": t.name, "kind": t.kind, "user": t.user, "expires": t.expires}
+            TokenEntry(name=t.name, kind=t.kind, user=t.user, expires=t.expires)
             for t in await self.store.list_tokens()
             if t.expires > now
         ]

@@ -55,27 +55,6 @@ class Target:
         return self.node.labels if self.node else {}
 
 
-def node_from_json(data: Mapping[str, Any]) -> Node:
-    return Node(
-        id=data["id"],
-        name=data["name"],
-        addr=data["addr"],
-        labels=data.get("labels", {}),
-        created=data.get("created", 0.0),
-    )
-
-
-def role_from_json(data: Mapping[str, Any]) -> Role:
-    return Role(
-        name=data["name"],
-        logins=data.get("logins", ()),
-        node_labels=data.get("node_labels", {}),
-        max_session_ttl=data.get("max_session_ttl", 0),
-        rules=data.get("rules", ()),
-        builtin=data.get("builtin", False),
-    )
-
-
 def _strip_cluster(host: str, cluster: str) -> str:
     suffix = f".{cluster}"
     return host[: -len(suffix)] if host.endswith(suffix) else host
