@@ -267,7 +267,7 @@ class AuthService(_Starting):
         if not need_token:
             return JoinSource((self.address,), None, None)
         token = await self.server.create_token(ROLE_PROXY, 300)
-        return JoinSource((self.address,), token["token"], token["ca_pin"])
+        return JoinSource((self.address,), token.token, token.ca_pin)
 
 
 @attrs.frozen
@@ -425,7 +425,7 @@ class ProxyService(_Starting):
         self.router = router = Router(
             self.agent,
             self.reactor,
-            info["cluster_name"],
+            info.cluster_name,
             s.proxy.allow_unregistered_nodes,
         )
         policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
@@ -457,7 +457,7 @@ class ProxyService(_Starting):
         site = make_site(
             self.agent,
             WebConfig(
-                cluster_name=info["cluster_name"],
+                cluster_name=info.cluster_name,
                 proxy_ssh_addr=str(self.ssh_public_addr),
             ),
             self.reactor,

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from teleconch import config as cfg
 from teleconch import totp
 from teleconch.auth.agent import AuthAgent
+from teleconch.auth.types import AuditEvent
 from teleconch.client.webapi import WebAPIClient
 from teleconch.pki import TLSIdentity
 from teleconch.service import TeleconchService
@@ -137,9 +138,9 @@ async def sign_up(
     """Invite ``name`` and complete the sign-up through the web API."""
     invite = await cluster.admin_agent().create_user(name, logins, roles)
     web = cluster.web()
-    page = await web.get_invite(invite["token"])
+    page = await web.get_invite(invite.token)
     await web.complete_invite(
-        invite["token"], PASSWORD, current_code(page["totp_secret"], cluster.clock)
+        invite.token, PASSWORD, current_code(page["totp_secret"], cluster.clock)
     )
     # The sign-up used this step's code: the next login must wait for the next.
     cluster.clock.advance(totp.STEP)
@@ -199,11 +200,11 @@ async def run(
 
 async def wait_for_events(
     cluster: Cluster, event: str, count: int = 1, **filters: Any
-) -> list[dict[str, Any]]:
+) -> Sequence[AuditEvent]:
     """Audit events written after the client has gone (a splice's end) arrive shortly."""
     from twisted.internet.task import deferLater
 
-    events: list[dict[str, Any]] = []
+    events: Sequence[AuditEvent] = ()
     for _ in range(200):
         events = await cluster.admin_agent().search_events(events=[event], **filters)
         if len(events) >= count:

@@ -157,7 +157,7 @@ def test_random_boxes_and_bytes_never_raise_nor_log_a_traceback(
 
     from teleconch.auth import api as api_side
 
-    async def stub(self: AuthAPIProtocol, caller: Any, **kw: Any) -> dict[str, Any]:
+    async def stub(proto: AuthAPIProtocol, caller: Any, request: Any) -> Any:
         raise api.NotFoundError("stub")
 
     monkeypatch.setattr(

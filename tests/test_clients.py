@@ -183,9 +183,7 @@ async def test_users_unlock_lifts_a_lock_out_without_a_reset(
     r = await run(ctl(cluster, "users", "unlock", "nobody"))
     assert r.code == 1 and "no user 'nobody'" in r.err
     unlocked = await cluster.admin_agent().search_events(events=["user.unlock"])
-    assert [(e["user"], e["fields"]["was_locked"]) for e in unlocked] == [
-        ("alice", True)
-    ]
+    assert [(e.user, e.fields["was_locked"]) for e in unlocked] == [("alice", True)]
 
 
 @pytest_twisted.ensureDeferred

@@ -59,7 +59,7 @@ async def test_signup_then_login_issues_a_certificate(cluster: Cluster) -> None:
     assert sorted(cert.valid_principals) == [b"alice", b"root"]
     assert issued["host_signers"][0]["domain_name"] == "test.example"
     events = await cluster.admin_agent().search_events(events=["cert.create"])
-    assert [e["user"] for e in events] == ["alice"]
+    assert [e.user for e in events] == ["alice"]
 
 
 @pytest_twisted.ensureDeferred
@@ -83,7 +83,7 @@ async def test_wrong_password_is_refused_without_saying_why(cluster: Cluster) ->
     assert str(wrong.value) == str(unknown.value)
     assert wrong.value.status == unknown.value.status == 401
     events = await cluster.admin_agent().search_events(events=["user.login"])
-    failures = [(e["user"], e["fields"]["reason"]) for e in events if not e["success"]]
+    failures = [(e.user, e.fields["reason"]) for e in events if not e.success]
     assert failures == [("alice", "wrong password"), ("mallory", "unknown user")]
     assert all(PASSWORD not in str(e) for e in events)
 
@@ -111,7 +111,7 @@ async def test_an_otp_code_is_accepted_once(cluster: Cluster) -> None:
     with pytest.raises(WebAPIError):
         await _login(cluster, "alice", alice.password, older)
     events = await cluster.admin_agent().search_events(events=["user.login"])
-    assert [e["fields"].get("reason") for e in events if not e["success"]] == [
+    assert [e.fields.get("reason") for e in events if not e.success] == [
         "one-time code already used",
         "one-time code already used",
     ]
@@ -139,13 +139,13 @@ async def test_five_failures_lock_the_account_for_twenty_minutes(
         )
     assert e.value.status == 403 and "locked until" in str(e.value)
     users = await cluster.admin_agent().list_users()
-    assert users[0]["status"] == "locked"
+    assert users[0].status == "locked"
     cluster.clock.advance(20 * 60 + 1)
     await _login(
         cluster, "alice", alice.password, current_code(alice.totp_secret, cluster.clock)
     )
     locked = await cluster.admin_agent().search_events(events=["user.locked"])
-    assert [e["user"] for e in locked] == ["alice"]
+    assert [e.user for e in locked] == ["alice"]
 
 
 @pytest_twisted.ensureDeferred
@@ -163,30 +163,30 @@ async def test_unknown_users_lock_out_like_real_ones(cluster: Cluster) -> None:
 async def test_an_invite_expires_after_an_hour(cluster: Cluster) -> None:
     """An invite link older than an hour is refused with what to do instead."""
     invite = await cluster.admin_agent().create_user("bob", ["bob"], ["access"])
-    assert invite["url"].endswith("/web/invite/" + invite["token"])
+    assert invite.url.endswith("/web/invite/" + invite.token)
     cluster.clock.advance(3601)
     with pytest.raises(WebAPIError) as e:
-        await cluster.web().get_invite(invite["token"])
+        await cluster.web().get_invite(invite.token)
     assert e.value.status == 404 and "users reset" in str(e.value)
     with pytest.raises(WebAPIError):
-        await cluster.web().complete_invite(invite["token"], PASSWORD, "123456")
+        await cluster.web().complete_invite(invite.token, PASSWORD, "123456")
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_invite_is_used_once(cluster: Cluster) -> None:
     """A completed invite cannot set the password again."""
     invite = await cluster.admin_agent().create_user("bob", ["bob"], ["access"])
-    page = await cluster.web().get_invite(invite["token"])
+    page = await cluster.web().get_invite(invite.token)
     assert page["user"] == "bob"
     assert page["otpauth_uri"].startswith("otpauth://totp/")
     assert page["qr_svg"].startswith("<svg")
     await cluster.web().complete_invite(
-        invite["token"], PASSWORD, current_code(page["totp_secret"], cluster.clock)
+        invite.token, PASSWORD, current_code(page["totp_secret"], cluster.clock)
     )
     cluster.clock.advance(totp.STEP)
     with pytest.raises(WebAPIError):
         await cluster.web().complete_invite(
-            invite["token"],
+            invite.token,
             "another password here",
             current_code(page["totp_secret"], cluster.clock),
         )
@@ -198,17 +198,17 @@ async def test_signup_refuses_a_short_password_and_a_wrong_code(
 ) -> None:
     """Sign-up checks the password length and the code, and the invite survives both."""
     invite = await cluster.admin_agent().create_user("bob", ["bob"], ["access"])
-    page = await cluster.web().get_invite(invite["token"])
+    page = await cluster.web().get_invite(invite.token)
     with pytest.raises(WebAPIError) as e:
         await cluster.web().complete_invite(
-            invite["token"], "short", current_code(page["totp_secret"], cluster.clock)
+            invite.token, "short", current_code(page["totp_secret"], cluster.clock)
         )
     assert e.value.status == 400 and "12 characters" in str(e.value)
     with pytest.raises(WebAPIError) as e:
-        await cluster.web().complete_invite(invite["token"], PASSWORD, "000000")
+        await cluster.web().complete_invite(invite.token, PASSWORD, "000000")
     assert e.value.status == 401
     await cluster.web().complete_invite(
-        invite["token"], PASSWORD, current_code(page["totp_secret"], cluster.clock)
+        invite.token, PASSWORD, current_code(page["totp_secret"], cluster.clock)
     )
 
 
@@ -233,7 +233,7 @@ async def test_auth_api_refuses_a_client_without_certificate(cluster: Cluster) -
     finally:
         proto.transport.loseConnection()
     denied = await cluster.admin_agent().search_events(events=["auth.api.denied"])
-    assert [e["fields"]["command"] for e in denied] == ["ListUsers", "CreateUser"]
+    assert [e.fields["command"] for e in denied] == ["ListUsers", "CreateUser"]
 
 
 @implementer(IPullProducer)
@@ -292,7 +292,7 @@ async def test_an_anonymous_endless_box_is_cut_off_and_the_service_keeps_serving
     drops = [formatEvent(e) for e in events if "dropped" in formatEvent(e)]
     assert len(drops) == 1 and "a box over 8192 bytes" in drops[0], drops
     assert [e for e in events if "log_failure" in e] == []
-    assert (await cluster.admin_agent().ping())["caller_role"] == "admin"
+    assert (await cluster.admin_agent().ping()).caller_role == "admin"
     proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
     try:
         assert (await proto.callRemote(api.Ping))["caller_role"] == api.ANONYMOUS
@@ -308,7 +308,7 @@ async def test_proxy_identity_is_refused_admin_commands(cluster: Cluster) -> Non
     agent = AuthAgent(reactor, [cluster.auth_addr], identity)
     agent.startService()
     try:
-        assert (await agent.ping())["caller_role"] == "proxy"
+        assert (await agent.ping()).caller_role == "proxy"
         with pytest.raises(api.AccessDenied) as e:
             await agent.create_user("eve", ["root"], ["admin"])
         assert "not allowed for a proxy identity" in str(e.value)
@@ -350,8 +350,8 @@ async def test_a_proxy_joins_a_separate_auth_service_by_token(tmp_path: Path) ->
         proxy_raw = {
             "teleconch": {
                 "auth_servers": [str(auth.auth_addr)],
-                "auth_token": token["token"],
-                "ca_pin": token["ca_pin"],
+                "auth_token": token.token,
+                "ca_pin": token.ca_pin,
             },
             "auth_service": {"enabled": False},
         }
@@ -370,7 +370,7 @@ async def test_a_proxy_joins_a_separate_auth_service_by_token(tmp_path: Path) ->
             )
             assert issued["username"] == "alice"
             joins = await auth.admin_agent().search_events(events=["join"])
-            assert [e["success"] for e in joins] == [True]
+            assert [e.success for e in joins] == [True]
         finally:
             proxy.admin = None
             await proxy.stop()
@@ -394,7 +394,7 @@ async def test_a_proxy_refuses_an_auth_server_with_another_ca_pin(
         raw = {
             "teleconch": {
                 "auth_servers": [str(auth.auth_addr)],
-                "auth_token": token["token"],
+                "auth_token": token.token,
                 "ca_pin": "sha256:" + "0" * 64,
             },
             "auth_service": {"enabled": False},

@@ -8,26 +8,27 @@ from typing import Any
 
 import pytest_twisted
 
+from teleconch.auth.types import AuditEvent, Role
 from teleconch.client import ctl
 
 
 class _Agent:
     """Only the listing calls these commands make, with fixed answers."""
 
-    async def list_roles(self) -> list[dict[str, Any]]:
+    async def list_roles(self) -> list[Role]:
         return [
-            {"name": "access", "logins": ["{{internal.logins}}"],
-             "node_labels": {"*": ["*"]}, "max_session_ttl": 43200, "builtin": True},
-            {"name": "dev", "logins": ["dev"], "node_labels": {"env": ["dev"]},
-             "max_session_ttl": 3600, "builtin": False},
+            Role(name="access", logins=["{{internal.logins}}"],
+                 node_labels={"*": ["*"]}, max_session_ttl=43200, builtin=True),
+            Role(name="dev", logins=["dev"], node_labels={"env": ["dev"]},
+                 max_session_ttl=3600, builtin=False),
         ]  # fmt: skip
 
-    async def search_events(self, **kw: Any) -> list[dict[str, Any]]:
+    async def search_events(self, **kw: Any) -> list[AuditEvent]:
         return [
-            {"id": 1, "event": "proxy.session", "time": 1_700_000_000.5,
-             "user": "alice", "success": True,
-             "fields": {"start": 1_700_000_000.25, "end": 1_700_000_060.0,
-                        "bytes_up": 10}},
+            AuditEvent(id=1, event="proxy.session", time=1_700_000_000.5,
+                       user="alice", success=True,
+                       fields={"start": 1_700_000_000.25, "end": 1_700_000_060.0,
+                               "bytes_up": 10}),
         ]  # fmt: skip
 
 

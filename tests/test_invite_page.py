@@ -244,7 +244,7 @@ def _pub_key() -> str:
 async def _invite(cluster: Cluster, name: str = "alice") -> tuple[str, str, str]:
     """Invite ``name``: the link to open, its token, and the secret the server holds."""
     invite = await cluster.admin_agent().create_user(name, [name], ["access"])
-    token = invite["token"]
+    token = invite.token
     secret = (await cluster.web().get_invite(token))["totp_secret"]
     addr = cluster.web_addr
     return f"https://{addr.host}:{addr.port}/web/invite/{token}", token, secret

@@ -50,7 +50,7 @@ def _ssh_pub() -> str:
 
 async def _join(c: Cluster, name: str, **overrides: Any) -> dict[str, Any]:
     """RegisterUsingToken with a fresh proxy token, as an anonymous joiner."""
-    token = (await c.admin_agent().create_token("proxy", 600))["token"]
+    token = (await c.admin_agent().create_token("proxy", 600)).token
     endpoint = wrapClientTLS(
         anonymous_client_options(),
         HostnameEndpoint(reactor, c.auth_addr.host, c.auth_addr.port),
@@ -82,7 +82,7 @@ def _principals(cert_line: str) -> list[str]:
 
 async def _join_refusals(c: Cluster) -> list[str]:
     events = await c.admin_agent().search_events(events=["join"])
-    return [e["fields"]["reason"] for e in events if not e["success"]]
+    return [e.fields["reason"] for e in events if not e.success]
 
 
 @pytest_twisted.ensureDeferred

@@ -38,7 +38,7 @@ class Auth:
     tls_ca: TLSAuthority
 
     async def token(self) -> str:
-        return str((await self.server.create_token("node", 600))["token"])
+        return (await self.server.create_token("node", 600)).token
 
     async def join(
         self, key: ed25519.Ed25519PrivateKey, name: str = "web1", **kw: Any
@@ -53,7 +53,7 @@ class Auth:
         }
         args.update(kw)
         document = await join_node(self.server, **args)
-        return verify(document, JOIN_PURPOSE, args["token"], self.tls_ca.pin)
+        return verify(document.to_json(), JOIN_PURPOSE, args["token"], self.tls_ca.pin)
 
     async def renew(
         self,
@@ -70,7 +70,7 @@ class Auth:
             signature=signature,
             client_addr="192.0.2.7",
         )
-        return verify(document, RENEW_PURPOSE, signature, self.tls_ca.pin)
+        return verify(document.to_json(), RENEW_PURPOSE, signature, self.tls_ca.pin)
 
     async def events(self, name: str) -> list[Any]:
         return await self.server.store.search_events(events=[name])
@@ -163,7 +163,7 @@ async def test_a_token_joins_once(auth: Auth) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_proxy_token_does_not_join_a_node(auth: Auth) -> None:
     """Only a node token joins a node."""
-    token = str((await auth.server.create_token("proxy", 600))["token"])
+    token = (await auth.server.create_token("proxy", 600)).token
     with pytest.raises(api.AccessDenied, match="invalid, expired"):
         await auth.join(ed25519.Ed25519PrivateKey.generate(), token=token)
 

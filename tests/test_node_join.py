@@ -154,8 +154,8 @@ async def test_a_node_joins_itself_is_reached_with_teleconch_ssh_and_renews(
     node_id, first_cert_expires = listed["id"], listed["cert_expires"]
     assert isinstance(first_cert_expires, float | int)
     events = await wait_for_events(node.cluster, "node.join")
-    assert events[-1]["success"] and events[-1]["fields"]["node"] == "web1"
-    assert token not in json.dumps(events)
+    assert events[-1].success and events[-1].fields["node"] == "web1"
+    assert token not in json.dumps([e.to_json() for e in events])
 
     sshd = await run_sshd(node.sshd_config, node.port)
     try:
@@ -190,7 +190,7 @@ async def test_a_node_joins_itself_is_reached_with_teleconch_ssh_and_renews(
         r"web1\s+127\.0\.0\.1:\d+\s+env=test,role=web\s+\d{4}-\d\d-\d\dT", r.out
     )
     events = await wait_for_events(node.cluster, "node.renew")
-    assert events[-1]["success"] and events[-1]["fields"]["id"] == node_id
+    assert events[-1].success and events[-1].fields["id"] == node_id
     # The sshd_config was changed once: the Include is there, not twice.
     assert node.sshd_config.read_text().count("Include ") == 1
 
@@ -212,8 +212,8 @@ async def test_a_used_token_is_refused(node: Node) -> None:
         and not other.etc.joinpath("ssh_host_ed25519_key").exists()
     )
     events = await wait_for_events(node.cluster, "node.join", count=2)
-    assert not events[-1]["success"]
-    assert events[-1]["fields"]["reason"] == "unknown token or wrong type"
+    assert not events[-1].success
+    assert events[-1].fields["reason"] == "unknown token or wrong type"
     assert [n["name"] for n in await node.nodes()] == ["web1"]
 
 

@@ -28,6 +28,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from teleconch.auth.types import RoleSpec
 from tests.harness import (
     Cluster,
     ProcessResult,
@@ -139,8 +140,8 @@ async def test_plain_ssh_with_teleconch_config_reaches_the_node(world: World) ->
     assert r.code == 3
     assert re.search(r"Accepted publickey for root .* ID alice ", world.sshd.log)
     events = await wait_for_events(world.cluster, "proxy.session")
-    assert events[-1]["user"] == "alice"
-    fields = events[-1]["fields"]
+    assert events[-1].user == "alice"
+    fields = events[-1].fields
     assert fields["node"] == "web1" and fields["login"] == "root"
     assert (
         fields["how"] == "subsystem"
@@ -261,9 +262,7 @@ async def test_unknown_and_unregistered_hosts_are_refused(
     assert r.code == 1
     assert message in r.err and "teleconch-ctl nodes add" in r.err
     events = await wait_for_events(world.cluster, "proxy.connect")
-    assert (
-        events[-1]["fields"]["reason"] == "unknown node" and not events[-1]["success"]
-    )
+    assert events[-1].fields["reason"] == "unknown node" and not events[-1].success
 
 
 @pytest_twisted.ensureDeferred
@@ -288,7 +287,7 @@ async def test_a_node_the_roles_do_not_allow_is_refused_saying_why(
     """bob's role reaches env=prod only: web1 (env=test) is refused, and audited."""
     agent = world.cluster.admin_agent()
     await agent.upsert_role(
-        {"name": "prod", "logins": ["root"], "node_labels": {"env": ["prod"]}}
+        RoleSpec(name="prod", logins=("root",), node_labels={"env": ("prod",)})
     )
     bob = await sign_up(world.cluster, "bob", logins=("root",), roles=("prod",))
     home = world.tmp / "bob"
@@ -299,7 +298,7 @@ async def test_a_node_the_roles_do_not_allow_is_refused_saying_why(
     assert r.code != 0
     assert "your roles (prod) do not allow web1 (env=test,role=web)" in r.err
     events = await wait_for_events(world.cluster, "proxy.connect", user="bob")
-    assert events[-1]["fields"]["reason"] == "roles do not select the node"
+    assert events[-1].fields["reason"] == "roles do not select the node"
 
 
 @pytest_twisted.ensureDeferred
@@ -318,8 +317,8 @@ async def test_a_login_the_certificate_lacks_is_one_message_audited_under_its_us
     ], r.err
     assert "teleconch login" not in r.err
     events = await wait_for_events(world.cluster, "proxy.auth", user="alice")
-    assert events[-1]["fields"]["login"] == "bob"
-    assert "'bob'" in events[-1]["fields"]["reason"]
+    assert events[-1].fields["login"] == "bob"
+    assert "'bob'" in events[-1].fields["reason"]
 
 
 @pytest_twisted.ensureDeferred
@@ -352,7 +351,7 @@ async def test_a_certificate_from_another_ca_is_refused(world: World) -> None:
     assert r.code == 255
     assert "teleconch login" in r.err
     events = await wait_for_events(world.cluster, "proxy.auth")
-    assert any(not e["success"] for e in events)
+    assert any(not e.success for e in events)
 
 
 @pytest_twisted.ensureDeferred
@@ -449,7 +448,7 @@ async def test_a_slow_reader_keeps_the_proxy_flat_and_others_fast(world: World) 
     assert await proto.ended == 0, proto.err
     assert proto.received == size
     events = await wait_for_events(world.cluster, "proxy.session", count=2)
-    assert max(e["fields"]["bytes_down"] for e in events) >= size
+    assert max(e.fields["bytes_down"] for e in events) >= size
 
 
 def _held_for(channel: Any) -> int:

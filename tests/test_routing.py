@@ -7,7 +7,7 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from teleconch.auth.server import BUILTIN_ROLES
+from teleconch.auth.rbac import BUILTIN_ROLES
 from teleconch.auth.types import INTERNAL_LOGINS, Node, Role
 from teleconch.proxy.routing import (
     AccessDenied,

@@ -107,11 +107,11 @@ async def test_list_users_shows_the_locks_in_force() -> None:
     """A user whose lock ends later is ``locked`` with its end; one whose
     lock ended shows its own status."""
     server, _ = await _server(2)
-    found = {u["name"]: u for u in await server.list_users()}
-    assert found["user000"]["status"] == "invited"
-    assert found["user000"]["locked_until"] is None
-    assert found["user001"]["status"] == "locked"
-    assert found["user001"]["locked_until"] == NOW + 600
+    found = {u.name: u for u in await server.list_users()}
+    assert found["user000"].status == "invited"
+    assert found["user000"].locked_until is None
+    assert found["user001"].status == "locked"
+    assert found["user001"].locked_until == NOW + 600
 
 
 @pytest_twisted.ensureDeferred

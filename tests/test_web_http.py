@@ -20,6 +20,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from teleconch.auth import protocol as api
 from teleconch.web.site import RateLimiter, WebConfig, WebSite, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
 
@@ -32,19 +33,23 @@ class FakeAgent:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
 
-    async def get_invite(self, token: str) -> dict[str, Any]:
+    async def get_invite(self, token: str) -> api.InviteInfo:
         if self.fail:
             raise RuntimeError("the database is on fire")
         uri = "otpauth://totp/x:alice?secret=ABC"
-        return {"user": "alice", "totp_secret": "ABC", "otpauth_uri": uri, "expires": 1}
+        return api.InviteInfo(
+            user="alice", totp_secret="ABC", otpauth_uri=uri, expires=1
+        )
 
     async def complete_invite(
         self, token: str, password: str, otp_token: str, client_addr: str
     ) -> str:
         return "alice"
 
-    async def authenticate_ssh_user(self, **kw: Any) -> dict[str, Any]:
-        return {"username": "alice", "cert": "c", "valid_before": 1, "host_signers": []}
+    async def authenticate_ssh_user(self, **kw: Any) -> api.IssuedCertificate:
+        return api.IssuedCertificate(
+            username="alice", cert="c", valid_before=1, host_signers=()
+        )
 
 
 def site(**kw: Any) -> WebSite:

@@ -9,9 +9,8 @@ its identity there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-import attrs
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -33,6 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from teleconch.auth import protocol as api
+from teleconch.auth.attest import Attested
+from teleconch.auth.types import AuditEvent, Node, Role, RoleSpec, TokenEntry, UserEntry
 from teleconch.config import HostPort
 from teleconch.pki import (
     ROLE_AUTH,
@@ -46,6 +47,7 @@ from teleconch.pki import (
 log = Logger()
 
 CALL_TIMEOUT = 30.0
+EMPTY = api.Empty()
 
 
 class AuthUnavailable(Exception):
@@ -126,13 +128,21 @@ class AuthClientProtocol(amp.AMP):
         super().connectionLost(reason)
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
 async def _call(
-    reactor: IReactorTime, proto: amp.AMP, command: type[amp.Command], **kw: Any
-) -> dict[str, Any]:
-    d = proto.callRemote(command, **kw)
+    reactor: IReactorTime,
+    proto: amp.AMP,
+    command: type[api.AuthCommand[Req, Resp]],
+    request: Req,
+) -> Resp:
+    """One command on one connection: the request encoded, the response decoded."""
+    d = proto.callRemote(command, **command.objects(request))
     d.addTimeout(CALL_TIMEOUT, reactor)
     result: dict[str, Any] = await d
-    return result
+    return command.decode_response(result)
 
 
 class AuthAgent(MultiService):
@@ -160,7 +170,9 @@ class AuthAgent(MultiService):
         )
         self._client.setServiceParent(self)
 
-    async def call(self, command: type[amp.Command], **kw: Any) -> dict[str, Any]:
+    async def call(
+        self, command: type[api.AuthCommand[Req, Resp]], request: Req
+    ) -> Resp:
         """Send one command; raise AuthUnavailable if no auth server answers."""
         where = ", ".join(str(a) for a in self.auth_servers)
         try:
@@ -174,78 +186,71 @@ class AuthAgent(MultiService):
                 f"cannot reach the auth service at {where}: {e}; is it running, and "
                 "is this identity issued by its cluster?"
             ) from None
-        return await _call(self._reactor, proto, command, **kw)
+        return await _call(self._reactor, proto, command, request)
 
-    # --- the API -----------------------------------------------------------
+    # --- the API, one thin typed method per command ----------------------
 
-    async def ping(self) -> dict[str, Any]:
-        return await self.call(api.Ping)
+    async def ping(self) -> api.ClusterInfo:
+        return await self.call(api.Ping, EMPTY)
 
-    async def cluster_cas(self) -> dict[str, Any]:
-        return await self.call(api.GetClusterCAs)
+    async def cluster_cas(self) -> api.ClusterCAs:
+        return await self.call(api.GetClusterCAs, EMPTY)
 
     async def heartbeat(self, public_addr: str, ssh_addr: str) -> None:
-        await self.call(api.Heartbeat, public_addr=public_addr, ssh_addr=ssh_addr)
+        await self.call(api.Heartbeat, api.ProxyAddresses(public_addr, ssh_addr))
 
     async def create_user(
         self, name: str, logins: Sequence[str], roles: Sequence[str]
-    ) -> dict[str, Any]:
+    ) -> api.Invite:
         return await self.call(
-            api.CreateUser, name=name, logins=list(logins), roles=list(roles)
+            api.CreateUser, api.NewUser(name, tuple(logins), tuple(roles))
         )
 
-    async def reset_user(self, name: str) -> dict[str, Any]:
-        return await self.call(api.ResetUser, name=name)
+    async def reset_user(self, name: str) -> api.Invite:
+        return await self.call(api.ResetUser, api.Name(name))
 
     async def unlock_user(self, name: str) -> bool:
         """True if the user was locked out."""
-        return bool((await self.call(api.UnlockUser, name=name))["was_locked"])
+        return (await self.call(api.UnlockUser, api.Name(name))).was_locked
 
-    async def list_users(self) -> list[dict[str, Any]]:
-        users: list[dict[str, Any]] = (await self.call(api.ListUsers))["users"]
-        return users
+    async def list_users(self) -> tuple[UserEntry, ...]:
+        return (await self.call(api.ListUsers, EMPTY)).users
 
     async def delete_user(self, name: str) -> None:
-        await self.call(api.DeleteUser, name=name)
+        await self.call(api.DeleteUser, api.Name(name))
 
-    async def upsert_role(self, role: dict[str, Any]) -> None:
-        await self.call(api.UpsertRole, role=role)
+    async def upsert_role(self, role: RoleSpec) -> None:
+        await self.call(api.UpsertRole, api.RoleDefinition(role))
 
-    async def list_roles(self) -> list[dict[str, Any]]:
-        roles: list[dict[str, Any]] = (await self.call(api.ListRoles))["roles"]
-        return roles
+    async def list_roles(self) -> tuple[Role, ...]:
+        return (await self.call(api.ListRoles, EMPTY)).roles
 
     async def delete_role(self, name: str) -> None:
-        await self.call(api.DeleteRole, name=name)
+        await self.call(api.DeleteRole, api.Name(name))
 
-    async def create_token(self, kind: str, ttl: int) -> dict[str, Any]:
-        return await self.call(api.CreateToken, kind=kind, ttl=ttl)
+    async def get_roles(self, names: Sequence[str]) -> tuple[Role, ...]:
+        return (await self.call(api.GetRoles, api.RoleNames(tuple(names)))).roles
 
-    async def list_tokens(self) -> list[dict[str, Any]]:
-        tokens: list[dict[str, Any]] = (await self.call(api.ListTokens))["tokens"]
-        return tokens
+    async def create_token(self, kind: str, ttl: int) -> api.JoinToken:
+        return await self.call(api.CreateToken, api.NewToken(kind, ttl))
+
+    async def list_tokens(self) -> tuple[TokenEntry, ...]:
+        return (await self.call(api.ListTokens, EMPTY)).tokens
 
     async def delete_token(self, name: str) -> None:
-        await self.call(api.DeleteToken, name=name)
+        await self.call(api.DeleteToken, api.Name(name))
 
-    async def export_ca(self, kind: str) -> list[str]:
-        lines: list[str] = (await self.call(api.ExportCA, kind=kind))["lines"]
-        return lines
+    async def export_ca(self, kind: str) -> tuple[str, ...]:
+        return (await self.call(api.ExportCA, api.CAKind(kind))).lines
 
-    async def get_invite(self, token: str) -> dict[str, Any]:
-        return await self.call(api.GetInvite, token=token)
+    async def get_invite(self, token: str) -> api.InviteInfo:
+        return await self.call(api.GetInvite, api.InviteToken(token))
 
     async def complete_invite(
         self, token: str, password: str, otp_token: str, client_addr: str
     ) -> str:
-        result = await self.call(
-            api.CompleteInvite,
-            token=token,
-            password=password,
-            otp_token=otp_token,
-            client_addr=client_addr,
-        )
-        return str(result["user"])
+        signup = api.SignUp(token, password, otp_token, client_addr)
+        return (await self.call(api.CompleteInvite, signup)).user
 
     async def authenticate_ssh_user(
         self,
@@ -255,16 +260,9 @@ class AuthAgent(MultiService):
         pub_key: str,
         ttl: int,
         client_addr: str,
-    ) -> dict[str, Any]:
-        return await self.call(
-            api.AuthenticateSSHUser,
-            user=user,
-            password=password,
-            otp_token=otp_token,
-            pub_key=pub_key,
-            ttl=ttl,
-            client_addr=client_addr,
-        )
+    ) -> api.IssuedCertificate:
+        login = api.Login(user, password, otp_token, pub_key, ttl, client_addr)
+        return await self.call(api.AuthenticateSSHUser, login)
 
     async def search_events(
         self,
@@ -273,40 +271,25 @@ class AuthAgent(MultiService):
         events: Sequence[str] = (),
         user: str | None = None,
         limit: int = 1000,
-    ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = (
-            await self.call(
-                api.SearchEvents,
-                since=since,
-                until=until,
-                events=list(events),
-                user=user,
-                limit=limit,
-            )
-        )["events"]
-        return found
+    ) -> tuple[AuditEvent, ...]:
+        query = api.EventQuery(since, until, tuple(events), user, limit)
+        return (await self.call(api.SearchEvents, query)).events
 
-    async def upsert_node(
-        self, name: str, addr: str, labels: dict[str, str]
-    ) -> dict[str, Any]:
-        node: dict[str, Any] = (
-            await self.call(api.UpsertNode, name=name, addr=addr, labels=labels)
-        )["node"]
-        return node
+    async def upsert_node(self, name: str, addr: str, labels: dict[str, str]) -> Node:
+        registration = api.NodeRegistration(name, addr, labels)
+        return (await self.call(api.UpsertNode, registration)).node
 
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        nodes: list[dict[str, Any]] = (await self.call(api.ListNodes))["nodes"]
-        return nodes
+    async def list_nodes(self) -> tuple[Node, ...]:
+        return (await self.call(api.ListNodes, EMPTY)).nodes
 
     async def delete_node(self, name: str) -> None:
-        await self.call(api.DeleteNode, name=name)
+        await self.call(api.DeleteNode, api.Name(name))
 
     async def sign_host_certificate(
         self, public_key: str, hosts: Sequence[str], ttl: int = 0
-    ) -> dict[str, Any]:
-        return await self.call(
-            api.SignHostCertificate, public_key=public_key, hosts=list(hosts), ttl=ttl
-        )
+    ) -> api.HostCertificate:
+        key = api.HostKey(public_key, tuple(hosts), ttl)
+        return await self.call(api.SignHostCertificate, key)
 
     async def join_openssh_node(
         self,
@@ -316,71 +299,29 @@ class AuthAgent(MultiService):
         labels: dict[str, str],
         public_key: str,
         client_addr: str,
-    ) -> dict[str, Any]:
+    ) -> Attested:
         """The attested answer to a node's join (see teleconch.auth.nodejoin)."""
-        document: dict[str, Any] = (
-            await self.call(
-                api.JoinOpenSSHNode,
-                token=token,
-                name=name,
-                addr=addr,
-                labels=labels,
-                public_key=public_key,
-                client_addr=client_addr,
-            )
-        )["document"]
-        return document
+        join = api.NodeJoin(token, name, addr, labels, public_key, client_addr)
+        return (await self.call(api.JoinOpenSSHNode, join)).document
 
     async def renew_node_certificate(
         self, cert: str, timestamp: int, signature: str, client_addr: str
-    ) -> dict[str, Any]:
-        document: dict[str, Any] = (
-            await self.call(
-                api.RenewNodeCertificate,
-                cert=cert,
-                timestamp=timestamp,
-                signature=signature,
-                client_addr=client_addr,
-            )
-        )["document"]
-        return document
-
-    async def get_roles(self, names: Sequence[str]) -> list[dict[str, Any]]:
-        roles: list[dict[str, Any]] = (
-            await self.call(api.GetRoles, names=list(names))
-        )["roles"]
-        return roles
+    ) -> Attested:
+        renewal = api.Renewal(cert, timestamp, signature, client_addr)
+        return (await self.call(api.RenewNodeCertificate, renewal)).document
 
     async def emit_event(
         self, event: str, user: str = "", success: bool = True, **fields: Any
     ) -> None:
-        await self.call(
-            api.EmitAuditEvent, event=event, user=user, success=success, fields=fields
-        )
+        await self.call(api.EmitAuditEvent, api.Report(event, user, success, fields))
 
 
 # --- joining ---------------------------------------------------------------
 
 
-@attrs.frozen
-class JoinRequest:
-    token: str = attrs.field(repr=False)
-    role: str
-    name: str
-    public_addr: str
-    ssh_addr: str
-    tls_public_key: bytes
-    ssh_public_key: str
-    additional_principals: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class JoinResponse:
-    host_id: str
-    cluster_name: str
-    tls_cert: bytes
-    tls_ca_certs: tuple[bytes, ...]
-    ssh_host_cert: str
+#: A proxy's or node's join: what it sends, and what it gets.
+JoinRequest = api.JoinRequest
+JoinResponse = api.JoinResult
 
 
 class JoinRefused(Exception):
@@ -418,9 +359,9 @@ async def join(
         ) from None
     assert isinstance(proto, amp.AMP)
     try:
-        info = await _call(reactor, proto, api.Ping)
+        info = await _call(reactor, proto, api.Ping, EMPTY)
         leaf = _peer_cert_pem(proto)
-        cas = [bytes(c) for c in info["tls_ca_certs"]]
+        cas = [bytes(c) for c in info.tls_ca_certs]
         trusted = [ca for ca in cas if issued_by(leaf, ca)]
         identity = peer_identity(proto.transport.getPeerCertificate())  # type: ignore[union-attr]
         if not trusted or identity is None or identity[0] != ROLE_AUTH:
@@ -439,27 +380,8 @@ async def join(
                 "auth server"
             )
         try:
-            result = await _call(
-                reactor,
-                proto,
-                api.RegisterUsingToken,
-                token=request.token,
-                role=request.role,
-                name=request.name,
-                public_addr=request.public_addr,
-                ssh_addr=request.ssh_addr,
-                additional_principals=list(request.additional_principals),
-                tls_public_key=request.tls_public_key,
-                ssh_public_key=request.ssh_public_key,
-            )
+            return await _call(reactor, proto, api.RegisterUsingToken, request)
         except api.AuthAPIError as e:
             raise JoinRefused(str(e)) from None
-        return JoinResponse(
-            host_id=result["host_id"],
-            cluster_name=result["cluster_name"],
-            tls_cert=result["tls_cert"],
-            tls_ca_certs=tuple(result["tls_ca_certs"]),
-            ssh_host_cert=result["ssh_host_cert"],
-        )
     finally:
         proto.transport.loseConnection()  # type: ignore[union-attr]

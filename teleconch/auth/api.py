@@ -2,47 +2,83 @@
 
 The caller's role comes from its verified TLS client certificate; the
 command's ``roles`` decide, in ``AuthAPIProtocol.locateResponder`` and only
-there, whether it may proceed, before any of its arguments is decoded.  The
-connection guards (box limits, deadlines, caps) live in ``guard``.
+there, whether it may proceed, before any of its arguments is decoded.  Then
+one generic path answers every command: decode its request record, call the
+AuthServer method ``serve`` bound it to (the request's fields as keyword
+arguments), encode its response record.  The connection guards (box limits,
+deadlines, caps) live in ``guard``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from teleconch.auth import nodejoin
 from teleconch.auth import protocol as api
 from teleconch.auth.guard import ConnectionGuard, GuardedAMP, GuardLimits
-from teleconch.auth.server import AuthServer, Identity, node_to_json
+from teleconch.auth.server import AuthServer, Identity
 
 log = Logger()
 
-_R = TypeVar("_R")
-Responder = Callable[..., Awaitable[_R]]
+#: Answers one decoded request for a caller on a connection.
+Responder = Callable[["AuthAPIProtocol", Identity, Any], Awaitable[Any]]
 
 #: Every command of the Auth API and its responder, by wire name.
-RESPONDERS: dict[bytes, tuple[type[api.AuthCommand], Responder[Any]]] = {}
+RESPONDERS: dict[bytes, tuple[type[api.AuthCommand[Any, Any]], Responder]] = {}
 
 
-def serve(command: type[api.AuthCommand]) -> Callable[[Responder[_R]], Responder[_R]]:
-    """Make ``fn`` the responder of ``command``; only its ``roles`` reach it."""
+def _response(command: type[api.AuthCommand[Any, Any]], result: Any) -> Any:
+    """The response record from what a server method returned (see serve)."""
+    kind = command.response_type
+    if isinstance(result, kind):
+        return result
+    if result is None and kind is api.Empty:
+        return api.Empty()
+    (field,) = attrs.fields(kind)
+    return kind(**{field.name: tuple(result) if isinstance(result, list) else result})
 
-    def decorate(fn: Responder[_R]) -> Responder[_R]:
-        assert command.commandName not in RESPONDERS, command
-        RESPONDERS[command.commandName] = (command, fn)
-        return fn
 
-    return decorate
+def serve(
+    command: type[api.AuthCommand[Any, Any]],
+    method: Callable[..., Any],
+    *,
+    caller: bool = False,
+    client_addr: bool = False,
+) -> None:
+    """Answer ``command`` with the AuthServer ``method``; only its ``roles`` reach it.
+
+    The method gets the request's fields as keyword arguments, and with
+    ``caller`` the caller's Identity, with ``client_addr`` the peer's address.
+    It returns the response record, or for a response of one field that
+    field's value, or None for ``Empty``.
+    """
+    assert command.commandName not in RESPONDERS, command
+
+    async def respond(proto: AuthAPIProtocol, who: Identity, request: Any) -> Any:
+        kw = command.objects(request)
+        if caller:
+            kw["caller"] = who
+        if client_addr:
+            kw["client_addr"] = proto.peer()
+        result = method(proto.server, **kw)
+        if inspect.isawaitable(result):
+            result = await result
+        return _response(command, result)
+
+    RESPONDERS[command.commandName] = (command, respond)
 
 
-def _error_code(command: type[api.AuthCommand], error: Exception) -> bytes | None:
+def _error_code(
+    command: type[api.AuthCommand[Any, Any]], error: Exception
+) -> bytes | None:
     for kind, code in command.errors.items():
         if isinstance(error, kind):
             return code
@@ -80,23 +116,28 @@ class AuthAPIProtocol(GuardedAMP):
         return respond
 
     async def _respond(
-        self, command: type[api.AuthCommand], fn: Responder[Any], box: amp.AmpBox
+        self,
+        command: type[api.AuthCommand[Any, Any]],
+        fn: Responder,
+        box: amp.AmpBox,
     ) -> amp.AmpBox:
         caller = self.caller()
         if caller.role not in command.roles:
             await self._refused(command, caller)
-        kw = self._parse(command, caller, box)
         try:
-            result = await fn(self, caller, **kw)
+            request = command.decode_request(self._parse(command, caller, box))
+            result = await fn(self, caller, request)
         except Exception as e:
             code = _error_code(command, e)
             if code is None:
                 raise
             raise amp.RemoteAmpError(code, str(e)) from None
-        response: amp.AmpBox = command.makeResponse(result, self)
+        response: amp.AmpBox = command.makeResponse(command.objects(result), self)
         return response
 
-    async def _refused(self, command: type[api.AuthCommand], caller: Identity) -> None:
+    async def _refused(
+        self, command: type[api.AuthCommand[Any, Any]], caller: Identity
+    ) -> None:
         fields = {
             "user": caller.name,
             "command": command.__name__,
@@ -116,7 +157,10 @@ class AuthAPIProtocol(GuardedAMP):
         raise amp.RemoteAmpError(api.ERRORS[api.AccessDenied], message)
 
     def _parse(
-        self, command: type[api.AuthCommand], caller: Identity, box: amp.AmpBox
+        self,
+        command: type[api.AuthCommand[Any, Any]],
+        caller: Identity,
+        box: amp.AmpBox,
     ) -> dict[str, Any]:
         """The command's arguments, or a BAD_PARAMETER answer naming the bad one."""
         strings = box.copy()
@@ -124,6 +168,8 @@ class AuthAPIProtocol(GuardedAMP):
         for name, argument in command.arguments:
             try:
                 argument.fromBox(name, strings, objects, self)
+            except api.AuthAPIError:
+                raise  # a record's own refusal, as it said it
             except Exception as e:  # any failure to decode a peer's bytes
                 arg = name.decode("ascii")
                 log.warn(
@@ -141,187 +187,37 @@ class AuthAPIProtocol(GuardedAMP):
                 ) from None
         return objects
 
-    @serve(api.Ping)
-    async def ping(self, caller: Identity) -> dict[str, Any]:
-        return self.server.ping(caller)
 
-    @serve(api.RegisterUsingToken)
-    async def register(self, caller: Identity, **kw: Any) -> dict[str, Any]:
-        result = await self.server.register_using_token(client_addr=self.peer(), **kw)
-        return {
-            "host_id": result.host_id,
-            "cluster_name": self.server.cluster_name,
-            "tls_cert": result.tls_cert,
-            "tls_ca_certs": result.tls_ca_certs,
-            "ssh_host_cert": result.ssh_host_cert,
-        }
-
-    @serve(api.GetClusterCAs)
-    async def cluster_cas(self, caller: Identity) -> dict[str, Any]:
-        return self.server.cluster_cas()
-
-    @serve(api.Heartbeat)
-    async def heartbeat(
-        self, caller: Identity, public_addr: str, ssh_addr: str
-    ) -> dict[str, Any]:
-        await self.server.heartbeat(caller, public_addr, ssh_addr)
-        return {}
-
-    @serve(api.CreateUser)
-    async def create_user(
-        self, caller: Identity, name: str, logins: list[str], roles: list[str]
-    ) -> dict[str, Any]:
-        invite = await self.server.create_user(name, logins, roles)
-        return {
-            "user": invite.user,
-            "token": invite.token,
-            "url": invite.url,
-            "expires": invite.expires,
-        }
-
-    @serve(api.ResetUser)
-    async def reset_user(self, caller: Identity, name: str) -> dict[str, Any]:
-        invite = await self.server.reset_user(name)
-        return {
-            "user": invite.user,
-            "token": invite.token,
-            "url": invite.url,
-            "expires": invite.expires,
-        }
-
-    @serve(api.UnlockUser)
-    async def unlock_user(self, caller: Identity, name: str) -> dict[str, Any]:
-        return {"was_locked": await self.server.unlock_user(name)}
-
-    @serve(api.ListUsers)
-    async def list_users(self, caller: Identity) -> dict[str, Any]:
-        return {"users": await self.server.list_users()}
-
-    @serve(api.DeleteUser)
-    async def delete_user(self, caller: Identity, name: str) -> dict[str, Any]:
-        await self.server.delete_user(name)
-        return {}
-
-    @serve(api.UpsertRole)
-    async def upsert_role(
-        self, caller: Identity, role: dict[str, Any]
-    ) -> dict[str, Any]:
-        await self.server.upsert_role(role)
-        return {}
-
-    @serve(api.ListRoles)
-    async def list_roles(self, caller: Identity) -> dict[str, Any]:
-        return {"roles": await self.server.list_roles()}
-
-    @serve(api.DeleteRole)
-    async def delete_role(self, caller: Identity, name: str) -> dict[str, Any]:
-        await self.server.delete_role(name)
-        return {}
-
-    @serve(api.CreateToken)
-    async def create_token(
-        self, caller: Identity, kind: str, ttl: int
-    ) -> dict[str, Any]:
-        return await self.server.create_token(kind, ttl)
-
-    @serve(api.ListTokens)
-    async def list_tokens(self, caller: Identity) -> dict[str, Any]:
-        return {"tokens": await self.server.list_tokens()}
-
-    @serve(api.DeleteToken)
-    async def delete_token(self, caller: Identity, name: str) -> dict[str, Any]:
-        await self.server.delete_token(name)
-        return {}
-
-    @serve(api.ExportCA)
-    async def export_ca(self, caller: Identity, kind: str) -> dict[str, Any]:
-        return {"lines": self.server.export_ca(kind)}
-
-    @serve(api.GetInvite)
-    async def get_invite(self, caller: Identity, token: str) -> dict[str, Any]:
-        return await self.server.get_invite(token)
-
-    @serve(api.CompleteInvite)
-    async def complete_invite(self, caller: Identity, **kw: Any) -> dict[str, Any]:
-        return {"user": await self.server.complete_invite(**kw)}
-
-    @serve(api.AuthenticateSSHUser)
-    async def authenticate_ssh_user(
-        self, caller: Identity, **kw: Any
-    ) -> dict[str, Any]:
-        issued = await self.server.authenticate_ssh_user(**kw)
-        return {
-            "username": issued.username,
-            "cert": issued.cert,
-            "valid_before": issued.valid_before,
-            "host_signers": issued.host_signers,
-        }
-
-    @serve(api.SearchEvents)
-    async def search_events(
-        self,
-        caller: Identity,
-        since: float | None,
-        until: float | None,
-        events: list[str],
-        user: str | None,
-        limit: int,
-    ) -> dict[str, Any]:
-        return {
-            "events": await self.server.search_events(since, until, events, user, limit)
-        }
-
-    @serve(api.EmitAuditEvent)
-    async def emit_event(
-        self,
-        caller: Identity,
-        event: str,
-        user: str,
-        success: bool,
-        fields: dict[str, Any],
-    ) -> dict[str, Any]:
-        fields = dict(fields, reported_by=f"{caller.role}:{caller.name}")
-        await self.server.audit(event, user=user, success=success, **fields)
-        return {}
-
-    @serve(api.UpsertNode)
-    async def upsert_node(
-        self, caller: Identity, name: str, addr: str, labels: dict[str, Any]
-    ) -> dict[str, Any]:
-        node = await self.server.upsert_node(name, addr, labels)
-        return {"node": node_to_json(node)}
-
-    @serve(api.ListNodes)
-    async def list_nodes(self, caller: Identity) -> dict[str, Any]:
-        return {"nodes": await self.server.list_nodes()}
-
-    @serve(api.DeleteNode)
-    async def delete_node(self, caller: Identity, name: str) -> dict[str, Any]:
-        await self.server.delete_node(name)
-        return {}
-
-    @serve(api.SignHostCertificate)
-    async def sign_host_certificate(
-        self, caller: Identity, public_key: str, hosts: list[str], ttl: int
-    ) -> dict[str, Any]:
-        cert, principals = await self.server.sign_host_certificate(
-            public_key, hosts, ttl
-        )
-        return {"cert": cert, "principals": principals}
-
-    @serve(api.JoinOpenSSHNode)
-    async def join_openssh_node(self, caller: Identity, **kw: Any) -> dict[str, Any]:
-        return {"document": await nodejoin.join_node(self.server, **kw)}
-
-    @serve(api.RenewNodeCertificate)
-    async def renew_node_certificate(
-        self, caller: Identity, **kw: Any
-    ) -> dict[str, Any]:
-        return {"document": await nodejoin.renew_node(self.server, **kw)}
-
-    @serve(api.GetRoles)
-    async def get_roles(self, caller: Identity, names: list[str]) -> dict[str, Any]:
-        return {"roles": await self.server.get_roles(names)}
+S = AuthServer
+serve(api.Ping, S.ping, caller=True)
+serve(api.RegisterUsingToken, S.register_using_token, client_addr=True)
+serve(api.GetClusterCAs, S.cluster_cas)
+serve(api.Heartbeat, S.heartbeat, caller=True)
+serve(api.CreateUser, S.create_user)
+serve(api.ResetUser, S.reset_user)
+serve(api.UnlockUser, S.unlock_user)
+serve(api.ListUsers, S.list_users)
+serve(api.DeleteUser, S.delete_user)
+serve(api.UpsertRole, S.upsert_role)
+serve(api.ListRoles, S.list_roles)
+serve(api.DeleteRole, S.delete_role)
+serve(api.GetRoles, S.get_roles)
+serve(api.CreateToken, S.create_token)
+serve(api.ListTokens, S.list_tokens)
+serve(api.DeleteToken, S.delete_token)
+serve(api.ExportCA, S.export_ca)
+serve(api.GetInvite, S.get_invite)
+serve(api.CompleteInvite, S.complete_invite)
+serve(api.AuthenticateSSHUser, S.authenticate_ssh_user)
+serve(api.SearchEvents, S.search_events)
+serve(api.EmitAuditEvent, S.emit_event, caller=True)
+serve(api.UpsertNode, S.upsert_node)
+serve(api.ListNodes, S.list_nodes)
+serve(api.DeleteNode, S.delete_node)
+serve(api.SignHostCertificate, S.sign_host_certificate)
+serve(api.JoinOpenSSHNode, S.join_openssh_node)
+serve(api.RenewNodeCertificate, S.renew_node_certificate)
+del S
 
 
 class AuthAPIFactory(Factory):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -77,6 +79,33 @@ def attest(
         "ca_cert": identity.ca_pems[0].decode("ascii"),
         "signature": base64.b64encode(signature).decode("ascii"),
     }
+
+
+@attrs.frozen
+class Attested:
+    """An attested answer as it travels: the payload and what signs it.
+
+    The payload stays JSON: the signature is over its canonical form.
+    """
+
+    payload: Mapping[str, Any]
+    auth_cert: str
+    ca_cert: str
+    signature: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payload": dict(self.payload),
+            "auth_cert": self.auth_cert,
+            "ca_cert": self.ca_cert,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attested:
+        return cls(
+            data["payload"], data["auth_cert"], data["ca_cert"], data["signature"]
+        )
 
 
 def ca_of(document: Any) -> bytes:

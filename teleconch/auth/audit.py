@@ -9,10 +9,18 @@ for the record; every place that prints an event escapes them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from teleconch.auth.store import Store
+from teleconch.auth.types import AuditEvent
 from teleconch.text import clip
+
+log = Logger()
 
 MAX_USER = 128
 MAX_STRING = 1024
@@ -53,3 +61,49 @@ def bounded(value: Any, depth: int = 0) -> Any:
 def bounded_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = bounded(dict(fields), depth=1)
     return out
+
+
+class AuditLog:
+    """Writes the audit log (bounded, and as a log line) and searches it."""
+
+    def __init__(self, store: Store, clock: IReactorTime) -> None:
+        self.store = store
+        self._clock = clock
+
+    async def audit(
+        self, event: str, user: str = "", success: bool = True, **fields: Any
+    ) -> None:
+        user = bounded_user(user)
+        fields = bounded_fields(fields)
+        await self.store.append_event(
+            AuditEvent(
+                event=event,
+                time=self._clock.seconds(),
+                user=user,
+                success=success,
+                fields=fields,
+            )
+        )
+        log.info(
+            "audit {event} user={user} success={success} {fields}",
+            event=event,
+            user=user,
+            success=success,
+            fields=json.dumps(fields, sort_keys=True),
+        )
+
+    async def search_events(
+        self,
+        since: float | None,
+        until: float | None,
+        events: Sequence[str],
+        user: str | None,
+        limit: int,
+    ) -> list[AuditEvent]:
+        return await self.store.search_events(
+            since=since,
+            until=until,
+            events=list(events) or None,
+            user=user,
+            limit=max(1, min(limit, 10000)),
+        )

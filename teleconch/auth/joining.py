@@ -9,13 +9,23 @@ the host principals itself; nothing the caller lists is signed as it is.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
+from teleconch.auth import protocol as api
+from teleconch.auth.audit import AuditLog
+from teleconch.auth.certs import HOST_CERT_TTL
+from teleconch.auth.protocol import JoinResult
+from teleconch.auth.store import AlreadyExists, Store
+from teleconch.auth.tokens import token_hash
 from teleconch.auth.types import JoinedIdentity, Node
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_ip, is_node_name
-from teleconch.pki import AUTH_SERVER_NAME
+from teleconch.ca import BadPublicKey, SSHCertificateAuthority, parse_public_key
+from teleconch.pki import AUTH_SERVER_NAME, ROLE_NODE, ROLE_PROXY, TLSAuthority
 
 #: Names no joiner may take, whatever the cluster.
 RESERVED_NAMES = frozenset({AUTH_SERVER_NAME, "localhost", "localhost.localdomain"})
@@ -148,3 +158,118 @@ def host_principals(
         if host:
             principals.append(host)
     return list(dict.fromkeys(principals))
+
+
+class Registrar:
+    """A proxy or node trades a join token for its TLS identity and host certificate."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        log: AuditLog,
+        cluster_name: str,
+        tls_ca: TLSAuthority,
+        host_ca: SSHCertificateAuthority,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self.audit = log.audit
+        self.cluster_name = cluster_name
+        self._tls_ca = tls_ca
+        self._host_ca = host_ca
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    async def register_using_token(
+        self,
+        *,
+        token: str,
+        role: str,
+        name: str,
+        public_addr: str,
+        ssh_addr: str,
+        additional_principals: Sequence[str],
+        tls_public_key: bytes,
+        ssh_public_key: str,
+        client_addr: str,
+    ) -> JoinResult:
+        h = token_hash(token)
+
+        async def refuse(reason: str, message: str) -> NoReturn:
+            await self.audit(
+                "join",
+                success=False,
+                role=role,
+                name=name,
+                client_addr=client_addr,
+                reason=reason,
+            )
+            raise api.AccessDenied(message)
+
+        found = await self.store.get_token(h)
+        if (
+            found is None
+            or found.kind != role
+            or found.kind not in (ROLE_PROXY, ROLE_NODE)
+        ):
+            await refuse(
+                "unknown token or wrong type",
+                f"the join token is invalid, expired or already used: create a new one "
+                f"with `teleconch-ctl tokens add --type={role}`",
+            )
+        addresses = (public_addr, ssh_addr)
+        claims = Claims(
+            self.cluster_name,
+            await self.store.list_nodes(),
+            await self.store.list_identities(),
+        )
+        try:
+            check_join(name, addresses, additional_principals, claims)
+        except JoinRefusal as e:
+            await refuse(e.reason, str(e))
+        try:
+            ssh_key = parse_public_key(ssh_public_key)
+        except BadPublicKey as e:
+            raise api.BadParameter(f"host key: {e}") from None
+        if await self.store.consume_token(h, self._now()) is None:
+            await refuse(
+                "token expired",
+                f"the join token has expired: create a new one with "
+                f"`teleconch-ctl tokens add --type={role}`",
+            )
+        now = self._now()
+        host_id = str(uuid.uuid4())
+        principals = host_principals(host_id, name, self.cluster_name, addresses)
+        try:
+            await self.store.add_identity(
+                JoinedIdentity(host_id, role, name, principals, now)
+            )
+        except AlreadyExists:
+            await refuse(
+                "name taken meanwhile",
+                f"another {role} joined as {name!r} at the same moment: create a new "
+                "token and join under another teleconch.nodename",
+            )
+        tls_cert = self._tls_ca.issue(
+            tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
+        )
+        host_cert = self._host_ca.sign_host_certificate(
+            ssh_key,
+            key_id=f"{host_id}.{self.cluster_name}",
+            principals=principals,
+            valid_after=int(now) - 60,
+            valid_before=int(now) + HOST_CERT_TTL,
+        )
+        await self.audit(
+            "join",
+            role=role,
+            name=name,
+            host_id=host_id,
+            client_addr=client_addr,
+            principals=principals,
+        )
+        return JoinResult(
+            host_id, self.cluster_name, tls_cert, (self._tls_ca.cert_pem,), host_cert
+        )

@@ -15,7 +15,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -23,16 +23,27 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from teleconch.auth import protocol as api
-from teleconch.auth.attest import JOIN_PURPOSE, RENEW_PURPOSE, attest, renew_message
+from teleconch.auth.attest import (
+    JOIN_PURPOSE,
+    RENEW_PURPOSE,
+    Attested,
+    attest,
+    renew_message,
+)
 from teleconch.auth.joining import Claims, _is_loopback
-from teleconch.auth.server import AuthServer, _iso, clean_labels, token_hash
+from teleconch.auth.login import iso_utc
+from teleconch.auth.nodes import clean_labels
 from teleconch.auth.store import AlreadyExists
+from teleconch.auth.tokens import token_hash
 from teleconch.auth.types import JoinedIdentity, Node
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_node_name
 from teleconch.ca import BadPublicKey, fingerprint, parse_public_key
 from teleconch.config import parse_host_port
 from teleconch.pki import ROLE_NODE
 from teleconch.text import printable
+
+if TYPE_CHECKING:
+    from teleconch.auth.server import AuthServer
 
 #: How far a renewing node's clock may be from ours.
 RENEW_CLOCK_SKEW = 300
@@ -109,7 +120,7 @@ async def join_node(
     labels: Mapping[str, Any],
     public_key: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     """Register a node with a node token; its host certificate and the user CA."""
     try:
         return await _join(server, token, name, addr, labels, public_key, client_addr)
@@ -133,7 +144,7 @@ async def _join(
     labels: Mapping[str, Any],
     public_key: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     store = server.store
     found = await store.get_token(token_hash(token))
     if found is None or found.kind != ROLE_NODE or found.expires <= server._now():
@@ -225,16 +236,16 @@ def _payload(
         "host_cert": cert,
         "principals": principals,
         "expires": expires,
-        "user_ca": server.export_ca("user"),
+        "user_ca": list(server.export_ca("user")),
     }
 
 
 def _attested(
     server: AuthServer, purpose: str, payload: dict[str, Any], binding: str
-) -> dict[str, Any]:
+) -> Attested:
     if server.tls_identity is None:
         raise api.BadParameter("this auth service has no identity to sign answers with")
-    return attest(server.tls_identity, purpose, payload, binding)
+    return Attested.from_json(attest(server.tls_identity, purpose, payload, binding))
 
 
 async def renew_node(
@@ -244,7 +255,7 @@ async def renew_node(
     timestamp: int,
     signature: str,
     client_addr: str,
-) -> dict[str, Any]:
+) -> Attested:
     """A fresh host certificate for a joined node's own key, proven by its signature."""
     #: What the refusal's audit may name: the node, once the certificate says.
     seen: dict[str, str] = {}
@@ -303,7 +314,7 @@ async def _renew(
     signature: str,
     client_addr: str,
     seen: dict[str, str],
-) -> dict[str, Any]:
+) -> Attested:
     cert = _read_cert(server, line)
     key_id = cert.key_id.decode("utf-8", "replace")
     suffix = f".{server.cluster_name}"
@@ -337,7 +348,7 @@ async def _renew(
     if not cert.valid_after <= now < cert.valid_before:
         _refuse(
             "certificate expired",
-            f"the node's host certificate expired at {_iso(cert.valid_before)}: only a "
+            f"the node's host certificate expired at {iso_utc(cert.valid_before)}: only a "
             "valid one can be renewed. Join again: `teleconch-ctl nodes rm "
             f"{node.name}`, then `teleconch-ctl tokens add --type=node` and run the "
             "command it prints",

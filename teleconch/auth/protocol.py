@@ -1,155 +1,84 @@
 """The Auth API: every AMP command the auth service answers, in one place.
 
-Each command names the caller roles allowed to send it (``roles``); the
-server enforces that before any responder runs.  A caller's role comes from
-its TLS client certificate; a caller without one is ``ANONYMOUS`` and may only
-ping and join.
+Each command is ``AuthCommand[Request, Response]``: two frozen attrs
+records from which its AMP arguments and response are derived
+(``teleconch.auth.wire``).  Each names the caller roles allowed to send it
+(``roles``); the server enforces that before any argument is decoded.  A
+caller's role comes from its TLS client certificate; a caller without one is
+``ANONYMOUS`` and may only ping and join.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
-from twisted.protocols import amp
+import attrs
 
+from teleconch.auth.attest import Attested
+from teleconch.auth.errors import (
+    ERRORS,
+    AccessDenied,
+    AlreadyExistsError,
+    AuthAPIError,
+    AuthenticationFailed,
+    BadParameter,
+    LockedOut,
+    NotFoundError,
+    RateLimited,
+)
+from teleconch.auth.types import (
+    AuditEvent,
+    HostSigner,
+    Node,
+    Role,
+    RoleSpec,
+    TokenEntry,
+    UserEntry,
+)
+from teleconch.auth.wire import (
+    ARGUMENT_CHUNKS,
+    JSON,
+    MAX_COMMAND_BYTES,
+    AuthCommand,
+    Empty,
+)
 from teleconch.pki import ROLE_ADMIN, ROLE_AUTH, ROLE_NODE, ROLE_PROXY
 
-ANONYMOUS = "anonymous"
+__all__ = [
+    "ARGUMENT_CHUNKS",
+    "ERRORS",
+    "JSON",
+    "MAX_COMMAND_BYTES",
+    "AccessDenied",
+    "AlreadyExistsError",
+    "AuthAPIError",
+    "AuthCommand",
+    "AuthenticationFailed",
+    "BadParameter",
+    "Empty",
+    "LockedOut",
+    "NotFoundError",
+    "RateLimited",
+]
 
-#: The largest box the auth service accepts from a cluster identity (the
-#: guard's default).  Its biggest commands (UpsertRole, UpsertNode,
-#: EmitAuditEvent) carry one JSON argument of at most ARGUMENT_CHUNKS chunks.
-MAX_COMMAND_BYTES = 1 << 20
+ANONYMOUS = "anonymous"
 CLUSTER_ROLES = frozenset({ROLE_ADMIN, ROLE_PROXY, ROLE_NODE, ROLE_AUTH})
 
 
-# --- errors: raised on the server, re-raised with their message on the caller
+# --- the cluster
 
 
-class AuthAPIError(Exception):
-    """Base of the errors the Auth API sends back; the text is for people."""
+@attrs.frozen
+class ClusterInfo:
+    cluster_name: str
+    server_version: str
+    caller_role: str
+    caller_name: str
+    tls_ca_certs: tuple[bytes, ...]
 
 
-class AccessDenied(AuthAPIError):
-    pass
-
-
-class NotFoundError(AuthAPIError):
-    pass
-
-
-class AlreadyExistsError(AuthAPIError):
-    pass
-
-
-class BadParameter(AuthAPIError):
-    pass
-
-
-class AuthenticationFailed(AuthAPIError):
-    pass
-
-
-class LockedOut(AuthAPIError):
-    pass
-
-
-class RateLimited(AuthAPIError):
-    pass
-
-
-ERRORS: dict[type[Exception], bytes] = {
-    AccessDenied: b"ACCESS_DENIED",
-    NotFoundError: b"NOT_FOUND",
-    AlreadyExistsError: b"ALREADY_EXISTS",
-    BadParameter: b"BAD_PARAMETER",
-    AuthenticationFailed: b"AUTHENTICATION_FAILED",
-    LockedOut: b"LOCKED_OUT",
-    RateLimited: b"RATE_LIMITED",
-}
-
-
-# --- argument types
-
-
-class JSON(amp.Argument):
-    """A JSON value spread over as many AMP keys as it needs.
-
-    One AMP value holds at most 64 KiB; listings (users, events) can be
-    longer, so the encoded text is cut into numbered chunks, at most
-    ``max_chunks`` of them: few for a command's argument (the box it travels
-    in is bounded), more for a response.  With ``object_only`` the value must
-    be a JSON object.
-    """
-
-    CHUNK = 0xFF00
-
-    def __init__(
-        self, optional: bool = False, max_chunks: int = 4096, object_only: bool = False
-    ) -> None:
-        super().__init__(optional)
-        self.max_chunks = max_chunks
-        self.object_only = object_only
-
-    def toBox(
-        self,
-        name: bytes,
-        strings: dict[bytes, bytes],
-        objects: dict[str, Any],
-        proto: Any,
-    ) -> None:
-        obj = self.retrieve(objects, name.decode("ascii"), proto)
-        data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        chunks = [data[i : i + self.CHUNK] for i in range(0, len(data), self.CHUNK)]
-        if len(chunks) > self.max_chunks:
-            raise ValueError(
-                f"{name.decode('ascii')} is too large: {len(data)} bytes of JSON, "
-                f"at most {self.max_chunks * self.CHUNK} fit"
-            )
-        strings[name] = str(len(chunks)).encode("ascii")
-        for i, chunk in enumerate(chunks):
-            strings[b"%s.%d" % (name, i)] = chunk
-
-    def fromBox(
-        self,
-        name: bytes,
-        strings: dict[bytes, bytes],
-        objects: dict[str, Any],
-        proto: Any,
-    ) -> None:
-        count = int(strings.pop(name))
-        if not 0 < count <= self.max_chunks:
-            raise ValueError(f"bad chunk count for {name!r}")
-        data = b"".join(strings.pop(b"%s.%d" % (name, i)) for i in range(count))
-        value = json.loads(data)
-        if self.object_only and not isinstance(value, dict):
-            raise ValueError(f"{name!r} is not a JSON object")
-        objects[name.decode("ascii")] = value
-
-
-#: The chunks of a JSON argument of a command: all of them, with room for the
-#: command's other arguments, fit in MAX_COMMAND_BYTES.
-ARGUMENT_CHUNKS = MAX_COMMAND_BYTES // JSON.CHUNK - 1
-
-
-def _json_argument() -> JSON:
-    """A command's JSON argument: an object, in at most ARGUMENT_CHUNKS chunks."""
-    return JSON(max_chunks=ARGUMENT_CHUNKS, object_only=True)
-
-
-# --- commands
-
-
-class AuthCommand(amp.Command):
-    """A command of the Auth API; ``roles`` says who may send it."""
-
-    roles: ClassVar[frozenset[str]] = frozenset({ROLE_ADMIN})
-    errors: ClassVar[dict[type[Exception], bytes]] = ERRORS
-    requiresAnswer = True
-
-
-class Ping(AuthCommand):
+class Ping(AuthCommand[Empty, ClusterInfo]):
     """Who the cluster is; anyone may ask.
 
     A joining proxy checks the TLS CA returned here against its CA pin before
@@ -157,267 +86,372 @@ class Ping(AuthCommand):
     """
 
     roles = CLUSTER_ROLES | {ANONYMOUS}
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [
-        (b"cluster_name", amp.Unicode()),
-        (b"server_version", amp.Unicode()),
-        (b"caller_role", amp.Unicode()),
-        (b"caller_name", amp.Unicode()),
-        (b"tls_ca_certs", amp.ListOf(amp.String())),
-    ]
 
 
-class RegisterUsingToken(AuthCommand):
+@attrs.frozen
+class JoinRequest:
+    token: str = attrs.field(repr=False)
+    role: str
+    name: str
+    public_addr: str
+    ssh_addr: str
+    tls_public_key: bytes
+    ssh_public_key: str
+    additional_principals: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class JoinResult:
+    host_id: str
+    cluster_name: str
+    tls_cert: bytes
+    tls_ca_certs: tuple[bytes, ...]
+    ssh_host_cert: str
+
+
+class RegisterUsingToken(AuthCommand[JoinRequest, JoinResult]):
     """A proxy or node joins with a single-use token.
 
     It sends only public keys: its TLS and SSH private keys never leave it.
     """
 
     roles = frozenset({ANONYMOUS})
-    arguments = [
-        (b"token", amp.Unicode()),
-        (b"role", amp.Unicode()),
-        (b"name", amp.Unicode()),
-        (b"public_addr", amp.Unicode()),
-        (b"ssh_addr", amp.Unicode()),
-        (b"additional_principals", amp.ListOf(amp.Unicode())),
-        (b"tls_public_key", amp.String()),
-        (b"ssh_public_key", amp.Unicode()),
-    ]
-    response = [
-        (b"host_id", amp.Unicode()),
-        (b"cluster_name", amp.Unicode()),
-        (b"tls_cert", amp.String()),
-        (b"tls_ca_certs", amp.ListOf(amp.String())),
-        (b"ssh_host_cert", amp.Unicode()),
-    ]
 
 
-class GetClusterCAs(AuthCommand):
+@attrs.frozen
+class ClusterCAs:
+    cluster_name: str
+    user_ca_keys: tuple[str, ...]
+    host_ca_keys: tuple[str, ...]
+
+
+class GetClusterCAs(AuthCommand[Empty, ClusterCAs]):
     """The public keys of the user and host CAs (never a private one)."""
 
     roles = CLUSTER_ROLES
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [
-        (b"cluster_name", amp.Unicode()),
-        (b"user_ca_keys", amp.ListOf(amp.Unicode())),
-        (b"host_ca_keys", amp.ListOf(amp.Unicode())),
-    ]
 
 
-class Heartbeat(AuthCommand):
+@attrs.frozen
+class ProxyAddresses:
+    public_addr: str
+    ssh_addr: str
+
+
+class Heartbeat(AuthCommand[ProxyAddresses, Empty]):
     """A proxy announces where people reach it (for invite links)."""
 
     roles = frozenset({ROLE_PROXY})
-    arguments = [(b"public_addr", amp.Unicode()), (b"ssh_addr", amp.Unicode())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
-# users and roles (admin)
-
-_INVITE = [
-    (b"user", amp.Unicode()),
-    (b"token", amp.Unicode()),
-    (b"url", amp.Unicode()),
-    (b"expires", amp.Float()),
-]
+# --- users and roles (admin)
 
 
-class CreateUser(AuthCommand):
-    arguments = [
-        (b"name", amp.Unicode()),
-        (b"logins", amp.ListOf(amp.Unicode())),
-        (b"roles", amp.ListOf(amp.Unicode())),
-    ]
-    response = _INVITE
+@attrs.frozen
+class NewUser:
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
 
 
-class ResetUser(AuthCommand):
+@attrs.frozen
+class Invite:
+    user: str
+    token: str
+    url: str
+    expires: float
+
+
+@attrs.frozen
+class Name:
+    """The name of a user, role, token or node."""
+
+    name: str
+
+
+class CreateUser(AuthCommand[NewUser, Invite]):
+    pass
+
+
+class ResetUser(AuthCommand[Name, Invite]):
     """A new invite: the user sets a new password and OTP app."""
 
-    arguments = [(b"name", amp.Unicode())]
-    response = _INVITE
+
+@attrs.frozen
+class Unlocked:
+    was_locked: bool
 
 
-class UnlockUser(AuthCommand):
+class UnlockUser(AuthCommand[Name, Unlocked]):
     """Lift a lock-out (and forget the failures) without a reset."""
 
-    arguments = [(b"name", amp.Unicode())]
-    response = [(b"was_locked", amp.Boolean())]
+
+@attrs.frozen
+class Users:
+    users: tuple[UserEntry, ...]
 
 
-class ListUsers(AuthCommand):
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [(b"users", JSON())]
+class ListUsers(AuthCommand[Empty, Users]):
+    pass
 
 
-class DeleteUser(AuthCommand):
-    arguments = [(b"name", amp.Unicode())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+class DeleteUser(AuthCommand[Name, Empty]):
+    pass
 
 
-class UpsertRole(AuthCommand):
-    arguments = [(b"role", _json_argument())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+@attrs.frozen
+class RoleDefinition:
+    role: RoleSpec
 
 
-class ListRoles(AuthCommand):
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [(b"roles", JSON())]
+class UpsertRole(AuthCommand[RoleDefinition, Empty]):
+    pass
 
 
-class DeleteRole(AuthCommand):
-    arguments = [(b"name", amp.Unicode())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+@attrs.frozen
+class Roles:
+    roles: tuple[Role, ...]
 
 
-# join tokens (admin)
+class ListRoles(AuthCommand[Empty, Roles]):
+    pass
 
 
-class CreateToken(AuthCommand):
-    arguments = [(b"kind", amp.Unicode()), (b"ttl", amp.Integer())]
-    response = [
-        (b"token", amp.Unicode()),
-        (b"expires", amp.Float()),
-        (b"ca_pin", amp.Unicode()),
-        (b"auth_addr", amp.Unicode()),
-        (b"proxy_addr", amp.Unicode()),
-    ]
+class DeleteRole(AuthCommand[Name, Empty]):
+    pass
 
 
-class ListTokens(AuthCommand):
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [(b"tokens", JSON())]
+@attrs.frozen
+class RoleNames:
+    names: tuple[str, ...]
 
 
-class DeleteToken(AuthCommand):
-    arguments = [(b"name", amp.Unicode())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+class GetRoles(AuthCommand[RoleNames, Roles]):
+    """Role definitions by name, for the proxy's access checks."""
+
+    roles = frozenset({ROLE_ADMIN, ROLE_PROXY, ROLE_NODE})
 
 
-class ExportCA(AuthCommand):
+# --- join tokens (admin)
+
+
+@attrs.frozen
+class NewToken:
+    kind: str
+    ttl: int
+
+
+@attrs.frozen
+class JoinToken:
+    token: str
+    expires: float
+    ca_pin: str
+    auth_addr: str
+    proxy_addr: str
+
+
+class CreateToken(AuthCommand[NewToken, JoinToken]):
+    pass
+
+
+@attrs.frozen
+class Tokens:
+    tokens: tuple[TokenEntry, ...]
+
+
+class ListTokens(AuthCommand[Empty, Tokens]):
+    pass
+
+
+class DeleteToken(AuthCommand[Name, Empty]):
+    pass
+
+
+@attrs.frozen
+class CAKind:
+    kind: str
+
+
+@attrs.frozen
+class Lines:
+    lines: tuple[str, ...]
+
+
+class ExportCA(AuthCommand[CAKind, Lines]):
     """A CA's public key in the form sshd (user) or known_hosts (host) takes."""
 
     roles = CLUSTER_ROLES
-    arguments = [(b"kind", amp.Unicode())]
-    response = [(b"lines", amp.ListOf(amp.Unicode()))]
 
 
-# sign-up and login, on behalf of a person at the proxy
+# --- sign-up and login, on behalf of a person at the proxy
 
 
-class GetInvite(AuthCommand):
+@attrs.frozen
+class InviteToken:
+    token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class InviteInfo:
+    user: str
+    totp_secret: str = attrs.field(repr=False)
+    otpauth_uri: str = attrs.field(repr=False)
+    expires: float
+
+
+class GetInvite(AuthCommand[InviteToken, InviteInfo]):
     roles = frozenset({ROLE_PROXY})
-    arguments = [(b"token", amp.Unicode())]
-    response = [
-        (b"user", amp.Unicode()),
-        (b"totp_secret", amp.Unicode()),
-        (b"otpauth_uri", amp.Unicode()),
-        (b"expires", amp.Float()),
-    ]
 
 
-class CompleteInvite(AuthCommand):
+@attrs.frozen
+class SignUp:
+    token: str = attrs.field(repr=False)
+    password: str = attrs.field(repr=False)
+    otp_token: str = attrs.field(repr=False)
+    client_addr: str
+
+
+@attrs.frozen
+class UserName:
+    user: str
+
+
+class CompleteInvite(AuthCommand[SignUp, UserName]):
     roles = frozenset({ROLE_PROXY})
-    arguments = [
-        (b"token", amp.Unicode()),
-        (b"password", amp.Unicode()),
-        (b"otp_token", amp.Unicode()),
-        (b"client_addr", amp.Unicode()),
-    ]
-    response = [(b"user", amp.Unicode())]
 
 
-class AuthenticateSSHUser(AuthCommand):
+@attrs.frozen
+class Login:
+    user: str
+    password: str = attrs.field(repr=False)
+    otp_token: str = attrs.field(repr=False)
+    pub_key: str
+    ttl: int
+    client_addr: str
+
+
+@attrs.frozen
+class IssuedCertificate:
+    username: str
+    cert: str
+    valid_before: int
+    host_signers: tuple[HostSigner, ...]
+
+
+class AuthenticateSSHUser(AuthCommand[Login, IssuedCertificate]):
     """Password + OTP in, a short-lived OpenSSH user certificate out."""
 
     roles = frozenset({ROLE_PROXY})
-    arguments = [
-        (b"user", amp.Unicode()),
-        (b"password", amp.Unicode()),
-        (b"otp_token", amp.Unicode()),
-        (b"pub_key", amp.Unicode()),
-        (b"ttl", amp.Integer()),
-        (b"client_addr", amp.Unicode()),
-    ]
-    response = [
-        (b"username", amp.Unicode()),
-        (b"cert", amp.Unicode()),
-        (b"valid_before", amp.Integer()),
-        (b"host_signers", JSON()),
-    ]
 
 
-# audit
+# --- audit
 
 
-class SearchEvents(AuthCommand):
-    arguments = [
-        (b"since", amp.Float(optional=True)),
-        (b"until", amp.Float(optional=True)),
-        (b"events", amp.ListOf(amp.Unicode())),
-        (b"user", amp.Unicode(optional=True)),
-        (b"limit", amp.Integer()),
-    ]
-    response = [(b"events", JSON())]
+@attrs.frozen
+class EventQuery:
+    since: float | None = None
+    until: float | None = None
+    events: tuple[str, ...] = ()
+    user: str | None = None
+    limit: int = 1000
 
 
-class EmitAuditEvent(AuthCommand):
+@attrs.frozen
+class Events:
+    events: tuple[AuditEvent, ...]
+
+
+class SearchEvents(AuthCommand[EventQuery, Events]):
+    pass
+
+
+@attrs.frozen
+class Report:
+    event: str
+    user: str
+    success: bool
+    #: Free-form, bounded on the server (teleconch.auth.audit).
+    fields: Mapping[str, Any]
+
+
+class EmitAuditEvent(AuthCommand[Report, Empty]):
     """A proxy or node reports what it did or refused."""
 
     roles = frozenset({ROLE_PROXY, ROLE_NODE})
-    arguments = [
-        (b"event", amp.Unicode()),
-        (b"user", amp.Unicode()),
-        (b"success", amp.Boolean()),
-        (b"fields", _json_argument()),
-    ]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
-# nodes
+# --- nodes
 
 
-class UpsertNode(AuthCommand):
+@attrs.frozen
+class NodeRegistration:
+    name: str
+    addr: str
+    labels: Mapping[str, str]
+
+
+@attrs.frozen
+class NodeRecord:
+    node: Node
+
+
+class UpsertNode(AuthCommand[NodeRegistration, NodeRecord]):
     """Register a server (an OpenSSH sshd or a teleconch node) by name and address."""
 
-    arguments = [
-        (b"name", amp.Unicode()),
-        (b"addr", amp.Unicode()),
-        (b"labels", _json_argument()),
-    ]
-    response = [(b"node", JSON())]
+
+@attrs.frozen
+class Nodes:
+    nodes: tuple[Node, ...]
 
 
-class ListNodes(AuthCommand):
+class ListNodes(AuthCommand[Empty, Nodes]):
     """Every registered node; the proxy filters by the user's roles."""
 
     roles = frozenset({ROLE_ADMIN, ROLE_PROXY})
-    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
-    response = [(b"nodes", JSON())]
 
 
-class DeleteNode(AuthCommand):
-    arguments = [(b"name", amp.Unicode())]
-    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+class DeleteNode(AuthCommand[Name, Empty]):
+    pass
 
 
-class SignHostCertificate(AuthCommand):
+@attrs.frozen
+class HostKey:
+    public_key: str
+    hosts: tuple[str, ...]
+    ttl: int
+
+
+@attrs.frozen
+class HostCertificate:
+    cert: str
+    principals: tuple[str, ...]
+
+
+class SignHostCertificate(AuthCommand[HostKey, HostCertificate]):
     """An OpenSSH host certificate for a node's own key (``auth sign --host``).
 
     The node's private key is made where it will live; only its public key
     travels here.
     """
 
-    arguments = [
-        (b"public_key", amp.Unicode()),
-        (b"hosts", amp.ListOf(amp.Unicode())),
-        (b"ttl", amp.Integer()),
-    ]
-    response = [(b"cert", amp.Unicode()), (b"principals", amp.ListOf(amp.Unicode()))]
+
+@attrs.frozen
+class NodeJoin:
+    token: str = attrs.field(repr=False)
+    name: str
+    addr: str
+    labels: Mapping[str, str]
+    public_key: str
+    client_addr: str
 
 
-class JoinOpenSSHNode(AuthCommand):
+@attrs.frozen
+class Document:
+    """An answer the auth service signed, for the node to check."""
+
+    document: Attested
+
+
+class JoinOpenSSHNode(AuthCommand[NodeJoin, Document]):
     """An OpenSSH node joins itself with a node token, through the proxy's web API.
 
     Only the node's public host key travels; the answer (host certificate,
@@ -425,33 +459,17 @@ class JoinOpenSSHNode(AuthCommand):
     """
 
     roles = frozenset({ROLE_PROXY})
-    arguments = [
-        (b"token", amp.Unicode()),
-        (b"name", amp.Unicode()),
-        (b"addr", amp.Unicode()),
-        (b"labels", _json_argument()),
-        (b"public_key", amp.Unicode()),
-        (b"client_addr", amp.Unicode()),
-    ]
-    response = [(b"document", JSON())]
 
 
-class RenewNodeCertificate(AuthCommand):
+@attrs.frozen
+class Renewal:
+    cert: str
+    timestamp: int
+    signature: str
+    client_addr: str
+
+
+class RenewNodeCertificate(AuthCommand[Renewal, Document]):
     """A joined node renews its host certificate, signing it with its host key."""
 
     roles = frozenset({ROLE_PROXY})
-    arguments = [
-        (b"cert", amp.Unicode()),
-        (b"timestamp", amp.Integer()),
-        (b"signature", amp.Unicode()),
-        (b"client_addr", amp.Unicode()),
-    ]
-    response = [(b"document", JSON())]
-
-
-class GetRoles(AuthCommand):
-    """Role definitions by name, for the proxy's access checks."""
-
-    roles = frozenset({ROLE_ADMIN, ROLE_PROXY, ROLE_NODE})
-    arguments = [(b"names", amp.ListOf(amp.Unicode()))]
-    response = [(b"roles", JSON())]

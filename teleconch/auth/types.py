@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from teleconch.auth.errors import BadParameter
+
 #: The role template that stands for the user's own logins (Teleport's trait).
 INTERNAL_LOGINS = "{{internal.logins}}"
 
@@ -49,6 +51,63 @@ class Role:
     max_session_ttl: int = 12 * 3600
     rules: tuple[str, ...] = attrs.field(converter=_strings, default=())
     builtin: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "logins": list(self.logins),
+            "node_labels": {k: list(v) for k, v in self.node_labels.items()},
+            "max_session_ttl": self.max_session_ttl,
+            "rules": list(self.rules),
+            "builtin": self.builtin,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Role:
+        return cls(
+            name=data["name"],
+            logins=data.get("logins", ()),
+            node_labels=data.get("node_labels", {}),
+            max_session_ttl=data.get("max_session_ttl", 0),
+            rules=data.get("rules", ()),
+            builtin=data.get("builtin", False),
+        )
+
+
+@attrs.frozen
+class RoleSpec:
+    """A role as an administrator defines it: no rules, never built in.
+
+    The shape is checked here; the grammar of each name in ``rbac``.
+    """
+
+    name: str
+    logins: tuple[str, ...] = ()
+    node_labels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    max_session_ttl: int = 12 * 3600
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "logins": list(self.logins),
+            "node_labels": {k: list(v) for k, v in self.node_labels.items()},
+            "max_session_ttl": self.max_session_ttl,
+        }
+
+    @classmethod
+    def from_json(cls, spec: Mapping[str, Any]) -> RoleSpec:
+        try:
+            return cls(
+                name=str(spec["name"]),
+                logins=tuple(str(x) for x in spec.get("logins", [])),
+                node_labels={
+                    str(k): tuple(str(v) for v in vs)
+                    for k, vs in spec.get("node_labels", {}).items()
+                },
+                max_session_ttl=int(spec.get("max_session_ttl", 12 * 3600)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadParameter(f"malformed role: {e}") from None
 
 
 @attrs.frozen
@@ -96,6 +155,27 @@ class AuditEvent:
     fields: Mapping[str, Any] = attrs.field(converter=_freeze_fields, factory=dict)
     id: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "time": self.time,
+            "user": self.user,
+            "success": self.success,
+            "fields": dict(self.fields),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditEvent:
+        return cls(
+            id=data.get("id"),
+            event=data["event"],
+            time=data["time"],
+            user=data.get("user", ""),
+            success=data.get("success", True),
+            fields=data.get("fields", {}),
+        )
+
 
 @attrs.frozen
 class Node:
@@ -109,6 +189,27 @@ class Node:
     #: When its host certificate from `teleconch join openssh` expires; 0 when
     #: the auth service did not issue one (a node added with `nodes add`).
     cert_expires: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "addr": self.addr,
+            "labels": dict(self.labels),
+            "created": self.created,
+            "cert_expires": self.cert_expires or None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Node:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            addr=data["addr"],
+            labels=data.get("labels", {}),
+            created=data.get("created", 0.0),
+            cert_expires=data.get("cert_expires") or 0.0,
+        )
 
 
 @attrs.frozen
@@ -150,3 +251,79 @@ class StreamInfo:
     created: float = 0.0
     size: int = 0
     complete: bool = False
+
+
+# --- what listings show of a record
+
+
+@attrs.frozen
+class UserEntry:
+    """A user as ``users ls`` shows them: no secrets, the lock-out applied."""
+
+    name: str
+    logins: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    roles: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    status: str = "invited"
+    locked_until: float | None = None
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "logins": list(self.logins),
+            "roles": list(self.roles),
+            "status": self.status,
+            "locked_until": self.locked_until,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UserEntry:
+        return cls(
+            name=data["name"],
+            logins=data.get("logins", ()),
+            roles=data.get("roles", ()),
+            status=data.get("status", "invited"),
+            locked_until=data.get("locked_until"),
+            created=data.get("created", 0.0),
+        )
+
+
+@attrs.frozen
+class TokenEntry:
+    """A live token as ``tokens ls`` shows it: its name, never the secret."""
+
+    name: str
+    kind: str
+    user: str | None
+    expires: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "user": self.user,
+            "expires": self.expires,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TokenEntry:
+        return cls(data["name"], data["kind"], data.get("user"), data["expires"])
+
+
+@attrs.frozen
+class HostSigner:
+    """A host CA a client trusts for a cluster's hosts."""
+
+    domain_name: str
+    checking_keys: tuple[str, ...] = attrs.field(converter=_strings, default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain_name": self.domain_name,
+            "checking_keys": list(self.checking_keys),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HostSigner:
+        return cls(data["domain_name"], data.get("checking_keys", ()))

@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThread
 from teleconch import config as cfg
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
+from teleconch.auth.types import RoleSpec
 from teleconch.durations import format_duration, parse_duration
 from teleconch.files import write_private_file
 from teleconch.pki import TLSIdentity
@@ -83,11 +84,11 @@ def _labels(text: str | None) -> dict[str, list[str]]:
     return out
 
 
-def _print_invite(invite: dict[str, Any], action: str) -> None:
+def _print_invite(invite: api.Invite, action: str) -> None:
     print(
-        f"User {invite['user']!r} has been {action}; share this URL with them to "
-        f"set a password and a one-time-code app (valid until {_when(invite['expires'])}):\n"
-        f"{invite['url']}\n\n"
+        f"User {invite.user!r} has been {action}; share this URL with them to "
+        f"set a password and a one-time-code app (valid until {_when(invite.expires)}):\n"
+        f"{invite.url}\n\n"
         "NOTE: make sure this URL points at the proxy's public address "
         "(proxy_service.public_addr)."
     )
@@ -105,15 +106,14 @@ async def users_reset(agent: AuthAgent, args: argparse.Namespace) -> None:
 async def users_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     users = await agent.list_users()
     if args.format == "json":
-        print(json.dumps(users, indent=2))
+        print(json.dumps([u.to_json() for u in users], indent=2))
         return
     rows = [
         (
-            u["name"],
-            ",".join(u["roles"]),
-            ",".join(u["logins"]) or "-",
-            u["status"]
-            + (f" until {_when(u['locked_until'])}" if u["locked_until"] else ""),
+            u.name,
+            ",".join(u.roles),
+            ",".join(u.logins) or "-",
+            u.status + (f" until {_when(u.locked_until)}" if u.locked_until else ""),
         )
         for u in users
     ]
@@ -133,12 +133,17 @@ async def users_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
 
 
 async def roles_add(agent: AuthAgent, args: argparse.Namespace) -> None:
-    role: dict[str, Any] = {
-        "name": args.name,
-        "logins": _csv(args.logins),
-        "node_labels": _labels(args.node_labels) if args.node_labels else {"*": ["*"]},
-        "max_session_ttl": parse_duration(args.max_session_ttl),
-    }
+    role = RoleSpec(
+        name=args.name,
+        logins=tuple(_csv(args.logins)),
+        node_labels={
+            k: tuple(v)
+            for k, v in (
+                _labels(args.node_labels) if args.node_labels else {"*": ["*"]}
+            ).items()
+        },
+        max_session_ttl=parse_duration(args.max_session_ttl),
+    )
     await agent.upsert_role(role)
     print(f"Role {args.name!r} has been saved.")
 
@@ -146,16 +151,15 @@ async def roles_add(agent: AuthAgent, args: argparse.Namespace) -> None:
 async def roles_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     roles = await agent.list_roles()
     if args.format == "json":
-        print(json.dumps(roles, indent=2))
+        print(json.dumps([r.to_json() for r in roles], indent=2))
         return
     rows = [
         (
-            r["name"],
-            ",".join(r["logins"]) or "-",
-            ",".join(f"{k}={v}" for k, vs in r["node_labels"].items() for v in vs)
-            or "-",
-            format_duration(r["max_session_ttl"]),
-            "built-in" if r["builtin"] else "custom",
+            r.name,
+            ",".join(r.logins) or "-",
+            ",".join(f"{k}={v}" for k, vs in r.node_labels.items() for v in vs) or "-",
+            format_duration(r.max_session_ttl),
+            "built-in" if r.builtin else "custom",
         )
         for r in roles
     ]
@@ -171,33 +175,30 @@ async def tokens_add(agent: AuthAgent, args: argparse.Namespace) -> None:
     t = await agent.create_token(args.type, parse_duration(args.ttl))
     if args.type == "node":
         print(
-            f"The join token: {t['token']}\n"
-            f"This token will expire at {_when(t['expires'])}.\n\n"
+            f"The join token: {t.token}\n"
+            f"This token will expire at {_when(t.expires)}.\n\n"
             "Run this as root on the OpenSSH node (NAME: the node's name, HOST: where "
             "the proxy reaches its sshd):\n\n"
-            f"teleconch join openssh --proxy {t['proxy_addr']} --token {t['token']} "
-            f"--ca-pin {t['ca_pin']} --name NAME --addr HOST:22\n\n"
+            f"teleconch join openssh --proxy {t.proxy_addr} --token {t.token} "
+            f"--ca-pin {t.ca_pin} --name NAME --addr HOST:22\n\n"
             "Keep the token secret: whoever holds it can join the cluster once."
         )
         return
     print(
-        f"The join token: {t['token']}\n"
-        f"This token will expire at {_when(t['expires'])}.\n\n"
+        f"The join token: {t.token}\n"
+        f"This token will expire at {_when(t.expires)}.\n\n"
         f"Put it in the {args.type}'s config:\n\n"
         "teleconch:\n"
-        f'  auth_servers: ["{t["auth_addr"]}"]\n'
-        f'  auth_token: "{t["token"]}"\n'
-        f'  ca_pin: "{t["ca_pin"]}"\n\n'
+        f'  auth_servers: ["{t.auth_addr}"]\n'
+        f'  auth_token: "{t.token}"\n'
+        f'  ca_pin: "{t.ca_pin}"\n\n'
         "Keep the token secret: whoever holds it can join the cluster once."
     )
 
 
 async def tokens_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
     tokens = await agent.list_tokens()
-    rows = [
-        (t["name"] + "...", t["kind"], t["user"] or "-", _when(t["expires"]))
-        for t in tokens
-    ]
+    rows = [(t.name + "...", t.kind, t.user or "-", _when(t.expires)) for t in tokens]
     print(_table(["Token", "Type", "User", "Expires"], rows))
 
 
@@ -214,23 +215,21 @@ async def auth_export(agent: AuthAgent, args: argparse.Namespace) -> None:
 async def nodes_add(agent: AuthAgent, args: argparse.Namespace) -> None:
     labels = {k: v[-1] for k, v in _labels(args.labels).items()}
     node = await agent.upsert_node(args.name, args.addr, labels)
-    print(
-        f"Node {node['name']!r} ({node['addr']}) has been registered, id {node['id']}."
-    )
+    print(f"Node {node.name!r} ({node.addr}) has been registered, id {node.id}.")
 
 
 async def nodes_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
-    nodes = sorted(await agent.list_nodes(), key=lambda n: n["name"])
+    nodes = sorted(await agent.list_nodes(), key=lambda n: n.name)
     if args.format == "json":
-        print(json.dumps(nodes, indent=2))
+        print(json.dumps([n.to_json() for n in nodes], indent=2))
         return
     rows = [
         (
-            n["name"],
-            n["addr"],
-            ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-",
-            _when(n.get("cert_expires")),
-            n["id"],
+            n.name,
+            n.addr,
+            ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-",
+            _when(n.cert_expires),
+            n.id,
         )
         for n in nodes
     ]
@@ -264,15 +263,13 @@ async def auth_sign(agent: AuthAgent, args: argparse.Namespace) -> None:
     def save() -> None:
         write_private_file(out, private)
         write_private_file(Path(f"{out}.pub"), public + b"\n", 0o644)
-        write_private_file(
-            Path(f"{out}-cert.pub"), signed["cert"].encode() + b"\n", 0o644
-        )
+        write_private_file(Path(f"{out}-cert.pub"), signed.cert.encode() + b"\n", 0o644)
 
     await deferToThread(save)
     out = Path(await deferToThread(os.path.abspath, out))
     print(
         f"The host key is in {out}, its certificate in {out}-cert.pub\n"
-        f"(principals: {', '.join(signed['principals'])}). In sshd_config:\n\n"
+        f"(principals: {', '.join(signed.principals)}). In sshd_config:\n\n"
         f"HostKey {out}\n"
         f"HostCertificate {out}-cert.pub\n"
         "TrustedUserCAKeys /etc/ssh/teleconch_user_ca.pub   "
@@ -288,15 +285,15 @@ async def events_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
         since=since, events=_csv(args.type), user=args.user, limit=args.limit
     )
     if args.format == "json":
-        print(json.dumps(events, indent=2))
+        print(json.dumps([e.to_json() for e in events], indent=2))
         return
     rows = [
         (
-            _when(e["time"]),
-            e["event"],
-            e["user"] or "-",
-            "ok" if e["success"] else "FAILED",
-            " ".join(_detail(k, v) for k, v in sorted(e["fields"].items())),
+            _when(e.time),
+            e.event,
+            e.user or "-",
+            "ok" if e.success else "FAILED",
+            " ".join(_detail(k, v) for k, v in sorted(e.fields.items())),
         )
         for e in events
     ]

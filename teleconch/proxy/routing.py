@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from teleconch.auth.server import ROLES_EXTENSION, TRAITS_EXTENSION, expand_logins
+from teleconch.auth.rbac import ROLES_EXTENSION, TRAITS_EXTENSION, expand_logins
 from teleconch.auth.types import Node, Role
 from teleconch.config import parse_host_port
 
@@ -53,27 +53,6 @@ class Target:
     @property
     def labels(self) -> Mapping[str, str]:
         return self.node.labels if self.node else {}
-
-
-def node_from_json(data: Mapping[str, Any]) -> Node:
-    return Node(
-        id=data["id"],
-        name=data["name"],
-        addr=data["addr"],
-        labels=data.get("labels", {}),
-        created=data.get("created", 0.0),
-    )
-
-
-def role_from_json(data: Mapping[str, Any]) -> Role:
-    return Role(
-        name=data["name"],
-        logins=data.get("logins", ()),
-        node_labels=data.get("node_labels", {}),
-        max_session_ttl=data.get("max_session_ttl", 0),
-        rules=data.get("rules", ()),
-        builtin=data.get("builtin", False),
-    )
 
 
 def _strip_cluster(host: str, cluster: str) -> str:

@@ -36,9 +36,7 @@ from teleconch.proxy.routing import (
     Target,
     check_access,
     logins_on,
-    node_from_json,
     resolve,
-    role_from_json,
 )
 from teleconch.proxy.splice import (
     FlowControlledConnection,
@@ -105,7 +103,7 @@ class ProxyPolicy:
     async def trusted_user_cas(self) -> list[str]:
         cas: list[str] | None = self._cache.get("user_cas")
         if cas is None:
-            cas = list((await self._agent.cluster_cas())["user_ca_keys"])
+            cas = list((await self._agent.cluster_cas()).user_ca_keys)
             self._cache.put("user_cas", cas)
         return cas
 
@@ -163,14 +161,14 @@ class Router:
     async def _nodes(self) -> list[Any]:
         nodes = self._cache.get("nodes")
         if nodes is None:
-            nodes = [node_from_json(n) for n in await self.agent.list_nodes()]
+            nodes = list(await self.agent.list_nodes())
             self._cache.put("nodes", nodes)
         return list(nodes)
 
     async def _roles(self, names: tuple[str, ...]) -> list[Role]:
         roles = self._cache.get(("roles", names))
         if roles is None:
-            roles = [role_from_json(r) for r in await self.agent.get_roles(list(names))]
+            roles = list(await self.agent.get_roles(names))
             self._cache.put(("roles", names), roles)
         return list(roles)
 

@@ -243,11 +243,11 @@ class InviteResource(JSONResource):
         token = request.postpath[0].decode("utf-8", "replace")
         invite = await self._agent.get_invite(token)
         return {
-            "user": invite["user"],
-            "totp_secret": invite["totp_secret"],
-            "otpauth_uri": invite["otpauth_uri"],
-            "qr_svg": qr_svg(invite["otpauth_uri"]),
-            "expires": invite["expires"],
+            "user": invite.user,
+            "totp_secret": invite.totp_secret,
+            "otpauth_uri": invite.otpauth_uri,
+            "qr_svg": qr_svg(invite.otpauth_uri),
+            "expires": invite.expires,
         }
 
     async def post(self, request: Request) -> Any:
@@ -289,10 +289,10 @@ class SSHCertsResource(JSONResource):
             client_addr=client,
         )
         return {
-            "username": issued["username"],
-            "cert": issued["cert"],
-            "valid_before": issued["valid_before"],
-            "host_signers": issued["host_signers"],
+            "username": issued.username,
+            "cert": issued.cert,
+            "valid_before": issued.valid_before,
+            "host_signers": [s.to_json() for s in issued.host_signers],
         }
 
 
@@ -335,7 +335,7 @@ class HostCredentialsResource(JSONResource):
     async def post(self, request: Request) -> Any:
         client = client_host(request)
         data = _json_body(request)
-        return await self._agent.join_openssh_node(
+        document = await self._agent.join_openssh_node(
             token=_field(data, "token"),
             name=_field(data, "node_name"),
             addr=_field(data, "addr"),
@@ -343,6 +343,7 @@ class HostCredentialsResource(JSONResource):
             public_key=_field(data, "public_key"),
             client_addr=client,
         )
+        return document.to_json()
 
 
 class HostRenewResource(JSONResource):
@@ -358,12 +359,13 @@ class HostRenewResource(JSONResource):
     async def post(self, request: Request) -> Any:
         client = client_host(request)
         data = _json_body(request)
-        return await self._agent.renew_node_certificate(
+        document = await self._agent.renew_node_certificate(
             cert=_field(data, "cert"),
             timestamp=_field(data, "timestamp", int),
             signature=_field(data, "signature"),
             client_addr=client,
         )
+        return document.to_json()
 
 
 class _Page(Resource):
