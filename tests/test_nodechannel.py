@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 
 from teleconch.proxy.nodechannel import SSHChannelNodeTransport
 from teleconch.proxy.routing import Target
-from teleconch.proxy.splice import FlowControlledChannel, FlowControlledConnection
+from teleconch.proxy.splice import (
+    FlowControlledChannel,
+    FlowControlledConnection,
+    SpliceState,
+    SplicingChannel,
+)
+from tests.test_splice import WINDOW, Client, FakeSSHTransport
 
 NODE_WINDOW = 64 * 1024  # what the node lets us send before it reads
 OUR_WINDOW = 48 * 1024  # what we let the node send before we give it back
@@ -290,3 +296,78 @@ def test_a_cancelled_connect_closes_the_channel_once_it_opens() -> None:
     wire.pump()
     assert wire.node.channel is not None and wire.node.channel.events == ["closed"]
     assert events.log == []
+
+
+# -- a splice whose node side is an SSH channel ------------------------------
+
+
+class SplicingProxy:
+    """The proxy's avatar: direct-tcpip becomes a splice to the node over SSH."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.splice: SplicingChannel | None = None
+        self.closes: list[tuple[int, int, str]] = []
+        self.conn: Any = None
+
+    def lookupChannel(
+        self, kind: bytes, windowSize: int, maxPacket: int, data: bytes
+    ) -> SplicingChannel:
+        self.splice = SplicingChannel(
+            on_close=lambda up, down, why: self.closes.append((up, down, why)),
+            remoteWindow=windowSize,
+            remoteMaxPacket=maxPacket,
+        )
+        node = SSHChannelNodeTransport(self.wire.ours)
+        Deferred.fromCoroutine(self.splice.connect(node, TARGET))
+        return self.splice
+
+
+def test_a_splice_over_an_ssh_channel_moves_bytes_with_back_pressure_both_ways() -> (
+    None
+):
+    """The client's direct-tcpip is confirmed once the node's channel is; bytes
+    flow both ways; a node that stops reading stops the client's window until it
+    reads again; the node's close ends the splice after its bytes."""
+    wire = Wire()
+    proxy_side = SplicingProxy(wire)
+    transport = FakeSSHTransport(proxy_side)
+    proxy = FlowControlledConnection()
+    proxy.transport = transport  # type: ignore[assignment]
+    proxy.serviceStarted()
+    client = Client(proxy, transport)
+    client.open()
+    assert client.events == []  # not before the node's channel is open
+    wire.pump()
+    client.poll()
+    assert client.events == ["confirm"]
+    splice, node_channel = proxy_side.splice, wire.node.channel
+    assert splice is not None and node_channel is not None
+    assert splice.state is SpliceState.OPEN
+
+    up = payload(WINDOW, seed=5)
+    assert client.send(up) == WINDOW
+    wire.pump()
+    client.poll()
+    assert len(node_channel.received) == NODE_WINDOW  # the node's window, no more
+    assert client.adjusts == [] and client.send_window == 0  # the client waits
+    while len(node_channel.received) < len(up):
+        node_channel.read()
+        wire.pump()
+    client.poll()
+    assert bytes(node_channel.received) == up and client.send_window == WINDOW
+
+    down = payload(3 * WINDOW, seed=6)
+    node_channel.write(down)
+    node_channel.loseConnection()
+    wire.pump()
+    client.poll()
+    assert len(client.received) == WINDOW  # the client's window, no more
+    while len(client.received) < len(down):
+        client.consume()
+        wire.pump()
+        client.poll()
+    assert bytes(client.received) == down
+    assert client.events == ["confirm", "eof", "close"]
+    client.close()
+    assert proxy_side.closes == [(len(up), len(down), "node closed")]
