@@ -45,7 +45,8 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
-from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, Router, make_factory
+from teleconch.proxy.routing import Router
+from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
 from teleconch.sshlimits import SSHLimits
 from teleconch.web.http import WebSite
 from teleconch.web.site import WebConfig, make_site

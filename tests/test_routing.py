@@ -1,11 +1,20 @@
-"""Node lookup and role checks at the proxy: pure rules, no sockets."""
+"""Node lookup and role checks at the proxy, and the Router that every way in
+shares: pure rules, then the Router driven as the web terminal will drive it
+(a Grant and a client address, no SSH session), all in memory, no sockets."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test.iosim import ConnectionCompleter
 
 from teleconch.auth.rbac import BUILTIN_ROLES
 from teleconch.auth.types import INTERNAL_LOGINS, Node, Role
@@ -13,6 +22,7 @@ from teleconch.proxy.routing import (
     AccessDenied,
     Cache,
     Grant,
+    Router,
     RoutingError,
     Target,
     check_access,
@@ -182,3 +192,158 @@ def test_cache_expires_after_its_ttl() -> None:
     assert cache.get("nodes") == [1]
     clock.advance(11)
     assert cache.get("nodes") is None
+
+
+# -- the Router, as a web-style caller uses it: a Grant, an address, no SSH ----
+
+T = TypeVar("T")
+WEB_CLIENT = "203.0.113.9"
+WEB_OPS = {"name": "web-ops", "logins": ["root"], "node_labels": {"env": ["prod"]}}
+
+
+class Directory:
+    """The auth service as the Router sees it: nodes, roles, an audit log."""
+
+    def __init__(self, nodes: list[dict[str, Any]]) -> None:
+        self.nodes = nodes
+        self.roles = [WEB_OPS]
+        self.events: list[dict[str, Any]] = []
+
+    async def list_nodes(self) -> list[Node]:
+        return [Node.from_json(n) for n in self.nodes]
+
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
+        return [Role.from_json(r) for r in self.roles if r["name"] in names]
+
+    async def emit_event(
+        self, event: str, user: str = "", success: bool = True, **fields: Any
+    ) -> None:
+        self.events.append({"event": event, "user": user, "success": success, **fields})
+
+
+def now(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that waits on nothing and return its result (or raise)."""
+    results: list[Any] = []
+    Deferred.fromCoroutine(coro).addBoth(results.append)
+    [result] = results
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result  # type: ignore[no-any-return]
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Events:
+    """A web terminal's end of the node side: what the node sent, how it ended."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.log: list[str] = []
+
+    def node_data(self, data: bytes) -> None:
+        self.data += data
+
+    def node_eof(self) -> None:
+        self.log.append("eof")
+
+    def node_lost(self, reason: Failure) -> None:
+        self.log.append("lost")
+
+    def node_full(self) -> None:
+        self.log.append("full")
+
+    def node_drained(self) -> None:
+        self.log.append("drained")
+
+
+def web_router() -> tuple[Router, Directory, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    directory = Directory(
+        [{"id": "n1", "name": "web1", "addr": "web1.internal:2222",
+          "labels": {"env": "prod"}},
+         {"id": "n2", "name": "db1", "addr": "db1.internal:22",
+          "labels": {"env": "secret"}}]
+    )  # fmt: skip
+    return Router(directory, reactor, "example.com", False), directory, reactor
+
+
+def test_a_web_caller_routes_with_a_grant_and_talks_to_the_node_over_tcp() -> None:
+    """No SSH session, no certificate: a Grant and a client address route to
+    web1, the Router opens the node side over TCP (in memory), bytes go there
+    and back, and the close is audited as a web connection."""
+    router, directory, reactor = web_router()
+    reactor.listenTCP(2222, Factory.forProtocol(Echo))
+    grant = Grant("alice", ("web-ops",), ())
+    route = now(router.route(grant, WEB_CLIENT, "web1", 22, "root", "web"))
+    assert (route.target.name, route.target.port, route.how) == ("web1", 2222, "web")
+    events = Events()
+    opened: list[Any] = []
+    Deferred.fromCoroutine(router.open(route, events)).addBoth(opened.append)
+    reactor.advance(0)
+    pump = ConnectionCompleter(reactor).succeedOnce()
+    assert pump is not None
+    pump.flush()
+    [node] = opened
+    on_close = router.audit_close(route)
+    node.write(b"hello, node\n")
+    pump.flush()
+    assert bytes(events.data) == b"hello, node\n"
+    node.close()
+    pump.flush()
+    assert events.log == ["lost"]
+    on_close(12, 12, "finished")
+    [closed] = directory.events
+    assert closed == {
+        "event": "proxy.session", "user": "alice", "success": True, "login": "root",
+        "node": "web1", "addr": "web1.internal:2222", "how": "web",
+        "client_addr": WEB_CLIENT, "start": 0.0, "end": 0.0, "bytes_up": 12,
+        "bytes_down": 12, "reason": "finished",
+    }  # fmt: skip
+
+
+def test_a_web_callers_refusal_is_audited_once_with_how_web() -> None:
+    """A login the roles do not grant, and a node they do not select: each is
+    refused with the person's message and audited once, as a web connection."""
+    router, directory, _reactor = web_router()
+    grant = Grant("alice", ("web-ops",), ())
+    with pytest.raises(AccessDenied) as e:
+        now(router.route(grant, WEB_CLIENT, "web1", 22, "admin", "web"))
+    assert "login 'admin' is not allowed on web1" in str(e.value)
+    with pytest.raises(AccessDenied):
+        now(router.route(grant, WEB_CLIENT, "db1", 22, "root", "web"))
+    assert [(ev["event"], ev["success"], ev["how"], ev["client_addr"], ev["login"],
+             ev["node"], ev["reason"]) for ev in directory.events] == [
+        ("proxy.connect", False, "web", WEB_CLIENT, "admin", "web1",
+         "login not allowed"),
+        ("proxy.connect", False, "web", WEB_CLIENT, "root", "db1",
+         "roles do not select the node"),
+    ]  # fmt: skip
+
+
+def test_without_a_login_the_audit_records_the_login_given_to_the_proxy() -> None:
+    """direct-tcpip checks no login; its records carry the proxy login instead."""
+    router, directory, _reactor = web_router()
+    grant = Grant("alice", ("web-ops",), ())
+    route = now(
+        router.route(grant, WEB_CLIENT, "web1", 22, None, "direct-tcpip",
+                     proxy_login="root")
+    )  # fmt: skip
+    assert route.login == "root"
+    with pytest.raises(RoutingError):
+        now(router.route(grant, WEB_CLIENT, "nope", 22, None, "direct-tcpip",
+                         proxy_login="root"))  # fmt: skip
+    [refused] = directory.events
+    assert refused["login"] == "root" and refused["reason"] == "unknown node"
+
+
+def test_reachable_lists_the_nodes_a_grant_allows_with_their_logins() -> None:
+    """A listing from a Grant alone: web1 with root; db1 is not selected."""
+    router, _directory, _reactor = web_router()
+    assert now(router.reachable(Grant("alice", ("web-ops",), ()))) == [
+        {"name": "web1", "id": "n1", "addr": "web1.internal:2222",
+         "labels": {"env": "prod"}, "logins": ["root"]}
+    ]  # fmt: skip

@@ -48,6 +48,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from teleconch.proxy.node import TCPNodeTransport
+from teleconch.proxy.routing import Target
 from teleconch.proxy.splice import (
     DEFAULT_MAX_PACKET,
     DEFAULT_WINDOW,
@@ -244,7 +246,8 @@ class Rig:
 
     def start_connect(self) -> None:
         assert self.channel is not None
-        d = Deferred.fromCoroutine(self.channel.connect(self.endpoint))
+        node = TCPNodeTransport(lambda _: self.endpoint)
+        d = Deferred.fromCoroutine(self.channel.connect(node, Target("node", 22)))
         d.addBoth(self.connect_results.append)
 
     def connect_node(self) -> None:
@@ -624,9 +627,8 @@ class _Gateway(SSHFactory):
         )
         self.channels.append(chan)
         self.windows.append(remoteWindow)
-        d = Deferred.fromCoroutine(
-            chan.connect(TCP4ClientEndpoint(reactor, host, port))
-        )
+        node = TCPNodeTransport(lambda t: TCP4ClientEndpoint(reactor, t.host, t.port))
+        d = Deferred.fromCoroutine(chan.connect(node, Target(host, port)))
         d.addErrback(lambda _: None)  # the refused open and on_close report it
         return chan
 

@@ -6,21 +6,33 @@ matches exactly one node, and DNS or an IP only where the config allows
 unregistered hosts.  A registered node is reached at its registered address,
 whatever port the client asked for.  Access comes from the roles in the
 verified certificate: a role must select the node's labels and grant the login.
+
+`Router` is the one core every way in shares (``direct-tcpip``, the ``proxy:``
+subsystem, the web terminal, the recording proxy): it takes a `Grant` and the
+client's address, never a protocol's session, resolves and checks, audits
+every refusal and every routed connection, and opens the node side through a
+`NodeTransport`.  The rules above it are pure functions.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from teleconch.addresses import parse_host_port
 from teleconch.auth.rbac import ROLES_EXTENSION, TRAITS_EXTENSION, expand_logins
 from teleconch.auth.types import Node, Role
-from teleconch.config import parse_host_port
+from teleconch.proxy.node import NodeEvents, NodeTransport, TCPNodeTransport
+
+log = Logger()
 
 #: How long the proxy trusts its copy of the node list and roles.
 CACHE_TTL = 10.0
@@ -199,3 +211,187 @@ class Cache:
 
     def put(self, key: Any, value: Any) -> None:
         self._values[key] = (self._clock.seconds(), value)
+
+
+# -- the router: one core for every way to a node ----------------------------
+
+#: How a routed connection came in, as its audit records say.
+HOWS = ("direct-tcpip", "subsystem", "web", "recording")
+
+OnClose = Callable[[int, int, str], None]
+"""``on_close(bytes_up, bytes_down, reason)``: called once when a connection ends."""
+
+
+class Directory(Protocol):
+    """What the router asks of the auth service (an `AuthAgent`, or a test's double)."""
+
+    async def list_nodes(self) -> Sequence[Node]: ...
+
+    async def get_roles(self, names: Sequence[str]) -> Sequence[Role]: ...
+
+    async def emit_event(
+        self, event: str, user: str = "", success: bool = True, **fields: Any
+    ) -> None: ...
+
+
+class Splice(Protocol):
+    """A client joined to a node side (the SSH proxy's `SplicingChannel`)."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    async def connect(self, node: NodeTransport, target: Target) -> None: ...
+
+
+@attrs.frozen
+class Route:
+    """A checked way to a node for one caller, and what its audit records say."""
+
+    target: Target
+    grant: Grant
+    client_address: str
+    login: str  # the login recorded: the one asked for, else the one at the proxy
+    how: str
+
+
+def emit(agent: Directory, event: str, user: str, success: bool, **fields: Any) -> None:
+    """Write one audit event without waiting; a failure to write is logged."""
+    d = Deferred.fromCoroutine(
+        agent.emit_event(event, user=user, success=success, **fields)
+    )
+    d.addErrback(
+        lambda f: log.failure("could not write audit event {event}", f, event=event)
+    )
+
+
+class Router:
+    """Node lookup, access checks and the audit of every routed connection.
+
+    ``node_side`` makes the transport a route's node side goes over (TCP to
+    the target by default); the web terminal and the recording proxy pass
+    their own, or call `open` with one.
+    """
+
+    def __init__(
+        self,
+        agent: Directory,
+        reactor: Any,
+        cluster_name: str,
+        allow_unregistered: bool,
+        node_side: Callable[[Route], NodeTransport] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.reactor = reactor
+        self.cluster_name = cluster_name
+        self.allow_unregistered = allow_unregistered
+        self._node_side = node_side or (
+            lambda route: TCPNodeTransport.hostname(self.reactor)
+        )
+        self._cache = Cache(reactor)
+        self._splices: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @property
+    def active(self) -> list[Any]:
+        """The splices moving bytes now (to list sessions; to watch memory)."""
+        return [c for c in self._splices if not c.ended]
+
+    async def _nodes(self) -> list[Node]:
+        nodes = self._cache.get("nodes")
+        if nodes is None:
+            nodes = list(await self.agent.list_nodes())
+            self._cache.put("nodes", nodes)
+        return list(nodes)
+
+    async def _roles(self, names: tuple[str, ...]) -> list[Role]:
+        roles = self._cache.get(("roles", names))
+        if roles is None:
+            roles = list(await self.agent.get_roles(list(names)))
+            self._cache.put(("roles", names), roles)
+        return list(roles)
+
+    async def route(
+        self,
+        grant: Grant,
+        client_address: str,
+        host: str,
+        port: int,
+        login: str | None,
+        how: str,
+        *,
+        proxy_login: str = "",
+    ) -> Route:
+        """Where ``host:port`` leads for this grant; a refusal is audited, once.
+
+        ``login`` is checked when given (``None``: any login the roles allow
+        there will do, as for ``direct-tcpip``); ``proxy_login``, the login
+        given to the proxy, is what the audit records when it is not.
+        """
+        recorded = login or proxy_login
+        try:
+            target = resolve(
+                host,
+                port,
+                await self._nodes(),
+                self.cluster_name,
+                self.allow_unregistered,
+            )
+            check_access(target, await self._roles(grant.roles), grant, login)
+        except RoutingError as e:
+            emit(
+                self.agent, "proxy.connect", grant.user, False,
+                login=recorded, node=host, port=port, how=how,
+                client_addr=client_address, reason=e.reason, message=str(e),
+            )  # fmt: skip
+            raise
+        return Route(target, grant, client_address, recorded, how)
+
+    async def reachable(self, grant: Grant) -> list[dict[str, Any]]:
+        """The nodes this grant's roles allow, with the logins they allow there."""
+        roles = await self._roles(grant.roles)
+        out = []
+        for node in await self._nodes():
+            target = Target(node.addr, 0, node)
+            logins = logins_on(target, roles, grant)
+            if logins:
+                out.append(
+                    {"name": node.name, "id": node.id, "addr": node.addr,
+                     "labels": dict(node.labels), "logins": logins}
+                )  # fmt: skip
+        return sorted(out, key=lambda n: n["name"])
+
+    def audit_close(self, route: Route) -> OnClose:
+        """What to call when a routed connection ends: one audit record of it."""
+        started = self.reactor.seconds()
+        target = route.target
+
+        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+            emit(
+                self.agent, "proxy.session", route.grant.user, True,
+                login=route.login, node=target.name,
+                addr=f"{target.host}:{target.port}", how=route.how,
+                client_addr=route.client_address, start=started,
+                end=self.reactor.seconds(), bytes_up=bytes_up, bytes_down=bytes_down,
+                reason=reason,
+            )  # fmt: skip
+
+        return on_close
+
+    def node_side(self, route: Route) -> NodeTransport:
+        """A new, unconnected transport for the route's node side."""
+        return self._node_side(route)
+
+    async def open(self, route: Route, events: NodeEvents) -> NodeTransport:
+        """Open the route's node side reporting to ``events``; raise why not."""
+        node = self.node_side(route)
+        await node.connect(route.target, events)
+        return node
+
+    async def connect(self, splice: Splice, route: Route) -> None:
+        """Join ``splice`` to the route's node side; a failure is the splice's to tell."""
+        self._splices.add(splice)
+        try:
+            await splice.connect(self.node_side(route), route.target)
+        except Exception as e:
+            log.info(
+                "could not reach {target}: {e}", target=route.target.name, e=str(e)
+            )

@@ -11,7 +11,8 @@ grows the proxy without bound. Here:
   dead port gets a real "open failed").
 - `FlowControlledChannel` queues output as a deque of chunks and re-opens the
   window only when told to.
-- `SplicingChannel` joins one such channel to one TCP connection: the node is
+- `SplicingChannel` joins one such channel to the node side of a route, a
+  `NodeTransport` (a TCP connection, or a channel to the node): the node is
   paused while the client is behind, and the client's window is re-opened
   only for bytes the node's transport has taken.
 """
@@ -22,27 +23,21 @@ import enum
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any
-from typing import Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import (
-    IAddress,
-    IHalfCloseableProtocol,
-    IPushProducer,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from teleconch.proxy.node import NodeTransport, TCPNodeTransport
 from teleconch.sshguard import PARSE_ERRORS
+
+if TYPE_CHECKING:
+    from teleconch.proxy.routing import Target
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
 """OpenSSH's window for TCP channels (64 packets of 32 KiB)."""
@@ -50,20 +45,6 @@ DEFAULT_MAX_PACKET = 32 * 1024
 
 OnClose = Callable[[int, int, str], None]
 """``on_close(bytes_up, bytes_down, reason)``: called once when a splice ends."""
-
-
-class NodeTransport(TypingProtocol):
-    """What a splice uses of the node's TCP transport (ITCPTransport + IConsumer)."""
-
-    def write(self, data: bytes) -> None: ...
-    def loseConnection(self) -> None: ...
-    def loseWriteConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-    def getPeer(self) -> IAddress: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
 
 
 class FlowControlledChannel(SSHChannel):
@@ -373,15 +354,15 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-@implementer(IPushProducer)
 class SplicingChannel(FlowControlledChannel):
-    """One SSH channel spliced to one TCP connection to a node.
+    """One SSH channel spliced to the node side of a route (`NodeTransport`).
 
     The routing code builds it in ``lookupChannel`` and calls `connect` (or
-    `abort`). With ``confirm_after_connect`` (``direct-tcpip``) the open is
-    confirmed once the node answers and refused with its error otherwise;
-    without it (a ``proxy:`` subsystem on an open session) client bytes are
-    held, within the window, until the node answers.
+    `abort`); the splice is the `NodeEvents` of its node transport. With
+    ``confirm_after_connect`` (``direct-tcpip``) the open is confirmed once
+    the node answers and refused with its error otherwise; without it (a
+    ``proxy:`` subsystem on an open session) client bytes are held, within
+    the window, until the node answers.
 
     Life: CONNECTING -> OPEN -> CLIENT_DONE / NODE_DONE (half-closed) ->
     DISCONNECTING (channel over or both EOFs: close the node) / DRAINING (node
@@ -417,8 +398,8 @@ class SplicingChannel(FlowControlledChannel):
         self._confirm_after_connect = confirm_after_connect
         self._state = SpliceState.CONNECTING
         self._reason: str | None = None
-        self._node: _NodeProtocol | None = None
-        self._connecting: Deferred[Protocol] | None = None
+        self._node: NodeTransport | None = None
+        self._connecting: Deferred[None] | None = None
         self._gate: Deferred[None] | None = None
         self._refusal: ConchError | None = None
         self._held: deque[bytes | None] = deque()  # None marks the client's EOF
@@ -441,20 +422,33 @@ class SplicingChannel(FlowControlledChannel):
         return self._node is not None and self._node_reading
 
     @property
-    def node_transport(self) -> NodeTransport | None:
-        return None if self._node is None else self._node.transport
+    def ended(self) -> bool:
+        """Whether the splice is over (``on_close`` has run)."""
+        return self._state is SpliceState.CLOSED
+
+    @property
+    def node(self) -> NodeTransport | None:
+        """The node side, while it is connected."""
+        return self._node
+
+    @property
+    def node_transport(self) -> Any:
+        """The node's TCP transport, if the node side is TCP (to measure its buffer)."""
+        return (
+            self._node.transport if isinstance(self._node, TCPNodeTransport) else None
+        )
 
     # -- routing code's side --------------------------------------------
 
-    async def connect(self, endpoint: IStreamClientEndpoint) -> None:
-        """Connect to the node; return once bytes flow, or raise why not.
+    async def connect(self, node: NodeTransport, target: Target) -> None:
+        """Open the node side to ``target``; return once bytes flow, or raise why not.
 
         On failure the open has been refused and ``on_close`` called, or, if
         the channel was already open, it is closing and ``on_close`` follows.
         """
         if self._state is not SpliceState.CONNECTING or self._connecting is not None:
             raise SpliceClosed(f"cannot connect a splice in state {self._state.value}")
-        attempt = connectProtocol(endpoint, _NodeProtocol(self))
+        attempt = node.connect(target, self)
         self._connecting = attempt
         try:
             await attempt
@@ -467,6 +461,7 @@ class SplicingChannel(FlowControlledChannel):
                 )
             raise
         self._connecting = None
+        self._node_connected(node)
 
     def abort(
         self, description: str, code: int = connection.OPEN_CONNECT_FAILED
@@ -533,12 +528,9 @@ class SplicingChannel(FlowControlledChannel):
 
     def _disconnect(self) -> None:
         """The channel side is over: close the node after its buffered writes."""
-        producing = self._state in (_S.OPEN, _S.NODE_DONE)  # client EOF unregistered
         self._move(SpliceState.DISCONNECTING)
         if self._node is not None:
-            if producing:
-                self._node.transport.unregisterProducer()
-            self._node.transport.loseConnection()
+            self._node.close()  # unregisters a producing client first
 
     def _update_node_reading(self) -> None:
         """Read the node only while the client keeps up (nothing queued)."""
@@ -548,9 +540,9 @@ class SplicingChannel(FlowControlledChannel):
         if want != self._node_reading:
             self._node_reading = want
             if want:
-                self._node.transport.resumeProducing()
+                self._node.resumeProducing()
             else:
-                self._node.transport.pauseProducing()
+                self._node.pauseProducing()
 
     def _maybe_reopen(self) -> None:
         """Give written bytes back to the client, in OpenSSH-sized steps."""
@@ -565,7 +557,7 @@ class SplicingChannel(FlowControlledChannel):
 
     def _to_node(self, data: bytes) -> None:
         assert self._node is not None
-        self._node.transport.write(data)
+        self._node.write(data)
         self.bytes_up += len(data)
         self._unreopened += len(data)
 
@@ -603,8 +595,7 @@ class SplicingChannel(FlowControlledChannel):
         elif self._state is SpliceState.OPEN:
             assert self._node is not None
             self._move(SpliceState.CLIENT_DONE)
-            self._node.transport.unregisterProducer()
-            self._node.transport.loseWriteConnection()
+            self._node.write_eof()
         elif self._state is SpliceState.NODE_DONE:
             self._reason = self._reason or "finished"
             self._disconnect()
@@ -636,30 +627,24 @@ class SplicingChannel(FlowControlledChannel):
     def startWriting(self) -> None:
         self._update_node_reading()
 
-    # -- IPushProducer, for the node's transport --------------------------
+    # -- node side: NodeEvents -------------------------------------------
 
-    def pauseProducing(self) -> None:
+    def node_full(self) -> None:
         """The node's write buffer is full: stop re-opening the client's window."""
         self._node_full = True
 
-    def resumeProducing(self) -> None:
+    def node_drained(self) -> None:
         """The node took everything: re-open the window for it."""
         self._node_full = False
         self._maybe_reopen()
 
-    def stopProducing(self) -> None:
-        """The node's connection is gone; `_node_lost` handles it."""
-
-    # -- node side --------------------------------------------------------
-
-    def _node_connected(self, node: _NodeProtocol) -> None:
+    def _node_connected(self, node: NodeTransport) -> None:
         if self._state is not SpliceState.CONNECTING:
-            node.transport.abortConnection()
+            node.abort()
             return
         self._node = node
-        node.transport.registerProducer(self, True)
         self._move(SpliceState.OPEN)
-        self._log.info("splice open to {peer}", peer=node.transport.getPeer())
+        self._log.info("splice open to {peer}", peer=node.peer)
         held, self._held = self._held, deque()
         for item in held:
             if item is None:
@@ -672,11 +657,11 @@ class SplicingChannel(FlowControlledChannel):
             gate.callback(None)
         self._maybe_reopen()
 
-    def _node_data(self, data: bytes) -> None:
+    def node_data(self, data: bytes) -> None:
         if self._state in (_S.OPEN, _S.CLIENT_DONE):
             self.write(data)
 
-    def _node_eof(self) -> None:
+    def node_eof(self) -> None:
         self._node_reading = False  # at EOF: never resume reading
         if self._state is SpliceState.OPEN:
             self._move(SpliceState.NODE_DONE)
@@ -686,7 +671,7 @@ class SplicingChannel(FlowControlledChannel):
             self.send_eof()
             self._disconnect()
 
-    def _node_lost(self, reason: Failure) -> None:
+    def node_lost(self, reason: Failure) -> None:
         self._node = None
         if reason.check(ierror.ConnectionDone):
             self._reason = self._reason or "node closed"
@@ -702,28 +687,3 @@ class SplicingChannel(FlowControlledChannel):
             self._move(SpliceState.DRAINING)
             self.send_eof()
             self.loseConnection()
-
-
-@implementer(IHalfCloseableProtocol)
-class _NodeProtocol(Protocol):
-    """The TCP side of a splice: hands every event to the channel."""
-
-    transport: NodeTransport  # type: ignore[assignment]
-
-    def __init__(self, channel: SplicingChannel) -> None:
-        self._channel = channel
-
-    def connectionMade(self) -> None:
-        self._channel._node_connected(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._channel._node_data(data)
-
-    def readConnectionLost(self) -> None:
-        self._channel._node_eof()
-
-    def writeConnectionLost(self) -> None:
-        """Our EOF reached the node; its replies may still come."""
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._channel._node_lost(reason)

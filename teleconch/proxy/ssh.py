@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,28 +21,13 @@ from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import common, connection
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
-from teleconch.auth.types import Role
-from teleconch.proxy.routing import (
-    Cache,
-    Grant,
-    RoutingError,
-    Target,
-    check_access,
-    logins_on,
-    resolve,
-)
-from teleconch.proxy.splice import (
-    FlowControlledConnection,
-    OnClose,
-    SpliceState,
-    SplicingChannel,
-)
+from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
+from teleconch.proxy.splice import FlowControlledConnection, SplicingChannel
 from teleconch.sshcert import (
     Certificate,
     CertificateChecker,
@@ -114,7 +98,7 @@ class ProxyPolicy:
         client_address: str | None,
         login: str | None = None,
     ) -> None:
-        _emit(
+        emit(
             self._agent,
             "proxy.auth",
             username,
@@ -123,119 +107,6 @@ class ProxyPolicy:
             reason=reason,
             client_addr=client_address,
         )
-
-
-def _emit(
-    agent: AuthAgent, event: str, user: str, success: bool, **fields: Any
-) -> None:
-    d = Deferred.fromCoroutine(
-        agent.emit_event(event, user=user, success=success, **fields)
-    )
-    d.addErrback(
-        lambda f: log.failure("could not write audit event {event}", f, event=event)
-    )
-
-
-class Router:
-    """Node lookup, access checks and the audit of every routed connection."""
-
-    def __init__(
-        self,
-        agent: AuthAgent,
-        reactor: Any,
-        cluster_name: str,
-        allow_unregistered: bool,
-    ) -> None:
-        self.agent = agent
-        self.reactor = reactor
-        self.cluster_name = cluster_name
-        self.allow_unregistered = allow_unregistered
-        self._cache = Cache(reactor)
-        self._splices: weakref.WeakSet[SplicingChannel] = weakref.WeakSet()
-
-    @property
-    def active(self) -> list[SplicingChannel]:
-        """The splices moving bytes now (to list sessions; to watch memory)."""
-        return [c for c in self._splices if c.state is not SpliceState.CLOSED]
-
-    async def _nodes(self) -> list[Any]:
-        nodes = self._cache.get("nodes")
-        if nodes is None:
-            nodes = list(await self.agent.list_nodes())
-            self._cache.put("nodes", nodes)
-        return list(nodes)
-
-    async def _roles(self, names: tuple[str, ...]) -> list[Role]:
-        roles = self._cache.get(("roles", names))
-        if roles is None:
-            roles = list(await self.agent.get_roles(names))
-            self._cache.put(("roles", names), roles)
-        return list(roles)
-
-    async def route(
-        self, session: Session, host: str, port: int, login: str | None, how: str
-    ) -> Target:
-        """Where ``host:port`` leads for this session; refusals are audited."""
-        grant = session.grant
-        try:
-            target = resolve(
-                host,
-                port,
-                await self._nodes(),
-                self.cluster_name,
-                self.allow_unregistered,
-            )
-            check_access(target, await self._roles(grant.roles), grant, login)
-        except RoutingError as e:
-            _emit(
-                self.agent, "proxy.connect", grant.user, False,
-                login=login or session.login, node=host, port=port, how=how,
-                client_addr=session.client_address, reason=e.reason, message=str(e),
-            )  # fmt: skip
-            raise
-        return target
-
-    async def reachable(self, session: Session) -> list[dict[str, Any]]:
-        """The nodes this session's roles allow, with the logins they allow there."""
-        grant = session.grant
-        roles = await self._roles(grant.roles)
-        out = []
-        for node in await self._nodes():
-            target = Target(node.addr, 0, node)
-            logins = logins_on(target, roles, grant)
-            if logins:
-                out.append(
-                    {"name": node.name, "id": node.id, "addr": node.addr,
-                     "labels": dict(node.labels), "logins": logins}
-                )  # fmt: skip
-        return sorted(out, key=lambda n: n["name"])
-
-    def audit_close(
-        self, session: Session, target: Target, login: str | None, how: str
-    ) -> OnClose:
-        """What to call when a routed connection ends: one audit record of it."""
-        started = self.reactor.seconds()
-        user = session.grant.user
-
-        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
-            _emit(
-                self.agent, "proxy.session", user, True,
-                login=login or session.login, node=target.name,
-                addr=f"{target.host}:{target.port}", how=how,
-                client_addr=session.client_address, start=started,
-                end=self.reactor.seconds(), bytes_up=bytes_up, bytes_down=bytes_down,
-                reason=reason,
-            )  # fmt: skip
-
-        return on_close
-
-    async def connect(self, channel: SplicingChannel, target: Target) -> None:
-        endpoint = HostnameEndpoint(self.reactor, target.host, target.port, timeout=15)
-        self._splices.add(channel)
-        try:
-            await channel.connect(endpoint)
-        except Exception as e:
-            log.info("could not reach {target}: {e}", target=target.name, e=str(e))
 
 
 class ProxyAvatar(ConchUser):
@@ -270,10 +141,12 @@ class ProxyAvatar(ConchUser):
         )  # fmt: skip
 
         async def route() -> None:
+            session = self.session
             try:
-                target = await self.router.route(
-                    self.session, host, port, None, "direct-tcpip"
-                )
+                routed = await self.router.route(
+                    session.grant, session.client_address, host, port, None,
+                    "direct-tcpip", proxy_login=session.login,
+                )  # fmt: skip
             except RoutingError as e:
                 channel.abort(str(e), connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
                 return
@@ -281,10 +154,8 @@ class ProxyAvatar(ConchUser):
                 log.failure("routing {host}", host=host)
                 channel.abort("the proxy could not route the request; try again")
                 return
-            audit.append(
-                self.router.audit_close(self.session, target, None, "direct-tcpip")
-            )
-            await self.router.connect(channel, target)
+            audit.append(self.router.audit_close(routed))
+            await self.router.connect(channel, routed)
 
         Deferred.fromCoroutine(route())
         return channel
@@ -332,17 +203,20 @@ class ProxySessionChannel(SplicingChannel):
         session = self._avatar.session
         router = self._avatar.router
         try:
-            target = await router.route(session, host, port, session.login, "subsystem")
+            routed = await router.route(
+                session.grant, session.client_address, host, port, session.login,
+                "subsystem",
+            )  # fmt: skip
         except RoutingError as e:
             self._refuse(f"teleconch: {e}\n")
             return True
-        self._audit = router.audit_close(session, target, session.login, "subsystem")
-        Deferred.fromCoroutine(router.connect(self, target))
+        self._audit = router.audit_close(routed)
+        Deferred.fromCoroutine(router.connect(self, routed))
         return True
 
     async def _list_nodes(self) -> None:
         try:
-            nodes = await self._avatar.router.reachable(self._avatar.session)
+            nodes = await self._avatar.router.reachable(self._avatar.session.grant)
             self.write(json.dumps(nodes).encode() + b"\n")
             self._exit(0)
         except Exception:
