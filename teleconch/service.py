@@ -32,6 +32,7 @@ from teleconch.auth.api import AuthAPIFactory
 from teleconch.auth.backends.sqlite import SQLiteStore
 from teleconch.auth.server import AuthServer
 from teleconch.ca import SSHCertificateAuthority, public_key_line
+from teleconch.conch.limits import SSHLimits
 from teleconch.files import ensure_private_directory, write_private_file
 from teleconch.pki import (
     AUTH_SERVER_NAME,
@@ -45,7 +46,6 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, Router, make_factory
-from teleconch.sshlimits import SSHLimits
 from teleconch.web.http import WebSite
 from teleconch.web.site import WebConfig, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
 from teleconch.ca import fingerprint
-from teleconch.sshguard import PARSE_ERRORS, disconnect_malformed
+from teleconch.conch.guard import PARSE_ERRORS, disconnect_malformed
 
 __all__ = [
     "SERVER_SIG_ALGS",

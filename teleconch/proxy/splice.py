@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from teleconch.sshguard import PARSE_ERRORS
+from teleconch.conch.guard import PARSE_ERRORS
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
 """OpenSSH's window for TCP channels (64 packets of 32 KiB)."""

@@ -29,6 +29,14 @@ from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
 from teleconch.auth.types import Role
+from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
+from teleconch.conch.limits import (
+    AdmissionMixin,
+    ChannelLimitMixin,
+    SSHLimits,
+    StartupLimiter,
+)
+from teleconch.conch.transport import ETM_MACS, ModernTransportMixin
 from teleconch.proxy.routing import (
     Cache,
     Grant,
@@ -52,15 +60,7 @@ from teleconch.sshcert import (
     CertificateServerTransport,
     CertificateUserAuthServer,
 )
-from teleconch.sshguard import GuardedConnectionMixin, ProtocolGuardMixin
 from teleconch.sshhostcert import CertificateSSHFactory
-from teleconch.sshlimits import (
-    AdmissionMixin,
-    ChannelLimitMixin,
-    SSHLimits,
-    StartupLimiter,
-)
-from teleconch.sshtransport import ETM_MACS, ModernTransportMixin
 
 log = Logger()
 
