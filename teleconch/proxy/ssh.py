@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
 from teleconch.auth.types import Role
+from teleconch.conch.flow import FlowControlledConnection
 from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
 from teleconch.conch.limits import (
     AdmissionMixin,
@@ -48,12 +49,7 @@ from teleconch.proxy.routing import (
     resolve,
     role_from_json,
 )
-from teleconch.proxy.splice import (
-    FlowControlledConnection,
-    OnClose,
-    SpliceState,
-    SplicingChannel,
-)
+from teleconch.proxy.splice import OnClose, SpliceState, SplicingChannel
 from teleconch.sshcert import (
     Certificate,
     CertificateChecker,
