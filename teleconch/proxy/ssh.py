@@ -29,8 +29,15 @@ from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
 from teleconch.auth.types import Role
+from teleconch.conch.certs import (
+    Certificate,
+    CertificateChecker,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
 from teleconch.conch.flow import FlowControlledConnection
 from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
+from teleconch.conch.hostcert import CertificateSSHFactory
 from teleconch.conch.limits import (
     AdmissionMixin,
     ChannelLimitMixin,
@@ -50,13 +57,6 @@ from teleconch.proxy.routing import (
     role_from_json,
 )
 from teleconch.proxy.splice import OnClose, SpliceState, SplicingChannel
-from teleconch.sshcert import (
-    Certificate,
-    CertificateChecker,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
-)
-from teleconch.sshhostcert import CertificateSSHFactory
 
 log = Logger()
 

@@ -48,7 +48,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from teleconch.sshcert import (
+from teleconch.conch.certs import (
     USER_CERT_ALGORITHMS,
     Certificate,
     CertificateError,

@@ -35,14 +35,14 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority
-from teleconch.sshcert import (
+from teleconch.conch.certs import (
     CertificateChecker,
     CertificateCredentials,
     CertificateError,
     CertificateUserAuthServer,
     verify_ssh_signature,
 )
-from teleconch.sshhostcert import (
+from teleconch.conch.hostcert import (
     CertificateClientTransport,
     CertificateSSHFactory,
     CertificateUserAuthClient,

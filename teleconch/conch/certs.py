@@ -6,7 +6,7 @@ Conch's ``Key`` cannot read ``*-cert-v01@openssh.com`` blobs, so its
 auth2-pubkey.c) and replaces Conch's userauth service with one that accepts
 certificates from the cluster's user CA and nothing else. Host certificates,
 the server factory that combines both, and the client side live in
-`teleconch.sshhostcert`.
+`teleconch.conch.hostcert`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority, fingerprint
-from teleconch.sshcert import (
+from teleconch.conch.certs import (
     SERVER_SIG_ALGS,
     Certificate,
     CertificateChecker,
@@ -61,7 +61,7 @@ from teleconch.sshcert import (
     parse_certificate_line,
     verify_ssh_signature,
 )
-from teleconch.sshhostcert import CertificateSSHFactory
+from teleconch.conch.hostcert import CertificateSSHFactory
 
 NOW = 1_750_000_000
 HOUR = 3600
