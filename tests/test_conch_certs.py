@@ -47,21 +47,22 @@ from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority, fingerprint
 from teleconch.conch.certs import (
-    SERVER_SIG_ALGS,
     Certificate,
-    CertificateChecker,
-    CertificateCredentials,
     CertificateError,
     CertificateRefused,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
     check_host_certificate,
     check_user_certificate,
     parse_certificate,
     parse_certificate_line,
-    verify_ssh_signature,
 )
 from teleconch.conch.hostcert import CertificateSSHFactory
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateCredentials,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
+from teleconch.conch.wire import SERVER_SIG_ALGS, verify_ssh_signature
 
 NOW = 1_750_000_000
 HOUR = 3600

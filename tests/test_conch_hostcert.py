@@ -35,22 +35,22 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority
-from teleconch.conch.certs import (
-    CertificateChecker,
-    CertificateCredentials,
-    CertificateError,
-    CertificateUserAuthServer,
-    verify_ssh_signature,
-)
+from teleconch.conch.certs import CertificateError
 from teleconch.conch.hostcert import (
     CertificateClientTransport,
     CertificateSSHFactory,
-    CertificateUserAuthClient,
     HostKeyRefused,
     host_keys_with_certificate,
     verify_host_key_with_ca,
     verify_host_signature,
 )
+from teleconch.conch.userauth_client import CertificateUserAuthClient
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateCredentials,
+    CertificateUserAuthServer,
+)
+from teleconch.conch.wire import verify_ssh_signature
 
 NOW = 1_750_000_000
 HOUR = 3600

@@ -29,12 +29,7 @@ from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
 from teleconch.auth.types import Role
-from teleconch.conch.certs import (
-    Certificate,
-    CertificateChecker,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
-)
+from teleconch.conch.certs import Certificate
 from teleconch.conch.flow import FlowControlledConnection
 from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
 from teleconch.conch.hostcert import CertificateSSHFactory
@@ -45,6 +40,11 @@ from teleconch.conch.limits import (
     StartupLimiter,
 )
 from teleconch.conch.transport import ETM_MACS, ModernTransportMixin
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
 from teleconch.proxy.routing import (
     Cache,
     Grant,
