@@ -84,6 +84,9 @@ HOST_KEY_ALGORITHMS: Mapping[bytes, tuple[bytes, bytes]] = {
 }
 
 
+_CERT_SUFFIX = "-cert-v01@openssh.com"
+
+
 class HostKeyRefused(ConchError):
     """The server's host key is not a trusted certificate for the host we dialled."""
 
@@ -182,6 +185,18 @@ def verify_host_key_with_ca(
     """
 
     def verify(host_key_blob: bytes, fingerprint: bytes) -> Deferred[bool]:
+        try:
+            key_type = take_string(host_key_blob)[0].decode("ascii", "replace")
+        except ValueError:
+            key_type = ""
+        if key_type and not key_type.endswith(_CERT_SUFFIX):
+            return defer.fail(
+                HostKeyRefused(
+                    f"{hostname}: remote host presented a public key ({key_type}), "
+                    "expected a host certificate from the cluster's host CA; "
+                    "refusing to connect"
+                )
+            )
         try:
             cert = parse_certificate(host_key_blob)
         except CertificateError as e:
