@@ -25,7 +25,7 @@ from twisted.conch.ssh.transport import (
 from twisted.internet import defer
 from twisted.test import iosim
 
-from teleconch.sshtransport import ClientTransport, ServerTransport
+from teleconch.conch.transport import ClientTransport, ServerTransport
 
 PAYLOAD = 32 * 1024
 READ = 64 * 1024

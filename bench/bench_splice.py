@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.conch.ssh.channel import SSHChannel
 
-from teleconch.proxy.splice import FlowControlledChannel
+from teleconch.conch.flow import FlowControlledChannel
 
 READ = 65536
 PACKET = 32768

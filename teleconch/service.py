@@ -33,6 +33,7 @@ from teleconch.auth.backends import open_store
 from teleconch.auth.server import AuthServer
 from teleconch.auth.store import Store
 from teleconch.ca import SSHCertificateAuthority, public_key_line
+from teleconch.conch.limits import SSHLimits
 from teleconch.files import ensure_private_directory, write_private_file
 from teleconch.pki import (
     AUTH_SERVER_NAME,
@@ -47,7 +48,6 @@ from teleconch.pki import (
 )
 from teleconch.proxy.routing import Router
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
-from teleconch.sshlimits import SSHLimits
 from teleconch.web.http import WebSite
 from teleconch.web.site import WebConfig, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files

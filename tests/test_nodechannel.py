@@ -17,14 +17,10 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from teleconch.conch.flow import FlowControlledChannel, FlowControlledConnection
 from teleconch.proxy.nodechannel import SSHChannelNodeTransport
 from teleconch.proxy.routing import Target
-from teleconch.proxy.splice import (
-    FlowControlledChannel,
-    FlowControlledConnection,
-    SpliceState,
-    SplicingChannel,
-)
+from teleconch.proxy.splice import SpliceState, SplicingChannel
 from tests.test_splice import WINDOW, Client, FakeSSHTransport
 
 NODE_WINDOW = 64 * 1024  # what the node lets us send before it reads

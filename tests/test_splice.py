@@ -48,12 +48,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from teleconch.proxy.node import TCPNodeTransport
-from teleconch.proxy.routing import Target
-from teleconch.proxy.splice import (
+from teleconch.conch.flow import (
     DEFAULT_MAX_PACKET,
     DEFAULT_WINDOW,
     FlowControlledConnection,
+)
+from teleconch.proxy.node import TCPNodeTransport
+from teleconch.proxy.routing import Target
+from teleconch.proxy.splice import (
     SpliceClosed,
     SpliceState,
     SplicingChannel,

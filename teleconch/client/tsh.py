@@ -23,8 +23,8 @@ from teleconch import config as cfg
 from teleconch.client import join, openssh
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.webapi import WebAPIClient, WebAPIError
+from teleconch.conch.agent import AgentError, certificate_blob, connect_agent
 from teleconch.durations import format_duration, parse_duration
-from teleconch.sshagent import AgentError, certificate_blob, connect_agent
 
 DEFAULT_TTL = 12 * 3600
 ROLES_EXTENSION = b"teleconch-roles"

@@ -25,12 +25,12 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from teleconch.proxy.node import NodeEvents
-from teleconch.proxy.splice import (
+from teleconch.conch.flow import (
     DEFAULT_MAX_PACKET,
     DEFAULT_WINDOW,
     FlowControlledChannel,
 )
+from teleconch.proxy.node import NodeEvents
 
 if TYPE_CHECKING:
     from teleconch.proxy.routing import Target

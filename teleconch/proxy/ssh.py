@@ -26,23 +26,24 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
-from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
-from teleconch.proxy.splice import FlowControlledConnection, SplicingChannel
-from teleconch.sshcert import (
-    Certificate,
-    CertificateChecker,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
-)
-from teleconch.sshguard import GuardedConnectionMixin, ProtocolGuardMixin
-from teleconch.sshhostcert import CertificateSSHFactory
-from teleconch.sshlimits import (
+from teleconch.conch.certs import Certificate
+from teleconch.conch.flow import FlowControlledConnection
+from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
+from teleconch.conch.hostcert import CertificateSSHFactory
+from teleconch.conch.limits import (
     AdmissionMixin,
     ChannelLimitMixin,
     SSHLimits,
     StartupLimiter,
 )
-from teleconch.sshtransport import ETM_MACS, ModernTransportMixin
+from teleconch.conch.transport import ETM_MACS, ModernTransportMixin
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
+from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
+from teleconch.proxy.splice import SplicingChannel
 
 log = Logger()
 

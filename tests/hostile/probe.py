@@ -20,8 +20,8 @@ from twisted.internet.endpoints import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from teleconch.conch.transport import ClientTransport
 from teleconch.pki import anonymous_client_options
-from teleconch.sshtransport import ClientTransport
 from tests.hostile import judge
 from tests.hostile.cases import (
     AMP,

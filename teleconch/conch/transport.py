@@ -6,7 +6,7 @@ needs (CONCH_NOTES).  ``ModernTransportMixin`` fixes that on either side by
 overriding only the packet layer and the KEX bookkeeping around it; host key
 algorithms, userauth and services stay Conch's (or a cooperating subclass's).
 
-- Ciphers and MACs come from ``teleconch.sshciphers``.
+- Ciphers and MACs come from ``teleconch.conch.ciphers``.
 - Strict KEX (OpenSSH PROTOCOL, "kex-strict-*-v00@openssh.com", the Terrapin
   fix, CVE-2023-48795): the peer's initial KEXINIT must be its first packet,
   nothing but key exchange messages until its NEWKEYS, and each direction's
@@ -37,8 +37,8 @@ from twisted.conch.ssh.transport import (
     SSHTransportBase,
 )
 
-from teleconch import sshciphers
-from teleconch.sshciphers import (
+from teleconch.conch import ciphers
+from teleconch.conch.ciphers import (
     MAX_PACKET_LENGTH,
     MACError,
     PacketCiphers,
@@ -51,19 +51,19 @@ KEX_STRICT_SERVER = b"kex-strict-s-v00@openssh.com"
 
 #: Ciphers offered, most preferred first.  No CBC, no 3DES.
 CIPHERS = [
-    sshciphers.CHACHA20_POLY1305,
-    sshciphers.AES128_GCM,
-    sshciphers.AES256_GCM,
+    ciphers.CHACHA20_POLY1305,
+    ciphers.AES128_GCM,
+    ciphers.AES256_GCM,
     b"aes128-ctr",
     b"aes192-ctr",
     b"aes256-ctr",
 ]
 #: MACs offered (for the CTR ciphers only).  No SHA-1, no MD5.
 MACS = [
-    sshciphers.HMAC_SHA2_256_ETM,
-    sshciphers.HMAC_SHA2_512_ETM,
-    sshciphers.HMAC_SHA2_256,
-    sshciphers.HMAC_SHA2_512,
+    ciphers.HMAC_SHA2_256_ETM,
+    ciphers.HMAC_SHA2_512_ETM,
+    ciphers.HMAC_SHA2_256,
+    ciphers.HMAC_SHA2_512,
 ]
 #: Encrypt-then-MAC only (ssh-audit warns on encrypt-and-MAC).
 ETM_MACS = [mac for mac in MACS if mac.endswith(b"-etm@openssh.com")]

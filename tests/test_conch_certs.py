@@ -46,22 +46,23 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority, fingerprint
-from teleconch.sshcert import (
-    SERVER_SIG_ALGS,
+from teleconch.conch.certs import (
     Certificate,
-    CertificateChecker,
-    CertificateCredentials,
     CertificateError,
     CertificateRefused,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
     check_host_certificate,
     check_user_certificate,
     parse_certificate,
     parse_certificate_line,
-    verify_ssh_signature,
 )
-from teleconch.sshhostcert import CertificateSSHFactory
+from teleconch.conch.hostcert import CertificateSSHFactory
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateCredentials,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
+from teleconch.conch.wire import SERVER_SIG_ALGS, verify_ssh_signature
 
 NOW = 1_750_000_000
 HOUR = 3600

@@ -1,15 +1,16 @@
-"""Host certificates on both ends, and a certificate-carrying Conch client.
+"""Host certificates: presenting one from a Conch server, checking a node's.
 
 Server side: Conch picks host keys as ``factory.publicKeys[keyAlg].blob()`` and
 ``factory.privateKeys[keyAlg].sign(data, signatureType=keyAlg)``, so a small
 object registered under ``ssh-ed25519-cert-v01@openssh.com`` that returns the
 certificate blob and signs with the plain algorithm is all a Conch server needs
-to present a host certificate.
+to present a host certificate. `CertificateSSHFactory` combines that with
+`CertificateUserAuthServer`.
 
 Client side: Conch's client verifies the exchange-hash signature with
 ``Key.fromString(host_key_blob)``, which rejects certificates, so
-`CertificateClientTransport` verifies it with the certified key instead; the
-web terminal and the recording proxy connect to nodes with it.
+`CertificateClientTransport` verifies it with the certified key instead, and
+`verify_host_key_with_ca` accepts only a certificate from the host CA.
 """
 
 from __future__ import annotations
@@ -22,52 +23,46 @@ from typing import Any
 
 import attrs
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     SSHCertPrivateKeyTypes,
     load_ssh_public_key,
 )
-from cryptography.hazmat.primitives.serialization.ssh import serialize_ssh_public_key
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import _kex
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import Key
-from twisted.conch.ssh.service import SSHService
 from twisted.conch.ssh.transport import (
     DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
     DISCONNECT_KEY_EXCHANGE_FAILED,
     SSHClientTransport,
 )
-from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from teleconch.sshcert import (
+from teleconch.conch.certs import (
     USER_CERT_ALGORITHMS,
-    Certificate,
     CertificateError,
-    CertificatePolicy,
     CertificateRefused,
-    CertificateServerTransport,
-    CertificateUserAuthServer,
     check_host_certificate,
     parse_certificate,
     parse_certificate_line,
-    take_string,
-    verify_ssh_signature,
 )
+from teleconch.conch.userauth_server import (
+    CertificatePolicy,
+    CertificateServerTransport,
+    CertificateUserAuthServer,
+)
+from teleconch.conch.wire import key_blob, take_string, verify_ssh_signature
 
 __all__ = [
     "HOST_KEY_ALGORITHMS",
     "CertificateClientTransport",
     "CertificateSSHFactory",
-    "CertificateUserAuthClient",
     "HostKeyRefused",
     "host_keys_with_certificate",
     "verify_host_key_with_ca",
@@ -87,6 +82,9 @@ HOST_KEY_ALGORITHMS: Mapping[bytes, tuple[bytes, bytes]] = {
     b"rsa-sha2-512": (b"ssh-rsa", b"rsa-sha2-512"),
     b"rsa-sha2-256": (b"ssh-rsa", b"rsa-sha2-256"),
 }
+
+
+_CERT_SUFFIX = "-cert-v01@openssh.com"
 
 
 class HostKeyRefused(ConchError):
@@ -129,7 +127,7 @@ def host_keys_with_certificate(
     cert = parse_certificate_line(cert_line)
     if cert.cert_type != "host":
         raise CertificateError("that is a user certificate, not a host certificate")
-    if _key_blob(cert.public_key) != key.public().blob():
+    if key_blob(cert.public_key) != key.public().blob():
         raise CertificateError("the host certificate is for a different key")
     public: dict[bytes, Any] = {}
     private: dict[bytes, Any] = {}
@@ -174,11 +172,6 @@ class CertificateSSHFactory(SSHFactory):
         self.publicKeys, self.privateKeys = keys
 
 
-def _key_blob(public_key: Any) -> bytes:
-    """The SSH wire blob of a `cryptography` public key."""
-    return base64.b64decode(serialize_ssh_public_key(public_key).split()[1])
-
-
 # -- client: checking the server's host certificate --------------------------
 
 
@@ -192,6 +185,18 @@ def verify_host_key_with_ca(
     """
 
     def verify(host_key_blob: bytes, fingerprint: bytes) -> Deferred[bool]:
+        try:
+            key_type = take_string(host_key_blob)[0].decode("ascii", "replace")
+        except ValueError:
+            key_type = ""
+        if key_type and not key_type.endswith(_CERT_SUFFIX):
+            return defer.fail(
+                HostKeyRefused(
+                    f"{hostname}: remote host presented a public key ({key_type}), "
+                    "expected a host certificate from the cluster's host CA; "
+                    "refusing to connect"
+                )
+            )
         try:
             cert = parse_certificate(host_key_blob)
         except CertificateError as e:
@@ -300,81 +305,3 @@ class CertificateClientTransport(SSHClientTransport):
             self.sendDisconnect(DISCONNECT_KEY_EXCHANGE_FAILED, b"bad host signature")
             return
         self._keySetup(shared_secret, exchange_hash)
-
-
-# -- client: logging in with a user certificate ------------------------------
-
-_CLIENT_ALGORITHM = {
-    "ssh-ed25519-cert-v01@openssh.com": b"ssh-ed25519-cert-v01@openssh.com",
-    "ssh-rsa-cert-v01@openssh.com": b"rsa-sha2-512-cert-v01@openssh.com",
-    **{
-        f"ecdsa-sha2-{c}-cert-v01@openssh.com": f"ecdsa-sha2-{c}-cert-v01@openssh.com".encode()
-        for c in ("nistp256", "nistp384", "nistp521")
-    },
-}
-
-
-class CertificateUserAuthClient(SSHUserAuthClient):
-    """Logs in by offering one user key with its certificate, signed at once.
-
-    RSA signs with rsa-sha2-512 (OpenSSH 9 refuses SHA-1). Banners the server
-    sends are kept in `banners` so callers can show them to the person.
-    """
-
-    def __init__(
-        self,
-        user: str,
-        instance: SSHService,
-        private_key: SSHCertPrivateKeyTypes,
-        certificate_line: str,
-    ) -> None:
-        super().__init__(user.encode("utf-8"), instance)
-        if not isinstance(
-            private_key,
-            (Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey),
-        ):
-            raise TypeError("unsupported private key type")
-        self.certificate: Certificate = parse_certificate_line(certificate_line)
-        if _key_blob(self.certificate.public_key) != _key_blob(
-            private_key.public_key()
-        ):
-            raise CertificateError("the certificate is for a different key")
-        self._key = Key(private_key)
-        self._algorithm = _CLIENT_ALGORITHM[self.certificate.key_type]
-        self._offered = False
-        self.banners: list[str] = []
-
-    def auth_publickey(self) -> Deferred[bool]:
-        if self._offered:
-            return defer.succeed(False)
-        self._offered = True
-        assert self.transport is not None
-        blob = self.certificate.blob
-        signed = b"".join(
-            [
-                NS(self.transport.sessionID or b""),
-                bytes((MSG_USERAUTH_REQUEST,)),
-                NS(self.user),
-                NS(self.instance.name),
-                NS(b"publickey"),
-                b"\x01",
-                NS(self._algorithm),
-                NS(blob),
-            ]
-        )
-        sig_alg = USER_CERT_ALGORITHMS[self._algorithm][1]
-        signature = self._key.sign(signed, signatureType=sig_alg)
-        self.askForAuth(
-            b"publickey", b"\x01" + NS(self._algorithm) + NS(blob) + NS(signature)
-        )
-        return defer.succeed(True)
-
-    def auth_password(self) -> bool:
-        return False
-
-    def auth_keyboard_interactive(self) -> bool:
-        return False
-
-    def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
-        message, _ = take_string(packet)
-        self.banners.append(message.decode("utf-8", "replace"))

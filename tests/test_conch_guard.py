@@ -39,7 +39,7 @@ from zope.interface import provider
 
 from teleconch.proxy.routing import RoutingError
 from teleconch.proxy.ssh import ProxyAvatar, ProxySSHFactory, Session, make_factory
-from tests.test_sshtransport import HOST_KEY, MemoryClient
+from tests.test_conch_transport import HOST_KEY, MemoryClient
 
 PEER = "192.0.2.7"
 
@@ -78,7 +78,7 @@ def proxy_factory(clock: Clock | None = None, **limits: Any) -> ProxySSHFactory:
     """The proxy's SSH factory with a fixed host key and no auth service."""
     kw: dict[str, Any] = {}
     if limits:
-        from teleconch.sshlimits import SSHLimits
+        from teleconch.conch.limits import SSHLimits
 
         kw["limits"] = SSHLimits(**limits)
     factory = make_factory(

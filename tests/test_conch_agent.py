@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from twisted.internet import reactor, task
 from twisted.internet.testing import StringTransport
 
-from teleconch.sshagent import (
+from teleconch.conch.agent import (
     SSH_AGENT_RSA_SHA2_256,
     SSH_AGENT_RSA_SHA2_512,
     AgentClient,

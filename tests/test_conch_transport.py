@@ -49,9 +49,9 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from teleconch import sshciphers
-from teleconch.sshciphers import PacketCiphers, makeOpener, makeSealer
-from teleconch.sshtransport import (
+from teleconch.conch import ciphers
+from teleconch.conch.ciphers import PacketCiphers, makeOpener, makeSealer
+from teleconch.conch.transport import (
     CIPHERS,
     KEX_STRICT_CLIENT,
     KEX_STRICT_SERVER,
@@ -65,12 +65,12 @@ SSHD = "/usr/sbin/sshd"
 HOST_KEY = keys.Key(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
 USER_KEY = keys.Key(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))))
 
-AEAD = [sshciphers.CHACHA20_POLY1305, sshciphers.AES128_GCM, sshciphers.AES256_GCM]
+AEAD = [ciphers.CHACHA20_POLY1305, ciphers.AES128_GCM, ciphers.AES256_GCM]
 # (cipher, MAC) pairs covering every sealer/opener kind.
 PROTECTIONS = [
-    *[(cipher, sshciphers.HMAC_SHA2_256) for cipher in AEAD],
-    (b"aes128-ctr", sshciphers.HMAC_SHA2_256),
-    (b"aes256-ctr", sshciphers.HMAC_SHA2_512_ETM),
+    *[(cipher, ciphers.HMAC_SHA2_256) for cipher in AEAD],
+    (b"aes128-ctr", ciphers.HMAC_SHA2_256),
+    (b"aes256-ctr", ciphers.HMAC_SHA2_512_ETM),
 ]
 WEAK = re.compile(rb"cbc|3des|arcfour|md5|hmac-sha1|group1-|group14-sha1|-sha1$")
 MSG_TEST = 94  # any number >= 50 goes to the service
@@ -206,7 +206,7 @@ def test_handshake_and_large_packets_both_ways(cipher: bytes, mac: bytes) -> Non
     for side in (client, server):
         current = side.currentEncryptions
         assert (current.outCipType, current.inCipType) == (cipher, cipher)
-        expectedMac = sshciphers.IMPLICIT_MAC if cipher in AEAD else mac
+        expectedMac = ciphers.IMPLICIT_MAC if cipher in AEAD else mac
         assert (current.outMACType, current.inMACType) == (expectedMac, expectedMac)
         assert side.strictKex
     assert client.secured == 1
@@ -226,7 +226,7 @@ def test_handshake_and_large_packets_both_ways(cipher: bytes, mac: bytes) -> Non
 
 def test_packets_split_into_single_bytes_still_decode() -> None:
     """The input buffer copes with a peer whose packets arrive a byte at a time."""
-    client, server, pump = connect(cipher=sshciphers.CHACHA20_POLY1305)
+    client, server, pump = connect(cipher=ciphers.CHACHA20_POLY1305)
     sent = payloads([3000, 10, 40_000], seed=3)
     for data in sent:
         client.sendPacket(MSG_TEST, data)
@@ -248,8 +248,8 @@ def test_each_key_exchange_in_policy(kex: bytes) -> None:
 
 def test_aead_cipher_ignores_the_mac_lists() -> None:
     """With an AEAD cipher the MAC lists need not match (OpenSSH PROTOCOL 1.6)."""
-    client, server, pump = connect(cipher=sshciphers.AES256_GCM, mac=b"hmac-sha1")
-    assert server.currentEncryptions.inMACType == sshciphers.IMPLICIT_MAC
+    client, server, pump = connect(cipher=ciphers.AES256_GCM, mac=b"hmac-sha1")
+    assert server.currentEncryptions.inMACType == ciphers.IMPLICIT_MAC
     client.sendPacket(MSG_TEST, b"x" * 1000)
     pump.flush()
     assert serverService(server).received == [(MSG_TEST, b"x" * 1000)]
@@ -345,7 +345,7 @@ def test_tampered_byte_disconnects_only_that_connection(
 
 def test_absurd_packet_length_is_a_protocol_error() -> None:
     """A length over OpenSSH's 256 KiB limit is refused before waiting for it."""
-    client, server, pump = connect(cipher=sshciphers.AES128_GCM)
+    client, server, pump = connect(cipher=ciphers.AES128_GCM)
     server.dataReceived(struct.pack(">L", 300_000) + b"\0" * 12)
     pump.flush()
     assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, b"bad packet length 300000")]
@@ -419,7 +419,7 @@ def test_our_client_still_accepts_lines_before_a_servers_version() -> None:
 
 def test_strict_kex_resets_sequence_numbers_after_each_newkeys() -> None:
     """Under strict KEX every NEWKEYS restarts numbering at 0, also on re-key."""
-    client, server, pump = connect(cipher=sshciphers.CHACHA20_POLY1305)
+    client, server, pump = connect(cipher=ciphers.CHACHA20_POLY1305)
     # KEXINIT 0, KEX_ECDH_INIT 1, NEWKEYS 2, then SERVICE_REQUEST as 0.
     assert server.seen == [
         (MSG_KEXINIT, 0),
@@ -689,14 +689,14 @@ def test_chacha20_poly1305_known_answer() -> None:
     """Our sealer and opener reproduce the draft's worked example exactly."""
     assert len(CHACHA_KEY) == 64 and len(CHACHA_PLAIN) == 0x48
     packet = struct.pack(">L", len(CHACHA_PLAIN)) + CHACHA_PLAIN
-    sealer = makeSealer(sshciphers.CHACHA20_POLY1305, b"", b"", CHACHA_KEY, b"")
+    sealer = makeSealer(ciphers.CHACHA20_POLY1305, b"", b"", CHACHA_KEY, b"")
     assert sealer.seal(7, packet) == [CHACHA_LENGTH, CHACHA_BODY, CHACHA_TAG]
 
-    opener = makeOpener(sshciphers.CHACHA20_POLY1305, b"", b"", CHACHA_KEY, b"")
+    opener = makeOpener(ciphers.CHACHA20_POLY1305, b"", b"", CHACHA_KEY, b"")
     wire = memoryview(CHACHA_LENGTH + CHACHA_BODY + CHACHA_TAG)
     assert opener.packetLength(7, wire[:4]) == 0x48
     assert bytes(opener.open(7, wire)) == CHACHA_PLAIN
-    with pytest.raises(sshciphers.MACError):
+    with pytest.raises(ciphers.MACError):
         opener.open(8, wire)  # the sequence number is the nonce
 
 
@@ -704,7 +704,7 @@ def test_aes_gcm_nonce_is_fixed_field_and_invocation_counter() -> None:
     """Nonces are IV[:4] || counter, counter from IV[4:12], +1 per packet, mod 2**64."""
     key = bytes(range(16))
     iv = bytes.fromhex("01020304") + (2**64 - 2).to_bytes(8, "big")
-    sealer = makeSealer(sshciphers.AES128_GCM, b"", iv, key, b"")
+    sealer = makeSealer(ciphers.AES128_GCM, b"", iv, key, b"")
     aead = AESGCM(key)
     expectedCounters = [2**64 - 2, 2**64 - 1, 0, 1]
     for seq, counter in enumerate(expectedCounters):
@@ -718,7 +718,7 @@ def test_aes_gcm_nonce_is_fixed_field_and_invocation_counter() -> None:
 def test_padding_aligns_each_cipher_and_is_at_least_four_bytes() -> None:
     """Packets fill whole blocks: after the length for AEAD/EtM, with it for CTR."""
     iv, key, macKey = bytes(range(16)), bytes(range(64)), bytes(range(64, 128))
-    for cipher, mac in [*PROTECTIONS, (b"aes192-ctr", sshciphers.HMAC_SHA2_512)]:
+    for cipher, mac in [*PROTECTIONS, (b"aes192-ctr", ciphers.HMAC_SHA2_512)]:
         client, _, pump = connect()
         ours = PacketCiphers(cipher, cipher, mac, mac)
         ours.setKeys(iv, key, iv, key, macKey, macKey)
@@ -1162,7 +1162,7 @@ async def test_conch_client_survives_sshd_rekeying_mid_stream(
     """
     server = await sshd("RekeyLimit 256K\n")
     _, output = await run_command(
-        server, b"head -c 4000000 /dev/zero", sshciphers.CHACHA20_POLY1305
+        server, b"head -c 4000000 /dev/zero", ciphers.CHACHA20_POLY1305
     )
     assert output == bytes(4_000_000)
     assert server.log.text.count("SSH2_MSG_NEWKEYS received") >= 4

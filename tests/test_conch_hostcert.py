@@ -35,22 +35,22 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
 from teleconch.ca import STANDARD_USER_EXTENSIONS, SSHCertificateAuthority
-from teleconch.sshcert import (
-    CertificateChecker,
-    CertificateCredentials,
-    CertificateError,
-    CertificateUserAuthServer,
-    verify_ssh_signature,
-)
-from teleconch.sshhostcert import (
+from teleconch.conch.certs import CertificateError
+from teleconch.conch.hostcert import (
     CertificateClientTransport,
     CertificateSSHFactory,
-    CertificateUserAuthClient,
     HostKeyRefused,
     host_keys_with_certificate,
     verify_host_key_with_ca,
     verify_host_signature,
 )
+from teleconch.conch.userauth_client import CertificateUserAuthClient
+from teleconch.conch.userauth_server import (
+    CertificateChecker,
+    CertificateCredentials,
+    CertificateUserAuthServer,
+)
+from teleconch.conch.wire import verify_ssh_signature
 
 NOW = 1_750_000_000
 HOUR = 3600
@@ -164,7 +164,9 @@ def test_verify_host_key_accepts_only_a_trusted_certificate_for_the_host() -> No
     verify(blob, b"").addCallback(results.append)
     assert results == [True]
     plain = Key(key).public().blob()
-    assert "did not present a host certificate" in refusal(verify(plain, b""))
+    assert "remote host presented a public key (ssh-ed25519)" in refusal(
+        verify(plain, b"")
+    )
     other = verify_host_key_with_ca([new_ca().public_key_line()], "node1", NOW)
     assert "not issued by this cluster's certificate authority" in refusal(
         other(blob, b"")
@@ -603,9 +605,10 @@ async def test_conch_client_refuses_sshd_with_a_plain_host_key(
         assert await run_against(sshd, client) is None
         assert client.host_key_failure is not None
         assert (
-            "did not present a host certificate"
-            in client.host_key_failure.getErrorMessage()
-        )
+            "127.0.0.1: remote host presented a public key (ssh-ed25519), "
+            "expected a host certificate from the cluster's host CA; "
+            "refusing to connect"
+        ) in client.host_key_failure.getErrorMessage()
     finally:
         await sshd.stop()
 

@@ -1,0 +1,304 @@
+"""Flow-controlled SSH channels: a window opened by the consumer, output in chunks.
+
+Stock Conch forwarding has no flow control (CONCH_NOTES, "Forwarding and flow
+control"): ``SSHConnection.ssh_CHANNEL_DATA`` re-opens the window before the
+data is delivered, and ``SSHChannel.write`` buffers whatever the peer's window
+refuses with a quadratic ``buf += data``. Here:
+
+- `FlowControlledConnection` lets opted-in channels open their own window and
+  confirm their open only once their target is reachable (so ``ssh -W`` to a
+  dead port gets a real "open failed").
+- `FlowControlledChannel` queues output as a deque of chunks and re-opens the
+  window only when told to.
+
+The proxy's splice (`teleconch.proxy.splice`) and the finished client's
+session channels build on them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.conch.error import ConchError
+from twisted.conch.ssh import common, connection
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from teleconch.conch.guard import PARSE_ERRORS
+
+__all__ = [
+    "DEFAULT_MAX_PACKET",
+    "DEFAULT_WINDOW",
+    "FlowControlledChannel",
+    "FlowControlledConnection",
+]
+
+DEFAULT_WINDOW = 2 * 1024 * 1024
+"""OpenSSH's window for TCP channels (64 packets of 32 KiB)."""
+DEFAULT_MAX_PACKET = 32 * 1024
+
+
+class FlowControlledChannel(SSHChannel):
+    """An SSH channel that opens its own window and queues output in chunks.
+
+    On a `FlowControlledConnection` incoming data is not followed by an
+    automatic window adjust: call `open_window` once the bytes have really
+    left. Output the peer's window cannot take waits in a deque (no quadratic
+    copying); `stopWriting`/`startWriting` fire when that queue starts and
+    stops holding bytes. Extended data (stderr) shares the queue, in order.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = DEFAULT_WINDOW,
+        max_packet: int = DEFAULT_MAX_PACKET,
+        remoteWindow: int = 0,
+        remoteMaxPacket: int = 0,
+        conn: connection.SSHConnection | None = None,
+        data: bytes | None = None,
+        avatar: Any = None,
+    ) -> None:
+        super().__init__(
+            localWindow=window,
+            localMaxPacket=max_packet,
+            remoteWindow=remoteWindow,
+            remoteMaxPacket=remoteMaxPacket,
+            conn=conn,
+            data=data,
+            avatar=avatar,
+        )
+        self._out: deque[tuple[int, bytes]] = deque()  # (0 or ext type, bytes)
+        self._out_offset = 0  # bytes of _out[0] already sent
+        self._out_len = 0  # bytes queued, not counting _out_offset
+        self._eof_queued = False
+        self._eof_sent = False
+        self.bytes_sent = 0  # CHANNEL_DATA bytes (not extended data)
+
+    def when_openable(self) -> Deferred[None] | None:
+        """None to confirm the open now; else confirm when this fires, refuse if it fails.
+
+        A failure carrying ``ConchError(description, code)`` becomes the
+        CHANNEL_OPEN_FAILURE the client sees.
+        """
+        return None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the open has been confirmed and data may be sent."""
+        conn = self.conn
+        return conn is not None and self in conn.channelsToRemoteChannel
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written to the channel that the peer's window has not taken yet."""
+        return self._out_len
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self._flush()
+
+    def open_window(self, n: int) -> None:
+        """Give ``n`` consumed bytes back to the peer's sending window."""
+        if n > 0 and self.conn is not None and self.confirmed:
+            self.conn.adjustWindow(self, n)
+
+    def write(self, data: bytes) -> None:
+        self._queue(0, data)
+
+    def writeSequence(self, data: Any) -> None:
+        for chunk in data:
+            self._queue(0, chunk)
+
+    def writeExtended(self, dataType: int, data: bytes) -> None:
+        self._queue(dataType, data)
+
+    def _queue(self, kind: int, data: bytes) -> None:
+        if self._eof_queued or self.localClosed or not data:
+            return
+        self._out.append((kind, data))
+        self._out_len += len(data)
+        self._flush()
+
+    def send_eof(self) -> None:
+        """Send EOF once everything queued has gone out."""
+        self._eof_queued = True
+        self._flush()
+
+    def addWindowBytes(self, data: int) -> None:
+        self.remoteWindowLeft += data
+        self._flush()
+
+    def loseConnection(self) -> None:
+        """Close once everything queued (and a queued EOF) has gone out."""
+        self.closing = 1
+        self._flush()
+
+    def closeReceived(self) -> None:
+        """The peer takes nothing more: drop the queue and close now."""
+        self._out.clear()
+        self._out_len = self._out_offset = 0
+        self.closing = 1
+        if self.conn is not None:
+            self.conn.sendClose(self)
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if conn is None or not self.confirmed or self.localClosed:
+            return
+        packet = max(1, self.remoteMaxPacket)
+        while self._out and self.remoteWindowLeft > 0:
+            (kind, head), start = self._out[0], self._out_offset
+            n = min(len(head) - start, self.remoteWindowLeft, packet)
+            piece = head if n == len(head) else head[start : start + n]
+            if kind:
+                conn.sendExtendedData(self, kind, piece)
+            else:
+                conn.sendData(self, piece)
+                self.bytes_sent += n
+            self.remoteWindowLeft -= n
+            self._out_len -= n
+            if start + n == len(head):
+                self._out.popleft()
+                self._out_offset = 0
+            else:
+                self._out_offset = start + n
+        if self._out:
+            if self.areWriting:
+                self.areWriting = False
+                self.stopWriting()
+            return
+        if self._eof_queued and not self._eof_sent:
+            self._eof_sent = True
+            conn.sendEOF(self)
+        if self.closing:
+            conn.sendClose(self)
+        elif not self.areWriting:
+            self.areWriting = True
+            self.startWriting()
+
+
+class FlowControlledConnection(connection.SSHConnection):
+    """``ssh-connection`` where `FlowControlledChannel` s manage their own window.
+
+    Other channels (sessions, ...) keep the stock automatic window adjust.
+    """
+
+    _log = Logger()
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        """Like the stock one, but an opted-in channel may delay its confirmation."""
+        channelType, rest = common.getNS(packet)
+        senderChannel, windowSize, maxPacket = struct.unpack(">3L", rest[:12])
+        extra = rest[12:]
+        try:
+            channel: SSHChannel = self.getChannel(
+                channelType, windowSize, maxPacket, extra
+            )
+        except PARSE_ERRORS:
+            raise  # the transport disconnects: a malformed CHANNEL_OPEN
+        except Exception as e:
+            if not isinstance(e, ConchError):
+                self._log.failure("channel open failed")
+            self._send_open_failure(senderChannel, e)
+            return
+        gate = (
+            channel.when_openable()
+            if isinstance(channel, FlowControlledChannel)
+            else None
+        )
+        localChannel = self.localChannelID
+        self.localChannelID += 1
+        channel.id = localChannel  # type: ignore[assignment]  # None until opened
+        self.channels[localChannel] = channel
+        if gate is None:
+            self._confirm(channel, senderChannel, extra)
+            return
+
+        def opened(_: None) -> None:
+            if self.channels.get(localChannel) is channel:
+                self._confirm(channel, senderChannel, extra)
+
+        def refused(reason: Failure) -> None:
+            if self.channels.get(localChannel) is channel:
+                del self.channels[localChannel]
+                self._send_open_failure(senderChannel, reason.value)
+
+        gate.addCallbacks(opened, refused)
+
+    def _confirm(self, channel: SSHChannel, senderChannel: int, extra: bytes) -> None:
+        assert self.transport is not None
+        self.channelsToRemoteChannel[channel] = senderChannel
+        self.localToRemoteChannel[channel.id] = senderChannel
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_CONFIRMATION,
+            struct.pack(
+                ">4L",
+                senderChannel,
+                channel.id,
+                channel.localWindowSize,
+                channel.localMaxPacket,
+            )
+            + channel.specificData,
+        )
+        try:
+            channel.channelOpen(extra)
+        except Exception:
+            self._log.failure("channelOpen failed; closing the channel")
+            self.sendClose(channel)
+
+    def _send_open_failure(
+        self, senderChannel: int, reason: BaseException | None
+    ) -> None:
+        code, text = connection.OPEN_CONNECT_FAILED, "unknown failure"
+        if isinstance(reason, ConchError):
+            text, code = reason.args
+            if isinstance(text, int):  # Conch raises both argument orders
+                text, code = code, text
+            code = code if isinstance(code, int) else connection.OPEN_CONNECT_FAILED
+        description = text if isinstance(text, bytes) else str(text).encode("utf-8")
+        assert self.transport is not None
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", senderChannel, code)
+            + common.NS(description)
+            + common.NS(b""),
+        )
+
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+        """Deliver data to opted-in channels without re-opening their window."""
+        localChannel, dataLength = struct.unpack(">2L", packet[:8])
+        channel = self.channels[localChannel]
+        if not isinstance(channel, FlowControlledChannel):
+            super().ssh_CHANNEL_DATA(packet)
+            return
+        data = packet[8 : 8 + dataLength]
+        if self._over_limit(channel, dataLength, len(data)):
+            return
+        channel.localWindowLeft -= dataLength
+        channel.dataReceived(data)
+
+    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
+        """Opted-in channels get extended data without a window re-open, too."""
+        localChannel, typeCode, dataLength = struct.unpack(">3L", packet[:12])
+        channel = self.channels[localChannel]
+        if not isinstance(channel, FlowControlledChannel):
+            super().ssh_CHANNEL_EXTENDED_DATA(packet)
+            return
+        data = packet[12 : 12 + dataLength]
+        if self._over_limit(channel, dataLength, len(data)):
+            return
+        channel.localWindowLeft -= dataLength
+        channel.extReceived(typeCode, data)
+
+    def _over_limit(self, channel: SSHChannel, declared: int, actual: int) -> bool:
+        if declared == actual and declared <= min(
+            channel.localWindowLeft, channel.localMaxPacket
+        ):
+            return False
+        self._log.warn("peer overran channel {id}'s window", id=channel.id)
+        self.sendClose(channel)
+        return True
