@@ -4,7 +4,8 @@ A role (auth, proxy) is a ``StartingService``.  Constructing one touches
 nothing; ``startService`` runs its ``_start`` coroutine (open the data
 directory, make keys on first start, listen), and ``ready`` fires once it
 is serving, or fails with what went wrong, so a test or the all-in-one
-banner can wait for it.
+banner can wait for it.  Each port it listens on is a ``Listener``, a child
+service named after the config key that sets its address.
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.threads import deferToThreadPool
+from zope.interface import implementer
 
 from teleconch import config as cfg
 
@@ -69,6 +76,68 @@ def advertised_address(configured: cfg.HostPort, bound_port: int) -> cfg.HostPor
     return configured if configured.port else cfg.HostPort(configured.host, bound_port)
 
 
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """Listens through ``endpoint`` and tells ``bound`` how it went.
+
+    ``StreamServerEndpointService`` logs a failed listen as a traceback and
+    carries on; here the failure goes to ``bound`` instead (a port that is
+    taken as one ``StartupError`` naming the config key), and the service is
+    left with no port to stop.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, key: str, address: str) -> None:
+        self._endpoint = endpoint
+        self._key = key
+        self._address = address
+        self.bound: Deferred[IListeningPort] = Deferred()
+        self.port: IListeningPort | None = None
+
+    # None when the listen failed, as StreamServerEndpointService's own
+    # error handler leaves it; its stopService stops no port then.
+    def listen(  # type: ignore[override]
+        self, protocolFactory: IProtocolFactory
+    ) -> Deferred[IListeningPort | None]:
+        return Deferred.fromCoroutine(self._listen(protocolFactory))
+
+    async def _listen(self, factory: IProtocolFactory) -> IListeningPort | None:
+        try:
+            port: IListeningPort = await self._endpoint.listen(factory)
+        except CannotListenError as e:
+            why = _cannot_listen(self._key, self._address, e)
+            self.bound.errback(StartupError(why))
+            return None
+        except Exception as e:
+            self.bound.errback(e)
+            return None
+        self.port = port
+        self.bound.callback(port)
+        return port
+
+
+class Listener(StreamServerEndpointService):
+    """A listening port: a child of its role's service, named after its config key.
+
+    ``bound`` fires with the port once it listens, or fails with a
+    ``StartupError`` that names the key and the address.
+    """
+
+    def __init__(
+        self, reactor: Any, key: str, address: str, factory: IProtocolFactory
+    ) -> None:
+        endpoint = serverFromString(reactor, cfg.listen_endpoint(address))
+        self._reporting = _ReportingEndpoint(endpoint, key, address)
+        super().__init__(self._reporting, factory)
+        self.setName(key)
+        self.address = address
+        self.bound = self._reporting.bound
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """The port, once bound."""
+        return self._reporting.port
+
+
 class StartingService(MultiService):
     """A service whose start is a coroutine; ``ready`` tells how it went."""
 
@@ -76,7 +145,6 @@ class StartingService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.ready: Deferred[None] = Deferred()
-        self._ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         super().startService()
@@ -86,15 +154,20 @@ class StartingService(MultiService):
     async def _start(self) -> None:
         raise NotImplementedError
 
-    async def _listen(self, key: str, address: str, factory: Any) -> IListeningPort:
-        """Listen on ``address``, the value of config ``key``."""
-        endpoint = serverFromString(self.reactor, cfg.listen_endpoint(address))
-        try:
-            port: IListeningPort = await endpoint.listen(factory)
-        except CannotListenError as e:
-            raise StartupError(_cannot_listen(key, address, e)) from None
-        self._ports.append(port)
-        return port
+    async def _listen(
+        self, key: str, address: str, factory: IProtocolFactory
+    ) -> IListeningPort:
+        """Listen on ``address``, the value of config ``key``, in a child Listener.
+
+        The factory needs what ``_start`` makes (CAs, an identity), so the
+        listener joins the tree here rather than when the service is built.
+        """
+        listener = Listener(self.reactor, key, address, factory)
+        listener.setServiceParent(self)
+        if not self.running:
+            listener.disownServiceParent()
+            raise StartupError(f"stopped before listening on {address} ({key})")
+        return await listener.bound
 
     async def _in_thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return await deferToThreadPool(
@@ -105,11 +178,7 @@ class StartingService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        ports, self._ports = self._ports, []
-        for port in ports:
-            stopping = port.stopListening()
-            if stopping is not None:
-                await stopping
+        """Stop the children, the listeners among them (subclasses add to this)."""
         stopped = super().stopService()
         if stopped is not None:
             await stopped

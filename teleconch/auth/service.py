@@ -64,6 +64,7 @@ class AuthService(StartingService):
         clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(reactor)
+        self.setName("auth")
         #: What the rules (expiry, lock-out, certificate validity) read the time from.
         self.clock = clock or reactor
         self.settings = settings

@@ -79,6 +79,7 @@ class ProxyService(StartingService):
         clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(reactor)
+        self.setName("proxy")
         #: What certificate validity is checked against (the reactor, but in tests).
         self.clock = clock or reactor
         self.settings = settings
@@ -185,6 +186,7 @@ class ProxyService(StartingService):
         s = self.settings
         source, identity = await self._identity()
         self.agent = AuthAgent(self.reactor, source.auth_servers, identity)
+        self.agent.setName("auth_agent")
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
         host_key, host_cert = await self._in_thread(self._ssh_host_identity)
