@@ -16,7 +16,8 @@ from teleconch import config as cfg
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable, JoinRefused
 from teleconch.logs import use_for_twistd
-from teleconch.service import StartupError, TeleconchService
+from teleconch.service import TeleconchService
+from teleconch.startup import StartupError
 
 log = Logger()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import attrs
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -317,6 +318,15 @@ class AuthAgent(MultiService):
 
 
 # --- joining ---------------------------------------------------------------
+
+
+@attrs.frozen
+class JoinSource:
+    """Where a proxy joins: the auth servers, and a token and CA pin if it has none."""
+
+    auth_servers: tuple[HostPort, ...]
+    token: str | None = attrs.field(repr=False)
+    ca_pin: str | None
 
 
 #: A proxy's or node's join: what it sends, and what it gets.

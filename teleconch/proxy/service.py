@@ -1,0 +1,263 @@
+"""The proxy service: joins the cluster once, then serves SSH and the web API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from teleconch import config as cfg
+from teleconch.auth.agent import AuthAgent, JoinRequest, JoinSource, join
+from teleconch.ca import public_key_line
+from teleconch.conch.limits import SSHLimits
+from teleconch.files import ensure_private_directory, write_private_file
+from teleconch.pki import (
+    ROLE_PROXY,
+    TLSIdentity,
+    generate_private_key_pem,
+    public_key_pem,
+    self_signed_certificate,
+)
+from teleconch.proxy.routing import Router
+from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
+from teleconch.startup import (
+    StartingService,
+    advertised_address,
+    listening_address,
+    local_address,
+)
+from teleconch.web.http import WebSite
+from teleconch.web.site import WebConfig, make_site
+from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
+
+log = Logger()
+
+HEARTBEAT_INTERVAL = 60.0
+
+
+@attrs.frozen
+class ProxyFiles:
+    root: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "proxy"
+
+    @property
+    def ssh_host_key(self) -> Path:
+        return self.dir / "ssh_host_key"
+
+    @property
+    def ssh_host_cert(self) -> Path:
+        return self.dir / "ssh_host_key-cert.pub"
+
+    @property
+    def web_cert(self) -> Path:
+        return self.dir / "web.crt"
+
+    @property
+    def web_key(self) -> Path:
+        return self.dir / "web.key"
+
+
+class ProxyService(StartingService):
+    """The proxy: joins the cluster once, then serves the web API (and SSH)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: cfg.Settings,
+        join_source: Callable[[bool], Awaitable[JoinSource]],
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(reactor)
+        self.setName("proxy")
+        #: What certificate validity is checked against (the reactor, but in tests).
+        self.clock = clock or reactor
+        self.settings = settings
+        self.files = ProxyFiles(settings.data_dir)
+        self._join_source = join_source
+        self.agent: AuthAgent | None = None
+        self.web_address: cfg.HostPort | None = None
+        self.web_site: WebSite | None = None
+        self.ssh_address: cfg.HostPort | None = None
+        self.web_listening = ""
+        self.ssh_listening = ""
+        self.router: Router | None = None
+        self.ssh_factory: ProxySSHFactory | None = None
+        #: How people reach us, as advertised once the listeners are bound.
+        self.public_addr = settings.proxy.public_addr
+        self.ssh_public_addr = settings.proxy.ssh_public_addr
+        self._heartbeat: LoopingCall | None = None
+
+    def _ssh_host_key(self) -> ed25519.Ed25519PrivateKey:
+        path = self.files.ssh_host_key
+        if path.exists():
+            key = serialization.load_ssh_private_key(path.read_bytes(), None)
+            assert isinstance(key, ed25519.Ed25519PrivateKey)
+            return key
+        key = ed25519.Ed25519PrivateKey.generate()
+        ensure_private_directory(self.files.dir)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        write_private_file(path, pem)
+        return key
+
+    async def _identity(self) -> tuple[JoinSource, TLSIdentity]:
+        existing: TLSIdentity | None = await self._in_thread(
+            TLSIdentity.load, self.files.dir
+        )
+        if existing is not None:
+            return await self._join_source(False), existing
+        source = await self._join_source(True)
+        if not source.token:
+            raise RuntimeError(
+                "this proxy has not joined a cluster: set teleconch.auth_token to a token "
+                "from `teleconch-ctl tokens add --type=proxy` on the auth server"
+            )
+        s = self.settings
+        host_key = await self._in_thread(self._ssh_host_key)
+        tls_key = generate_private_key_pem()
+        response = await join(
+            self.reactor,
+            source.auth_servers,
+            source.ca_pin,
+            JoinRequest(
+                token=source.token,
+                role=ROLE_PROXY,
+                name=s.teleconch.nodename,
+                public_addr=str(s.proxy.public_addr),
+                ssh_addr=str(s.proxy.ssh_public_addr),
+                tls_public_key=public_key_pem(tls_key),
+                ssh_public_key=public_key_line(host_key.public_key()),
+            ),
+        )
+        identity = TLSIdentity(response.tls_cert, tls_key, response.tls_ca_certs)
+
+        def save() -> None:
+            write_private_file(
+                self.files.ssh_host_cert, response.ssh_host_cert.encode() + b"\n"
+            )
+            identity.save(self.files.dir)
+
+        await self._in_thread(save)
+        log.info(
+            "joined cluster {cluster} as proxy {host_id}",
+            cluster=response.cluster_name,
+            host_id=response.host_id,
+        )
+        return source, identity
+
+    def _ssh_host_identity(self) -> tuple[ed25519.Ed25519PrivateKey, str]:
+        return self._ssh_host_key(), self.files.ssh_host_cert.read_text().strip()
+
+    def _web_tls(self) -> tuple[bytes, bytes]:
+        p = self.settings.proxy
+        if p.https_cert_file and p.https_key_file:
+            return p.https_cert_file.read_bytes(), p.https_key_file.read_bytes()
+        if not self.files.web_cert.exists():
+            names = [
+                p.public_addr.host,
+                self.settings.teleconch.nodename,
+                "localhost",
+                "127.0.0.1",
+            ]
+            cert, key = self_signed_certificate(
+                list(dict.fromkeys(names)), self.reactor.seconds()
+            )
+            write_private_file(self.files.web_key, key)
+            write_private_file(self.files.web_cert, cert)
+        return self.files.web_cert.read_bytes(), self.files.web_key.read_bytes()
+
+    async def _start(self) -> None:
+        from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
+        s = self.settings
+        source, identity = await self._identity()
+        self.agent = AuthAgent(self.reactor, source.auth_servers, identity)
+        self.agent.setName("auth_agent")
+        self.agent.setServiceParent(self)
+        info = await self.agent.ping()
+        host_key, host_cert = await self._in_thread(self._ssh_host_identity)
+        self.router = router = Router(
+            self.agent,
+            self.reactor,
+            info.cluster_name,
+            s.proxy.allow_unregistered_nodes,
+        )
+        policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
+        limits = SSHLimits(
+            **{k: getattr(s.proxy, k) for k in attrs.fields_dict(SSHLimits)}
+        )
+        self.ssh_factory = make_factory(
+            router, policy, host_key, host_cert, self.clock, limits
+        )
+        ssh_port = await self._listen(
+            "proxy_service.listen_addr",
+            s.proxy.listen_addr,
+            self.ssh_factory,
+        )
+        self.ssh_address = local_address(ssh_port)
+        self.ssh_listening = listening_address(ssh_port)
+        self.ssh_public_addr = advertised_address(
+            s.proxy.ssh_public_addr, self.ssh_address.port
+        )
+        log.info("proxy SSH listener on {addr}", addr=self.ssh_listening)
+
+        cert_pem, key_pem = await self._in_thread(self._web_tls)
+        pc = PrivateCertificate.loadPEM(cert_pem + key_pem)
+        options = CertificateOptions(
+            privateKey=pc.privateKey.original,
+            certificate=pc.original,
+            raiseMinimumTo=None,
+        )
+        site = make_site(
+            self.agent,
+            WebConfig(
+                cluster_name=info.cluster_name,
+                proxy_ssh_addr=str(self.ssh_public_addr),
+            ),
+            self.reactor,
+            StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
+            max_connections_per_address=s.proxy.max_web_connections_per_address,
+        )
+        self.web_site = site
+        port = await self._listen(
+            "proxy_service.web_listen_addr",
+            s.proxy.web_listen_addr,
+            TLSMemoryBIOFactory(options, False, site),
+        )
+        self.web_address = local_address(port)
+        self.web_listening = listening_address(port)
+        self.public_addr = advertised_address(
+            s.proxy.public_addr, self.web_address.port
+        )
+        log.info("proxy web listener on https://{addr}", addr=self.web_listening)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=True).addErrback(
+            lambda f: log.failure("heartbeat loop stopped", f)
+        )
+
+    async def _beat(self) -> None:
+        assert self.agent is not None
+        try:
+            await self.agent.heartbeat(str(self.public_addr), str(self.ssh_public_addr))
+        except Exception as e:
+            log.warn("heartbeat to the auth service failed: {error}", error=str(e))
+
+    async def _stop(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        await super()._stop()
