@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import pathlib
+import select
 import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,17 +79,20 @@ def agent_sock(tmp_path: pathlib.Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [SSH_AGENT, "-D", "-a", str(sock)],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    assert proc.stdout is not None
     try:
-        deadline = time.monotonic() + 5
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ssh-agent did not start")
-            time.sleep(0.02)
+        # ssh-agent -D prints "SSH_AUTH_SOCK=<path>; export SSH_AUTH_SOCK;"
+        # once its socket listens: wait for that line (or its exit), 5 s at most.
+        readable, _, _ = select.select([proc.stdout], [], [], 5)
+        line = proc.stdout.readline() if readable else b""
+        if not line.startswith(b"SSH_AUTH_SOCK="):
+            raise RuntimeError(f"ssh-agent did not start: {line!r}")
         yield str(sock)
     finally:
+        proc.stdout.close()
         proc.terminate()
         try:
             proc.wait(5)
