@@ -1,4 +1,9 @@
-"""The ssh-agent client, against a real OpenSSH ssh-agent and ssh-add."""
+"""The ssh-agent client, against a real OpenSSH ssh-agent and ssh-add.
+
+The tests that start ssh-agent (and ssh-keygen, ssh-add) or dial a UNIX
+socket are marked interop; the message framing and parsing tests below them
+are unit tests, in memory.
+"""
 
 from __future__ import annotations
 
@@ -152,6 +157,7 @@ def b64(blob: bytes) -> str:
 # -- against the real agent --------------------------------------------------
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_add_key_and_certificate(
     client: AgentClient, agent_sock: str, user: tuple[AgentPrivateKey, bytes]
@@ -172,6 +178,7 @@ async def test_add_key_and_certificate(
     assert [i.key_type for i in identities] == ["ssh-ed25519", ED_CERT]
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_lifetime_expires(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
@@ -185,6 +192,7 @@ async def test_lifetime_expires(
         await task.deferLater(reactor, 0.2)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_remove(
     client: AgentClient, agent_sock: str, user: tuple[AgentPrivateKey, bytes]
@@ -205,6 +213,7 @@ async def test_remove(
         await client.remove(key_blob)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_sign_verifies(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
@@ -218,6 +227,7 @@ async def test_sign_verifies(
         key.public_key().verify(signature, b"challenge")
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_sign_unknown_key_fails(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
@@ -243,6 +253,7 @@ def _rsa() -> AgentPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("make", [_ecdsa_p256, _ecdsa_p384, _ecdsa_p521, _rsa])
 @pytest_twisted.ensureDeferred
 async def test_other_key_types(
@@ -286,6 +297,7 @@ async def test_other_key_types(
     assert await client.list_identities() == []
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_missing_socket(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "nope.sock")
@@ -297,6 +309,7 @@ async def test_missing_socket(tmp_path: pathlib.Path) -> None:
         await connect_agent(reactor, "")
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_closed_client_fails(agent_sock: str) -> None:
     c = await connect_agent(reactor, agent_sock)
@@ -307,6 +320,7 @@ async def test_closed_client_fails(agent_sock: str) -> None:
     c.close()  # idempotent
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_mismatched_certificate_refused_locally(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
