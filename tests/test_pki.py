@@ -424,6 +424,7 @@ def test_identity_refuses_a_key_that_does_not_match(
 
 
 def test_peer_identity_none_without_certificate() -> None:
+    """A connection that showed no certificate has no identity: anonymous."""
     assert peer_identity(None) is None
 
 
