@@ -1,7 +1,7 @@
 """A name chosen by whoever connects cannot forge, hide or swamp audit rows.
 
-Real TLS on 127.0.0.1, and the real `teleconch-ctl events ls` as an operator
-runs it.
+Interop: a whole cluster with real TLS listeners on 127.0.0.1, and the real
+`teleconch-ctl events ls` as an operator runs it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from teleconch.auth.agent import AuthAgent
 from teleconch.client.webapi import WebAPIError
 from teleconch.pki import TLSIdentity
 from tests.harness import Cluster, run, start_cluster
+
+pytestmark = pytest.mark.interop
 
 FORGED = "2026-01-01 00:00:00 UTC  user.login  root  ok  forged=yes"
 

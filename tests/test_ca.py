@@ -1,4 +1,9 @@
-"""The SSH CA, checked against the real ``ssh-keygen``."""
+"""The SSH CA, checked against the real ``ssh-keygen``.
+
+The tests that run ssh-keygen (to make a key, or to read a certificate back)
+are marked interop; the refusals of bad input and of a CA file others can
+read are unit tests.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ def write_cert(tmp_path: pathlib.Path, line: str) -> pathlib.Path:
     return path
 
 
+@pytest.mark.interop
 def test_user_certificate_reads_back_in_ssh_keygen(
     ca: SSHCertificateAuthority, user_key: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -90,6 +96,7 @@ def test_user_certificate_reads_back_in_ssh_keygen(
     assert f"Public key: ED25519-CERT {fingerprint(key)}" in out
 
 
+@pytest.mark.interop
 def test_user_certificate_serial_is_random_when_not_given(
     ca: SSHCertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
@@ -107,6 +114,7 @@ def test_user_certificate_serial_is_random_when_not_given(
     assert len(serials) == 2
 
 
+@pytest.mark.interop
 def test_host_certificate_reads_back_in_ssh_keygen(
     ca: SSHCertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
@@ -124,6 +132,7 @@ def test_host_certificate_reads_back_in_ssh_keygen(
     assert f"Signing CA: ED25519 {fingerprint(ca.public_key)} " in out
 
 
+@pytest.mark.interop
 def test_certificate_for_ecdsa_and_rsa_keys(
     ca: SSHCertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
@@ -148,6 +157,7 @@ def test_certificate_without_principals_is_refused(
         ca.sign_user_certificate(key, "k", [], VALID_AFTER, VALID_BEFORE, {})
 
 
+@pytest.mark.interop
 def test_fingerprint_matches_ssh_keygen(user_key: pathlib.Path) -> None:
     """fingerprint() prints what ssh-keygen -l prints."""
     pub = user_key.with_suffix(".pub")
@@ -155,6 +165,7 @@ def test_fingerprint_matches_ssh_keygen(user_key: pathlib.Path) -> None:
     assert out.split()[1] == fingerprint(parse_public_key(pub.read_text()))
 
 
+@pytest.mark.interop
 def test_public_key_line_has_no_comment(user_key: pathlib.Path) -> None:
     """public_key_line() is the key type and body only."""
     text = user_key.with_suffix(".pub").read_text()
@@ -162,6 +173,7 @@ def test_public_key_line_has_no_comment(user_key: pathlib.Path) -> None:
     assert public_key_line(parse_public_key(text)) == " ".join(text.split()[:2])
 
 
+@pytest.mark.interop
 def test_ca_file_is_private_and_reloads_as_same_key(tmp_path: pathlib.Path) -> None:
     """The CA is made once, 0600 in a 0700 directory, and reloaded thereafter."""
     path = tmp_path / "secrets" / "host_ca"
@@ -184,6 +196,7 @@ def test_ca_file_readable_by_others_is_refused(tmp_path: pathlib.Path) -> None:
         SSHCertificateAuthority.load_or_create(path, "user CA")
 
 
+@pytest.mark.interop
 def test_user_key_from_ssh_keygen_parses(user_key: pathlib.Path) -> None:
     """A line straight from ssh-keygen -t ed25519 parses, as str or bytes."""
     pub = user_key.with_suffix(".pub")
@@ -191,6 +204,7 @@ def test_user_key_from_ssh_keygen_parses(user_key: pathlib.Path) -> None:
     assert isinstance(parse_public_key(pub.read_bytes()), Ed25519PublicKey)
 
 
+@pytest.mark.interop
 def test_certificate_line_is_refused(
     ca: SSHCertificateAuthority, user_key: pathlib.Path
 ) -> None:
@@ -201,6 +215,7 @@ def test_certificate_line_is_refused(
         parse_public_key(line)
 
 
+@pytest.mark.interop
 def test_dsa_key_is_refused(tmp_path: pathlib.Path) -> None:
     """DSA keys are refused with advice to make an ed25519 key."""
     path = tmp_path / "id_dsa"
@@ -209,6 +224,7 @@ def test_dsa_key_is_refused(tmp_path: pathlib.Path) -> None:
         parse_public_key(path.with_suffix(".pub").read_text())
 
 
+@pytest.mark.interop
 def test_short_rsa_key_is_refused(tmp_path: pathlib.Path) -> None:
     """A 1024-bit RSA key is refused, naming its size and the minimum."""
     path = tmp_path / "id_rsa"
@@ -235,6 +251,7 @@ def test_garbage_is_refused(text: str | bytes, message: str) -> None:
         parse_public_key(text)
 
 
+@pytest.mark.interop
 def test_two_keys_are_refused(user_key: pathlib.Path) -> None:
     """Exactly one key per request."""
     line = user_key.with_suffix(".pub").read_text().strip()

@@ -1,4 +1,10 @@
-"""The cluster end to end over real TLS on 127.0.0.1: sign-up, login, the Auth API's doors."""
+"""The cluster end to end over real TLS on 127.0.0.1: sign-up, login, the Auth API's doors.
+
+Interop: each test starts a whole cluster (harness.start_cluster) with real
+TLS listeners on 127.0.0.1, on the global reactor.  The time rules (lock-out,
+invite expiry, one-time codes) are pinned without sockets, on a Clock, in
+tests/test_auth_server_clock.py.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from teleconch.auth.agent import AuthAgent, JoinRefused
 from teleconch.client.webapi import WebAPIError
 from teleconch.pki import TLSIdentity, anonymous_client_options
 from tests.harness import PASSWORD, Cluster, current_code, sign_up, start_cluster
+
+pytestmark = pytest.mark.interop
 
 
 def _pub_key() -> str:

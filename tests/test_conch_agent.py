@@ -1,15 +1,20 @@
-"""The ssh-agent client, against a real OpenSSH ssh-agent and ssh-add."""
+"""The ssh-agent client, against a real OpenSSH ssh-agent and ssh-add.
+
+The tests that start ssh-agent (and ssh-keygen, ssh-add) or dial a UNIX
+socket are marked interop; the message framing and parsing tests below them
+are unit tests, in memory.
+"""
 
 from __future__ import annotations
 
 import base64
 import os
 import pathlib
+import select
 import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,17 +84,20 @@ def agent_sock(tmp_path: pathlib.Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [SSH_AGENT, "-D", "-a", str(sock)],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    assert proc.stdout is not None
     try:
-        deadline = time.monotonic() + 5
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ssh-agent did not start")
-            time.sleep(0.02)
+        # ssh-agent -D prints "SSH_AUTH_SOCK=<path>; export SSH_AUTH_SOCK;"
+        # once its socket listens: wait for that line (or its exit), 5 s at most.
+        readable, _, _ = select.select([proc.stdout], [], [], 5)
+        line = proc.stdout.readline() if readable else b""
+        if not line.startswith(b"SSH_AUTH_SOCK="):
+            raise RuntimeError(f"ssh-agent did not start: {line!r}")
         yield str(sock)
     finally:
+        proc.stdout.close()
         proc.terminate()
         try:
             proc.wait(5)
@@ -149,10 +157,13 @@ def b64(blob: bytes) -> str:
 # -- against the real agent --------------------------------------------------
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_add_key_and_certificate(
     client: AgentClient, agent_sock: str, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """A key added with its certificate is two identities, the key then the
+    certificate, under its comment, as the client and ssh-add -L list them."""
     key, cert = user
     await client.add_key(key, "alice@teleconch", certificate=cert)
 
@@ -169,10 +180,14 @@ async def test_add_key_and_certificate(
     assert [i.key_type for i in identities] == ["ssh-ed25519", ED_CERT]
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_lifetime_expires(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """A key and certificate added with a 1-second lifetime are dropped by the
+    agent itself; polled on the reactor for at most 5 s (the agent keeps its
+    own clock, so this waits out that second)."""
     key, cert = user
     await client.add_key(key, "short", certificate=cert, lifetime=1)
     assert len(await client.list_identities()) == 2
@@ -182,10 +197,13 @@ async def test_lifetime_expires(
         await task.deferLater(reactor, 0.2)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
-async def test_remove(
+async def test_removing_the_certificate_leaves_the_key_and_a_second_removal_is_refused(
     client: AgentClient, agent_sock: str, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """Removing the certificate leaves the key; removing the key empties the
+    agent (as ssh-add -L sees it too); removing it again is refused."""
     key, cert = user
     key_blob = public_key_blob(key)
     await client.add_key(key, "alice", certificate=cert)
@@ -202,10 +220,13 @@ async def test_remove(
         await client.remove(key_blob)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_sign_verifies(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """The agent signs with the key and with its certificate; both signatures
+    verify with the ed25519 public key."""
     key, cert = user
     assert isinstance(key, ed25519.Ed25519PrivateKey)
     await client.add_key(key, "alice", certificate=cert)
@@ -215,10 +236,12 @@ async def test_sign_verifies(
         key.public_key().verify(signature, b"challenge")
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_sign_unknown_key_fails(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """Asking to sign with a key the agent does not hold is an AgentError."""
     key, _ = user
     with pytest.raises(AgentError, match="refused to sign"):
         await client.sign(public_key_blob(key), b"data")
@@ -240,6 +263,7 @@ def _rsa() -> AgentPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("make", [_ecdsa_p256, _ecdsa_p384, _ecdsa_p521, _rsa])
 @pytest_twisted.ensureDeferred
 async def test_other_key_types(
@@ -283,8 +307,10 @@ async def test_other_key_types(
     assert await client.list_identities() == []
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_missing_socket(tmp_path: pathlib.Path) -> None:
+    """No agent at the path, or SSH_AUTH_SOCK unset: an AgentError that says which."""
     path = str(tmp_path / "nope.sock")
     with pytest.raises(
         AgentError, match=f"no agent at SSH_AUTH_SOCK={path}: is ssh-agent"
@@ -294,8 +320,10 @@ async def test_missing_socket(tmp_path: pathlib.Path) -> None:
         await connect_agent(reactor, "")
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_closed_client_fails(agent_sock: str) -> None:
+    """A request on a closed client fails with 'closed'; closing twice is fine."""
     c = await connect_agent(reactor, agent_sock)
     c.close()
     await c.wait_closed()
@@ -304,10 +332,12 @@ async def test_closed_client_fails(agent_sock: str) -> None:
     c.close()  # idempotent
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_mismatched_certificate_refused_locally(
     client: AgentClient, user: tuple[AgentPrivateKey, bytes]
 ) -> None:
+    """A certificate for another key is refused before anything is sent to the agent."""
     _, cert = user
     other = ed25519.Ed25519PrivateKey.generate()
     with pytest.raises(AgentError, match="different key"):
@@ -319,6 +349,8 @@ async def test_mismatched_certificate_refused_locally(
 
 
 def test_frame_and_split() -> None:
+    """Messages are framed with a 4-byte length; split_frames keeps a partial
+    frame for later and refuses a length of 0 or one past the limit."""
     assert frame(b"\x0b") == b"\x00\x00\x00\x01\x0b"
     with pytest.raises(ValueError):
         frame(b"")
@@ -334,6 +366,8 @@ def test_frame_and_split() -> None:
 
 
 def test_simple_requests() -> None:
+    """The list, remove and sign requests and the lifetime constraint are the
+    protocol's bytes; a lifetime of 0 is refused."""
     assert request_identities_message() == b"\x0b"
     assert remove_identity_message(b"blob") == b"\x12" + s(b"blob")
     assert sign_request_message(b"k", b"d", 4) == b"\x0d" + s(b"k") + s(b"d") + (
@@ -345,6 +379,8 @@ def test_simple_requests() -> None:
 
 
 def test_add_ed25519_message() -> None:
+    """An ed25519 key is added as type, point, seed+point and comment; with a
+    certificate and a lifetime, as the certificate form plus the constraint."""
     key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     point = key.public_key().public_bytes_raw()
     seed = bytes(range(32))
@@ -365,6 +401,8 @@ def test_add_ed25519_message() -> None:
 
 
 def test_add_rsa_message_mpints() -> None:
+    """An RSA key is added as n, e, d, iqmp, p, q, each an mpint (a leading zero
+    keeps a top-bit-set n positive), then the comment."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     n = key.private_numbers()
     fields = read_strings(add_identity_message(key, "c")[1:])
@@ -382,6 +420,7 @@ def test_add_rsa_message_mpints() -> None:
 
 
 def test_certificate_checks() -> None:
+    """A certificate that is not a blob, or is for another key type, is refused."""
     key = ed25519.Ed25519PrivateKey.generate()
     point = key.public_key().public_bytes_raw()
     with pytest.raises(AgentError, match="not an OpenSSH certificate blob"):
@@ -392,6 +431,8 @@ def test_certificate_checks() -> None:
 
 
 def test_certificate_blob() -> None:
+    """certificate_blob takes a -cert.pub line (str or bytes) to its blob, and
+    refuses a plain key, bad base64 and a blob of another type."""
     blob = s(ED_CERT.encode()) + s(b"nonce")
     line = f"{ED_CERT} {b64(blob)} alice@example"
     assert certificate_blob(line) == blob
@@ -404,7 +445,10 @@ def test_certificate_blob() -> None:
         certificate_blob(f"{ED_CERT} {b64(s(b'ssh-ed25519'))}")
 
 
-def test_replies() -> None:
+def test_agent_replies_parse_into_identities_signatures_and_refusals() -> None:
+    """The identities answer parses into blobs and comments (key type from the
+    blob), a truncated one is refused; sign and success replies, and refusals,
+    become a signature or an AgentError."""
     answer = b"\x0c\x00\x00\x00\x02" + s(b"\x00\x00\x00\x01a") + s(b"one")
     answer += s(b"junk") + s("☃".encode())
     assert parse_identities_answer(answer) == [
@@ -430,6 +474,8 @@ def test_replies() -> None:
 
 
 def test_protocol_pipelines_and_fails_pending() -> None:
+    """Requests are pipelined and answered in order, across split reads; those
+    still pending when the connection is lost fail with 'closed the connection'."""
     proto = _AgentProtocol()
     transport = StringTransport()
     proto.makeConnection(transport)
@@ -448,6 +494,7 @@ def test_protocol_pipelines_and_fails_pending() -> None:
 
 
 def test_protocol_drops_unrequested_reply() -> None:
+    """A reply nobody asked for drops the connection."""
     proto = _AgentProtocol()
     transport = StringTransport()
     proto.makeConnection(transport)

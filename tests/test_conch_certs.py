@@ -1,5 +1,9 @@
 """User certificates: parsing and checking, Conch's userauth by certificate,
-and the real OpenSSH client against a Conch server that uses them."""
+and the real OpenSSH client against a Conch server that uses them.
+
+The tests that run ssh or ssh-keygen, or listen on 127.0.0.1, are marked
+interop; the rest are unit tests, in memory.
+"""
 
 from __future__ import annotations
 
@@ -196,6 +200,7 @@ def test_parse_refuses_a_tampered_signature_or_body(ca: CA, user_key: Any) -> No
         parse_certificate(blob[:i] + b"mallo" + blob[i + 5 :])
 
 
+@pytest.mark.interop
 def test_parse_refuses_a_sha1_ca_signature(tmp_path: pathlib.Path) -> None:
     """An RSA CA signing with ssh-rsa (SHA-1) is refused, as OpenSSH >= 8.2 does."""
     for name, kind in (("ca", "rsa"), ("u", "ed25519")):

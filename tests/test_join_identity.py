@@ -1,7 +1,8 @@
 """Joining cannot choose a name that poses as the auth service, a node or another peer.
 
-Real TLS on 127.0.0.1: the join is an anonymous AMP call, as a joining proxy
-makes it, and the AuthAgent test needs a real handshake to see the peer's role.
+Interop: a whole cluster with real TLS listeners on 127.0.0.1: the join is
+an anonymous AMP call, as a joining proxy makes it, and the AuthAgent test
+needs a real handshake to see the peer's role.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from teleconch.pki import (
     public_key_pem,
 )
 from tests.harness import Cluster, start_cluster
+
+pytestmark = pytest.mark.interop
 
 
 @pytest_twisted.async_yield_fixture

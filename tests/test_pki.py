@@ -1,4 +1,9 @@
-"""TLS identities for the Auth API, over real TLS on 127.0.0.1."""
+"""TLS identities for the Auth API, over real TLS on 127.0.0.1.
+
+The handshake tests start a real TLS listener on 127.0.0.1 (and the pin test
+runs ``openssl``): they are marked interop.  The certificate contents, the
+files and their round trips are unit tests.
+"""
 
 from __future__ import annotations
 
@@ -202,6 +207,7 @@ async def handshake_failure(client: LineClient) -> Failure:
 # -- mutual TLS -----------------------------------------------------------------
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_client_certificate_from_cluster_ca_names_the_peer(
     authority: TLSAuthority, make_server: StartServer
@@ -215,6 +221,7 @@ async def test_client_certificate_from_cluster_ca_names_the_peer(
     assert server.factory.seen == [("proxy", "p1")]
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_client_without_certificate_is_anonymous(
     authority: TLSAuthority, make_server: StartServer
@@ -234,6 +241,7 @@ async def test_client_without_certificate_is_anonymous(
     assert ca_pin(authority.cert_pem) == authority.pin
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_client_certificate_from_another_ca_fails_the_handshake(
     authority: TLSAuthority, other_authority: TLSAuthority, make_server: StartServer
@@ -251,6 +259,7 @@ async def test_client_certificate_from_another_ca_fails_the_handshake(
     assert server.factory.seen == []
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_server_certificate_from_another_ca_fails_verification(
     authority: TLSAuthority, other_authority: TLSAuthority, make_server: StartServer
@@ -264,6 +273,7 @@ async def test_server_certificate_from_another_ca_fails_verification(
     assert server.factory.seen == []
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_server_certificate_without_the_name_fails_verification(
     authority: TLSAuthority, make_server: StartServer
@@ -285,6 +295,7 @@ def openssl(*args: str, data: bytes) -> bytes:
     ).stdout
 
 
+@pytest.mark.interop
 def test_ca_pin_matches_openssl_and_is_stable(
     authority: TLSAuthority, tmp_path: pathlib.Path
 ) -> None:
@@ -413,6 +424,7 @@ def test_identity_refuses_a_key_that_does_not_match(
 
 
 def test_peer_identity_none_without_certificate() -> None:
+    """A connection that showed no certificate has no identity: anonymous."""
     assert peer_identity(None) is None
 
 

@@ -1,4 +1,9 @@
-"""The proxy's web listener: JSON errors, security headers, rate limits."""
+"""The proxy's web listener: JSON errors, security headers, rate limits.
+
+The tests on a cluster (harness.start_cluster: real TLS listeners on
+127.0.0.1) are marked interop; the same routes are pinned without sockets in
+tests/test_webapi_stubtreq.py and tests/test_web_http.py.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ async def _request(
     return response.code, response.headers, await _read_body(response)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_every_answer_carries_security_headers(cluster: Cluster) -> None:
     """CSP, no framing, no sniffing, no referrer (invite tokens are in URLs), HSTS."""
@@ -73,6 +79,7 @@ async def test_every_answer_carries_security_headers(cluster: Cluster) -> None:
         assert headers.getRawHeaders(b"strict-transport-security")
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_unknown_paths_get_a_json_404(cluster: Cluster) -> None:
     """A wrong URL is answered in the API's error shape, not an HTML page."""
@@ -82,6 +89,7 @@ async def test_unknown_paths_get_a_json_404(cluster: Cluster) -> None:
         assert json.loads(body)["error"]["message"] == "not found"
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize(
     ("body", "ctype", "status", "needle"),
     [
@@ -109,6 +117,7 @@ async def test_malformed_login_requests_get_a_clear_400(
 _LOGIN = b'"password": "p", "otp_token": "1", "pub_key": "k"'
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize(
     "body",
     [
@@ -137,6 +146,7 @@ async def test_unencodable_or_deeply_nested_json_is_a_400_without_a_traceback(
     assert all(e["log_level"] < LogLevel.error for e in events)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_the_invite_page_is_served_for_any_token(cluster: Cluster) -> None:
     """The sign-up page is static HTML whatever the token; the script does the rest."""
@@ -241,6 +251,7 @@ _CERTS = (
 )
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_expect_continue_with_a_huge_length_gets_a_413_and_a_close_over_tls(
     cluster: Cluster,
@@ -257,6 +268,7 @@ async def test_expect_continue_with_a_huge_length_gets_a_413_and_a_close_over_tl
     await _connections_closed(cluster)
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
@@ -280,6 +292,7 @@ async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
     assert code == 200
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_connections_past_the_per_address_cap_are_dropped(tmp_path: Path) -> None:
     """proxy_service.max_web_connections_per_address holds over real TLS: with

@@ -91,6 +91,7 @@ def test_a_malformed_header_or_length_gets_our_json_400_and_a_close(
 
 
 def test_a_malformed_chunk_size_gets_our_json_400_and_a_close() -> None:
+    """A chunk size that is not hex is our JSON 400 naming the chunk, then a close."""
     head = CERTS + JSON + b"Transfer-Encoding: chunked\r\n\r\n"
     answer, wire = refused([head, b"zz\r\n{}\r\n0\r\n\r\n"], 400)
     assert "chunk" in answer.json()["error"]["message"]
@@ -130,6 +131,7 @@ HUGE_HEADS = {
 
 @pytest.mark.parametrize("headers", HUGE_HEADS.values(), ids=HUGE_HEADS.keys())
 def test_headers_over_the_size_or_count_limits_get_a_json_431(headers: bytes) -> None:
+    """Headers too long or too many are a JSON 431 saying they are too large."""
     answer, wire = refused(PING + headers + b"\r\n", 431)
     assert "too large" in answer.json()["error"]["message"]
     wire.close()
@@ -151,6 +153,8 @@ def test_a_refused_client_that_never_closes_is_aborted_after_the_linger() -> Non
 
 
 def test_each_refusal_by_the_parser_is_one_info_line_without_a_traceback() -> None:
+    """A header line the parser refuses is logged once, at info, naming the
+    client, with no traceback."""
     wire = connect(site())
     with capturedLogs() as events:
         wire.send(b"GET /v1/webapi/ping HTTP/1.1\r\nNoColon\r\n\r\n")
@@ -226,6 +230,8 @@ def test_the_deadline_ends_with_the_head_and_restarts_after_each_response() -> N
 
 
 def test_a_pipelined_request_is_timed_from_the_end_of_the_response_before_it() -> None:
+    """A second request's head deadline starts when the first is answered: a
+    partial head pipelined behind it gets a 408 once that deadline passes."""
     s = site()
     wire = connect(s)
     wire.send(PING + b"\r\n" + PING[:10])

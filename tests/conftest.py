@@ -1,0 +1,68 @@
+"""Unit tests open no socket and start no program; interop tests may.
+
+Every test not marked ``interop`` runs with ``socket.connect``, ``bind`` and
+``listen``, ``subprocess.Popen`` (but for this Python, which a test may run
+to check an import) and ``reactor.spawnProcess`` refusing, so a unit test
+that reaches for the network or for OpenSSH fails, saying so: the call
+raises (an OSError, so callers close what they opened) and, in case the code
+under test swallowed that, the test fails at teardown.  The way out is an
+in-memory transport (``iosim``, ``StringTransport``, ``StubTreq``,
+``MemoryReactor``) or the interop marker.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+
+class RealWorldInUnitTest(OSError):
+    """A unit test opened a socket or started a program."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_memory(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    if request.node.get_closest_marker("interop") is not None:
+        yield
+        return
+    nodeid = request.node.nodeid
+    refused: list[str] = []
+
+    def _refuse(what: str, nodeid: str) -> Callable[..., Any]:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            message = (
+                f"{nodeid} is a unit test but called {what}: use an in-memory "
+                "transport (iosim, StringTransport, StubTreq, MemoryReactor), or "
+                "mark it @pytest.mark.interop"
+            )
+            refused.append(message)
+            raise RealWorldInUnitTest(errno.EPERM, message)
+
+        return refuse
+
+    for name in ("connect", "connect_ex", "bind", "listen"):
+        monkeypatch.setattr(socket.socket, name, _refuse(f"socket.{name}", nodeid))
+
+    popen_init = subprocess.Popen.__init__
+
+    def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        argv = [args] if isinstance(args, str | bytes) else list(args)
+        if str(argv[0]) != sys.executable:
+            _refuse(f"subprocess {argv[0]!r}", nodeid)()
+        popen_init(self, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    from twisted.internet import reactor
+
+    monkeypatch.setattr(reactor, "spawnProcess", _refuse("spawnProcess", nodeid))
+    yield
+    if refused:
+        pytest.fail(refused[0], pytrace=False)
