@@ -1,4 +1,8 @@
-"""The service tree: built without side effects, listeners as named children."""
+"""The service tree: built without side effects, listeners as named children.
+
+The last test starts a real cluster (TLS listeners on 127.0.0.1) and is
+marked interop; the others build or start services on a memory reactor.
+"""
 
 from __future__ import annotations
 
@@ -149,6 +153,7 @@ def test_a_role_stopped_before_it_listens_fails_ready_and_binds_nothing() -> Non
     assert list(service) == []
 
 
+@pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_once_ready_each_role_holds_its_bound_listeners(tmp_path: Path) -> None:
     """After ``ready``, the listeners are children of their roles, and bound."""
