@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -107,8 +109,10 @@ class _Crash(Protocol):
 
 
 def _listen(protocol: type[Protocol]) -> tuple[object, tuple[str, int]]:
-    port = reactor.listenTCP(0, Factory.forProtocol(protocol), interface="127.0.0.1")
-    return port, ("127.0.0.1", port.getHost().port)
+    # forProtocol is typed to return a Factory whatever class it is called on.
+    factory = cast(ServerFactory, ServerFactory.forProtocol(protocol))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return port, ("127.0.0.1", cast(IPv4Address, port.getHost()).port)
 
 
 @pytest_twisted.ensureDeferred
