@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -18,6 +18,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
@@ -268,7 +269,7 @@ async def test_the_client_logs_in_to_sshd_through_an_agent_holding_key_and_cert(
     try:
         key = Ed25519PrivateKey.generate()
         cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
-        agent = await connect_agent(reactor, agent_sock)
+        agent = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
         await agent.add_key(key, "alice", certificate=certificate_blob(cert))
         agent.close()
         conn = await login_to(sshd, AgentCredentials(agent_sock), host_ca)
