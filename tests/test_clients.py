@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from twisted.internet.task import deferLater
 from teleconch import pki
 from teleconch.ca import fingerprint, parse_public_key
 from teleconch.client.webapi import WebAPIClient
-from tests.harness import Cluster, Person, current_code, run, sign_up, start_cluster
+from tests.harness import (
+    Cluster,
+    Person,
+    ProcessResult,
+    current_code,
+    run,
+    sign_up,
+    start_cluster,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -84,7 +93,7 @@ async def _login(
     person: Person,
     extra: tuple[str, ...] = ("--insecure",),
     **env: str,
-):  # type: ignore[no-untyped-def]
+) -> ProcessResult:
     code = current_code(person.totp_secret, c.clock)
     result = await run(
         [
@@ -409,7 +418,7 @@ async def test_twistd_teleproxy_starts_prints_its_banner_and_stops(
         "proxy_service:\n  listen_addr: 127.0.0.1:0\n  web_listen_addr: 127.0.0.1:0\n"
     )
     proto = _Twistd()
-    twistd = str(Path(os.sys.executable).parent / "twistd")
+    twistd = str(Path(sys.executable).parent / "twistd")
     process = reactor.spawnProcess(
         proto,
         twistd,

@@ -220,9 +220,9 @@ async def test_a_renewal_gives_the_same_node_a_fresh_certificate(auth: Auth) -> 
     renewed = await auth.renew(key, joined["host_cert"])
     old, new = _cert(joined["host_cert"]), _cert(renewed["host_cert"])
     assert new.valid_before == int(T0) + 40 * DAY
-    assert new.public_key().public_bytes(  # type: ignore[union-attr]
+    assert new.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ) == old.public_key().public_bytes(  # type: ignore[union-attr]
+    ) == old.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     assert new.valid_principals == old.valid_principals and new.key_id == old.key_id
