@@ -15,6 +15,7 @@ import pathlib
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -166,7 +167,8 @@ async def make_server() -> AsyncIterator[StartServer]:
 
     yield start
     for server in servers:
-        await server.port.stopListening()
+        # A TCP port's stopListening always returns a Deferred.
+        await cast(Deferred[None], server.port.stopListening())
         for conn in server.factory.connections:
             if conn.transport is not None:
                 conn.transport.loseConnection()
