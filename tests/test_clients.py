@@ -15,6 +15,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -22,8 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from teleconch import pki
 from teleconch.ca import fingerprint, parse_public_key
@@ -402,8 +405,11 @@ class _Twistd(ProcessProtocol):
 
     errReceived = outReceived
 
-    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
-        self.ended.callback((reason.value.exitCode, reason.value.signal))
+    def processEnded(self, reason: Failure) -> None:
+        end = cast(
+            ProcessDone | ProcessTerminated, reason.value
+        )  # what processEnded gets
+        self.ended.callback((end.exitCode, end.signal))
 
 
 @pytest_twisted.ensureDeferred

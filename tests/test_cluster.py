@@ -8,6 +8,7 @@ tests/test_auth_server_clock.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -43,7 +44,7 @@ def _pub_key() -> str:
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()

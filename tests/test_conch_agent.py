@@ -15,7 +15,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import cast
 
 import pytest
@@ -135,7 +135,7 @@ def user(tmp_path: pathlib.Path, ca_key: pathlib.Path) -> tuple[AgentPrivateKey,
 
 
 @pytest_twisted.async_yield_fixture
-async def client(agent_sock: str):  # type: ignore[no-untyped-def]
+async def client(agent_sock: str) -> AsyncIterator[AgentClient]:
     c = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
     yield c
     c.close()

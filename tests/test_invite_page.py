@@ -135,7 +135,7 @@ def chromium() -> Iterator[BrowserThread]:
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()

@@ -7,6 +7,7 @@ needs a real handshake to see the peer's role.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.interop
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()

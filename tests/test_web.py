@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -36,7 +37,7 @@ from tests.harness import Cluster, start_cluster
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()
