@@ -25,14 +25,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IListeningPort,
     IOpenSSLClientConnectionCreator,
+    IReactorSSL,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -102,7 +104,7 @@ class WhoAmIServer(Protocol):
         self.lost.callback(None)
 
 
-class WhoAmIFactory(Factory):
+class WhoAmIFactory(ServerFactory):
     def __init__(self) -> None:
         self.seen: list[tuple[str, str] | None] = []
         self.connections: list[WhoAmIServer] = []
@@ -145,7 +147,7 @@ class Server:
 
     @property
     def number(self) -> int:
-        return int(self.port.getHost().port)  # type: ignore[attr-defined]
+        return cast(IPv4Address, self.port.getHost()).port
 
 
 StartServer = Callable[[TLSIdentity], Server]
@@ -158,7 +160,7 @@ async def make_server() -> AsyncIterator[StartServer]:
 
     def start(identity: TLSIdentity) -> Server:
         factory = WhoAmIFactory()
-        port = reactor.listenSSL(  # type: ignore[attr-defined]
+        port = cast(IReactorSSL, reactor).listenSSL(
             0, factory, identity.server_options(), interface="127.0.0.1"
         )
         server = Server(port, factory)
