@@ -432,7 +432,7 @@ async def test_a_slow_reader_keeps_the_proxy_flat_and_others_fast(world: World) 
             f"head -c {size} /dev/zero"]  # fmt: skip
     # The reactor's process transports are producers too (pause reading stdout).
     process = cast(
-        _PausableProcess,
+        "_PausableProcess",  # only defined for mypy
         reactor.spawnProcess(
             proto, shutil.which("ssh") or "ssh", argv, env={**os.environ, **world.env()}
         ),
