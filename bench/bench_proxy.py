@@ -31,6 +31,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from teleconch import totp
 
@@ -51,7 +52,10 @@ class Procs:
     items: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(
-        self, argv: list[str], log: Path, **kw: object
+        self,
+        argv: list[str],
+        log: Path,
+        **kw: Any,  # any of Popen's keywords, each with its own type
     ) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             p = subprocess.Popen(
@@ -60,7 +64,7 @@ class Procs:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                **kw,  # type: ignore[arg-type]
+                **kw,
             )
         self.items.append(p)
         return p
@@ -421,6 +425,7 @@ class Transfer:
 
 
 def transfer(rig: Rig, path: str, size_mb: int, upload: Path | None) -> Transfer:
+    stdin: int | BinaryIO
     if upload is None:
         cmd, stdin = f"head -c {size_mb * 1024 * 1024} /dev/zero", subprocess.DEVNULL
     else:
@@ -440,8 +445,8 @@ def transfer(rig: Rig, path: str, size_mb: int, upload: Path | None) -> Transfer
             timeout=600,
         )
     finally:
-        if upload is not None:
-            stdin.close()  # type: ignore[union-attr]
+        if not isinstance(stdin, int):  # the upload file we opened
+            stdin.close()
     elapsed = time.perf_counter() - t0
     ru1 = os.times()
     if r.returncode != 0:

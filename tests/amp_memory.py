@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -15,7 +15,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.protocols import amp
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
@@ -44,8 +50,9 @@ class AuditRows:
         return [r for r in self.rows if r.event == "auth.api.denied"]
 
 
+# Only getPeerCertificate is read; the TCP options of ITCPTransport are not.
 @implementer(ISSLTransport)
-class TLSStringTransport(StringTransport):
+class TLSStringTransport(StringTransport):  # type: ignore[misc]
     """A StringTransport that says which certificate the peer showed."""
 
     def __init__(self, host: str, cert: x509.Certificate | None) -> None:
@@ -97,9 +104,9 @@ def factory(server: AuthServer, clock: Clock) -> Iterator[AuthAPIFactory]:
 @pytest.fixture
 def logged() -> Iterator[list[LogEvent]]:
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     yield events
-    globalLogPublisher.removeObserver(events.append)
+    globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
 
 
 def cert_for(tls_ca: TLSAuthority, role: str, name: str) -> x509.Certificate:

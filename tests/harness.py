@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from teleconch import config as cfg
 from teleconch import totp
@@ -27,6 +29,7 @@ PASSWORD = "correct horse battery staple"
 BIN = Path(sys.executable).parent
 
 
+@implementer(IReactorTime)
 class ShiftedClock:
     """The real time plus an offset a test can move forward (expiry, lock-outs)."""
 
@@ -39,10 +42,12 @@ class ShiftedClock:
     def advance(self, seconds: float) -> None:
         self.offset += seconds
 
-    def callLater(self, *a: Any, **kw: Any) -> Any:
-        return reactor.callLater(*a, **kw)
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *a: object, **kw: object
+    ) -> IDelayedCall:
+        return reactor.callLater(delay, callable, *a, **kw)
 
-    def getDelayedCalls(self) -> Any:
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
         return reactor.getDelayedCalls()
 
 

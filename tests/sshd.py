@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -43,7 +44,7 @@ class Sshd:
     port: int
     directory: Path
     _proto: _Log
-    _process: object
+    _process: IProcessTransport
 
     @property
     def log(self) -> str:
@@ -51,7 +52,7 @@ class Sshd:
 
     async def stop(self) -> None:
         if not self._proto.ended.called:
-            self._process.signalProcess("TERM")  # type: ignore[attr-defined]
+            self._process.signalProcess("TERM")
         await self._proto.ended
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.backends.sqlite import SQLiteStore
@@ -26,7 +28,7 @@ MakeStore = Callable[[], Store]
 
 def _sqlite(tmp_path: Path) -> MakeStore:
     path = str(tmp_path / "teleconch.db")
-    return lambda: SQLiteStore(path, reactor)
+    return lambda: SQLiteStore(path, cast(IReactorFromThreads, reactor))
 
 
 def _memory(tmp_path: Path) -> MakeStore:

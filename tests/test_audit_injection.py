@@ -6,6 +6,7 @@ Interop: a whole cluster with real TLS listeners on 127.0.0.1, and the real
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ FORGED = "2026-01-01 00:00:00 UTC  user.login  root  ok  forged=yes"
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()

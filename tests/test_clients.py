@@ -12,8 +12,10 @@ import re
 import signal
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -21,13 +23,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from teleconch import pki
 from teleconch.ca import fingerprint, parse_public_key
 from teleconch.client.webapi import WebAPIClient
-from tests.harness import Cluster, Person, current_code, run, sign_up, start_cluster
+from tests.harness import (
+    Cluster,
+    Person,
+    ProcessResult,
+    current_code,
+    run,
+    sign_up,
+    start_cluster,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -84,7 +96,7 @@ async def _login(
     person: Person,
     extra: tuple[str, ...] = ("--insecure",),
     **env: str,
-):  # type: ignore[no-untyped-def]
+) -> ProcessResult:
     code = current_code(person.totp_secret, c.clock)
     result = await run(
         [
@@ -393,8 +405,11 @@ class _Twistd(ProcessProtocol):
 
     errReceived = outReceived
 
-    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
-        self.ended.callback((reason.value.exitCode, reason.value.signal))
+    def processEnded(self, reason: Failure) -> None:
+        end = cast(
+            ProcessDone | ProcessTerminated, reason.value
+        )  # what processEnded gets
+        self.ended.callback((end.exitCode, end.signal))
 
 
 @pytest_twisted.ensureDeferred
@@ -409,7 +424,7 @@ async def test_twistd_teleproxy_starts_prints_its_banner_and_stops(
         "proxy_service:\n  listen_addr: 127.0.0.1:0\n  web_listen_addr: 127.0.0.1:0\n"
     )
     proto = _Twistd()
-    twistd = str(Path(os.sys.executable).parent / "twistd")
+    twistd = str(Path(sys.executable).parent / "twistd")
     process = reactor.spawnProcess(
         proto,
         twistd,

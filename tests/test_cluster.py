@@ -8,7 +8,9 @@ tests/test_auth_server_clock.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import pytest_twisted
@@ -17,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IConsumer, IPullProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,7 +44,7 @@ def _pub_key() -> str:
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()
@@ -227,7 +229,8 @@ async def test_auth_api_refuses_a_client_without_certificate(cluster: Cluster) -
         anonymous_client_options(),
         HostnameEndpoint(reactor, cluster.auth_addr.host, cluster.auth_addr.port),
     )
-    proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
+    proto = cast(amp.AMP, await endpoint.connect(Factory.forProtocol(amp.AMP)))
+    assert proto.transport is not None  # connected
     try:
         ping = await proto.callRemote(api.Ping)
         assert ping["caller_role"] == api.ANONYMOUS
@@ -244,6 +247,12 @@ async def test_auth_api_refuses_a_client_without_certificate(cluster: Cluster) -
     assert [e.fields["command"] for e in denied] == ["ListUsers", "CreateUser"]
 
 
+if TYPE_CHECKING:
+
+    class _ConsumerTransport(ITransport, IConsumer):
+        """What a TLS connection's transport is (as Twisted's _IReactorCommon)."""
+
+
 @implementer(IPullProducer)
 class EndlessBox(Protocol):
     """Sends the start of a Ping box, then keys and values until cut off (or
@@ -251,18 +260,20 @@ class EndlessBox(Protocol):
 
     cap = 16 * 1024 * 1024
 
+    transport: _ConsumerTransport  # connected before any of these run
+
     def __init__(self) -> None:
         self.written = 0
         self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self._write(b"\x00\x08_command\x00\x04Ping\x00\x04_ask\x00\x011")
-        self.transport.registerProducer(self, False)  # type: ignore[union-attr]
+        self.transport.registerProducer(self, False)
 
     def resumeProducing(self) -> None:
         if self.written >= self.cap:
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
             return
         value = b"\x03\xe8" + b"v" * 1000
         self._write(b"".join(b"\x00\x02k%d" % (i % 10) + value for i in range(16)))
@@ -272,7 +283,7 @@ class EndlessBox(Protocol):
 
     def _write(self, data: bytes) -> None:
         self.written += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
@@ -286,22 +297,25 @@ async def test_an_anonymous_endless_box_is_cut_off_and_the_service_keeps_serving
     is dropped once the box passes 8 KiB (one log line, no traceback), long
     before it gives up; the auth service then answers a normal call."""
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         endpoint = wrapClientTLS(
             anonymous_client_options(),
             HostnameEndpoint(reactor, cluster.auth_addr.host, cluster.auth_addr.port),
         )
-        sender = await endpoint.connect(Factory.forProtocol(EndlessBox))
+        sender = cast(
+            EndlessBox, await endpoint.connect(Factory.forProtocol(EndlessBox))
+        )
         await sender.closed
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert sender.written < EndlessBox.cap
     drops = [formatEvent(e) for e in events if "dropped" in formatEvent(e)]
     assert len(drops) == 1 and "a box over 8192 bytes" in drops[0], drops
     assert [e for e in events if "log_failure" in e] == []
     assert (await cluster.admin_agent().ping()).caller_role == "admin"
-    proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
+    proto = cast(amp.AMP, await endpoint.connect(Factory.forProtocol(amp.AMP)))
+    assert proto.transport is not None  # connected
     try:
         assert (await proto.callRemote(api.Ping))["caller_role"] == api.ANONYMOUS
     finally:

@@ -15,7 +15,8 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from twisted.internet import reactor, task
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.testing import StringTransport
 
 from teleconch.conch.agent import (
@@ -133,8 +135,8 @@ def user(tmp_path: pathlib.Path, ca_key: pathlib.Path) -> tuple[AgentPrivateKey,
 
 
 @pytest_twisted.async_yield_fixture
-async def client(agent_sock: str):  # type: ignore[no-untyped-def]
-    c = await connect_agent(reactor, agent_sock)
+async def client(agent_sock: str) -> AsyncIterator[AgentClient]:
+    c = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
     yield c
     c.close()
     await c.wait_closed()
@@ -315,16 +317,16 @@ async def test_missing_socket(tmp_path: pathlib.Path) -> None:
     with pytest.raises(
         AgentError, match=f"no agent at SSH_AUTH_SOCK={path}: is ssh-agent"
     ):
-        await connect_agent(reactor, path)
+        await connect_agent(cast(IReactorUNIX, reactor), path)
     with pytest.raises(AgentError, match="SSH_AUTH_SOCK is not set"):
-        await connect_agent(reactor, "")
+        await connect_agent(cast(IReactorUNIX, reactor), "")
 
 
 @pytest.mark.interop
 @pytest_twisted.ensureDeferred
 async def test_closed_client_fails(agent_sock: str) -> None:
     """A request on a closed client fails with 'closed'; closing twice is fine."""
-    c = await connect_agent(reactor, agent_sock)
+    c = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
     c.close()
     await c.wait_closed()
     with pytest.raises(AgentError, match="closed"):

@@ -13,7 +13,7 @@ import pathlib
 import struct
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -44,6 +44,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
@@ -422,6 +423,8 @@ class ExecSession(SSHChannel):
     """Answers `exec` with "<username> <certificate key id> <command>" and exit 0."""
 
     name = b"session"
+    avatar: Avatar  # the realm's avatar opens this channel
+    conn: SSHConnection
 
     def request_exec(self, data: bytes) -> int:
         command = getNS(data)[0].decode()
@@ -878,9 +881,11 @@ def test_server_sig_algs_lists_user_algorithms_not_host_keys() -> None:
 class TrackedTransport(CertificateServerTransport):
     """Lets the test wait until every server-side connection is gone."""
 
+    transport: ITransport  # the listening port connects it
+
     def connectionMade(self) -> None:
         self.lost: Deferred[None] = Deferred()
-        self.factory.connections.append(self)
+        self.factory.connections.append(self)  # type: ignore[attr-defined]  # hung on by `served`
         super().connectionMade()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -946,17 +951,24 @@ async def served(tmp_path: pathlib.Path, ca: CA) -> Any:
     host_ca = CA.make()
     factory = make_factory(policy, host_ca, int(reactor.seconds()))
     factory.protocol = TrackedTransport
-    factory.connections = []
-    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    connections: list[TrackedTransport] = []
+    factory.connections = connections  # type: ignore[attr-defined]  # TrackedTransport's list
+    # listenTCP is annotated with ServerFactory; it takes any IProtocolFactory.
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"@cert-authority * {host_ca.line()}\n")
     yield Served(
-        listening.getHost().port, policy, known_hosts, tmp_path, factory.connections
+        cast(IPv4Address, listening.getHost()).port,
+        policy,
+        known_hosts,
+        tmp_path,
+        connections,
     )
-    await listening.stopListening()
-    for connection in factory.connections:
+    # A TCP port's stopListening always returns a Deferred.
+    await cast(Deferred[None], listening.stopListening())
+    for connection in connections:
         connection.transport.loseConnection()
-    await defer.gatherResults([c.lost for c in factory.connections])
+    await defer.gatherResults([c.lost for c in connections])
 
 
 def fresh_user_certificate(ca: CA, key: Any, **kw: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -14,12 +14,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh.common import getNS
-from twisted.cred.portal import Portal
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorUNIX,
+    IStreamClientEndpoint,
+)
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
+from zope.interface import implementer
 
 from teleconch.ca import SSHCertificateAuthority
 from teleconch.conch.agent import certificate_blob, connect_agent
@@ -61,10 +69,13 @@ class EchoSession(FlowControlledChannel):
     """Answers `exec` with the command on stdout, "err" on stderr, exit 3."""
 
     name = b"session"
+    conn: SSHConnection
 
     def request_exec(self, data: bytes) -> int:
         command = getNS(data)[0]
-        self.conn.transport.factory.clock.callLater(0, self._answer, command)
+        assert self.conn.transport is not None
+        clock: Clock = self.conn.transport.factory.clock  # set by in_memory_login
+        clock.callLater(0, self._answer, command)
         return 1
 
     def _answer(self, command: bytes) -> None:
@@ -80,11 +91,13 @@ class Avatar(ConchUser):
         self.channelLookup[b"session"] = EchoSession
 
 
+@implementer(IRealm)
 class Realm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         return IConchUser, Avatar(), lambda: None
 
 
+@implementer(IStreamClientEndpoint)
 class MemoryEndpoint:
     """A client endpoint that joins the client to `server` through an IOPump."""
 
@@ -92,8 +105,9 @@ class MemoryEndpoint:
         self.server = server
         self.pump: IOPump | None = None
 
-    def connect(self, factory: Any) -> Deferred[Any]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 22))
+        assert client is not None  # connect_ssh's factory always builds one
         self.pump = connect(
             self.server,
             FakeTransport(
@@ -129,7 +143,7 @@ def in_memory_login(
         host_key,
         host_cert(host_ca, host_key, ["node1"]),
     )
-    factory.clock = clock
+    factory.clock = clock  # type: ignore[attr-defined]  # for EchoSession
     factory.services = {**factory.services, b"ssh-userauth": ClockedAuth}
     factory.startFactory()
     server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 22))
@@ -268,7 +282,7 @@ async def test_the_client_logs_in_to_sshd_through_an_agent_holding_key_and_cert(
     try:
         key = Ed25519PrivateKey.generate()
         cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
-        agent = await connect_agent(reactor, agent_sock)
+        agent = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
         await agent.add_key(key, "alice", certificate=certificate_blob(cert))
         agent.close()
         conn = await login_to(sshd, AgentCredentials(agent_sock), host_ca)

@@ -28,6 +28,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IProcessTransport, ITransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -197,6 +198,8 @@ class ExecSession(SSHChannel):
     """Answers `exec` with "<user> <key id> <command>", scheduled on a clock."""
 
     name = b"session"
+    avatar: Avatar  # the realm's avatar opens this channel
+    conn: SSHConnection
 
     def request_exec(self, data: bytes) -> int:
         creds = self.avatar.credentials
@@ -238,7 +241,11 @@ class Policy:
         return self.cas
 
     def on_refused(
-        self, username: str, reason: str, client_address: str | None
+        self,
+        username: str,
+        reason: str,
+        client_address: str | None,
+        login: str | None = None,
     ) -> None:
         self.refused.append(reason)
 
@@ -247,6 +254,7 @@ class RunCommand(SSHChannel):
     """The client side of one `exec`: collects output and the exit status."""
 
     name = b"session"
+    conn: SSHConnection
 
     def __init__(
         self, command: bytes, done: Deferred[tuple[bytes, int | None]], **kw: Any
@@ -285,6 +293,8 @@ class Commander(SSHConnection):
 class Client(CertificateClientTransport):
     """Runs one command as `login` with a key + certificate, checking the host CA."""
 
+    transport: ITransport  # connected before the test touches it
+
     def __init__(
         self,
         login: str,
@@ -294,7 +304,10 @@ class Client(CertificateClientTransport):
         hostname: str,
         now: float,
     ) -> None:
-        self.verifyHostKey = verify_host_key_with_ca([host_ca_line], hostname, now)
+        # Replacing the method is how CertificateClientTransport is configured.
+        self.verifyHostKey = verify_host_key_with_ca(  # type: ignore[method-assign]
+            [host_ca_line], hostname, now
+        )
         self.result: Deferred[tuple[bytes, int | None]] = Deferred()
         self.auth = CertificateUserAuthClient(
             login, Commander(b"echo hi", self.result), key, cert_line
@@ -426,6 +439,8 @@ def free_port() -> int:
 
 
 class SshdProcess(ProcessProtocol):
+    transport: IProcessTransport  # set by spawnProcess before any callback
+
     def __init__(self) -> None:
         self.listening: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
@@ -513,13 +528,12 @@ async def start_sshd(
 async def run_against(sshd: Sshd, client: Client) -> tuple[bytes, int | None] | None:
     """Connect, wait for the command's result or the connection's end, disconnect."""
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", sshd.port), client)
-    first = await defer.DeferredList(
-        [client.result, client.lost], fireOnOneCallback=True
-    )
+    waits: list[Deferred[Any]] = [client.result, client.lost]
+    first = await defer.DeferredList(waits, fireOnOneCallback=True)
     if not client.lost.called:
         client.transport.loseConnection()
     await client.lost
-    return first[0] if first[1] == 0 else None  # type: ignore[index]
+    return first[0] if first[1] == 0 else None
 
 
 LOGIN = os.environ.get("USER") or "root"

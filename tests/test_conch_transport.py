@@ -15,7 +15,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -43,6 +43,7 @@ from twisted.conch.ssh.transport import (
 )
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -863,7 +864,7 @@ def user_key_file(tmp_path: Path) -> Path:
 async def conch_server() -> AsyncIterator[tuple[int, InteropFactory]]:
     server = InteropFactory()
     port = reactor.listenTCP(0, server, interface="127.0.0.1")  # type: ignore[arg-type]
-    yield port.getHost().port, server  # type: ignore[attr-defined]
+    yield cast(IPv4Address, port.getHost()).port, server
     await defer.maybeDeferred(port.stopListening)
     for transport in server.live:
         tcp: Any = transport.transport

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import pytest
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from playwright.async_api import Browser, Page, async_playwright
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from teleconch import totp
@@ -111,10 +112,11 @@ class BrowserThread:
 
         def done(f: concurrent.futures.Future[T]) -> None:
             error = f.exception()
+            threads = cast(IReactorFromThreads, reactor)
             if error is None:
-                reactor.callFromThread(d.callback, f.result())
+                threads.callFromThread(d.callback, f.result())
             else:
-                reactor.callFromThread(d.errback, Failure(error))
+                threads.callFromThread(d.errback, Failure(error))
 
         future.add_done_callback(done)
         return d
@@ -133,7 +135,7 @@ def chromium() -> Iterator[BrowserThread]:
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()

@@ -7,14 +7,17 @@ needs a real handshake to see the peer's role.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import amp
@@ -38,7 +41,7 @@ pytestmark = pytest.mark.interop
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()
@@ -58,7 +61,8 @@ async def _join(c: Cluster, name: str, **overrides: Any) -> dict[str, Any]:
         anonymous_client_options(),
         HostnameEndpoint(reactor, c.auth_addr.host, c.auth_addr.port),
     )
-    proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
+    proto = cast(amp.AMP, await endpoint.connect(Factory.forProtocol(amp.AMP)))
+    assert proto.transport is not None  # connected
     args: dict[str, Any] = {
         "token": token,
         "role": ROLE_PROXY,
@@ -206,11 +210,12 @@ async def test_the_auth_agent_talks_only_to_an_auth_role_certificate(
     factory = TLSMemoryBIOFactory(
         impostor.server_options(), False, Factory.forProtocol(_Silent)
     )
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    # listenTCP is annotated with ServerFactory; it takes any IProtocolFactory.
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
     client = ca.issue_identity("admin", "admin", reactor.seconds(), 3600)
     agent = AuthAgent(
         reactor,
-        [cfg.HostPort("127.0.0.1", port.getHost().port)],
+        [cfg.HostPort("127.0.0.1", cast(IPv4Address, port.getHost()).port)],
         TLSIdentity(client.cert_pem, client.key_pem, (ca.cert_pem,)),
     )
     agent.startService()
@@ -221,4 +226,5 @@ async def test_the_auth_agent_talks_only_to_an_auth_role_certificate(
         assert all(not s.received for s in _Silent.instances)
     finally:
         await agent.stopService()
-        await port.stopListening()
+        # A TCP port's stopListening always returns a Deferred.
+        await cast(Deferred[None], port.stopListening())

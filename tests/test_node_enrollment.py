@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -17,6 +17,7 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 
 from teleconch.auth import protocol as api
@@ -90,7 +91,7 @@ def _public(key: ed25519.Ed25519PrivateKey) -> str:
 async def auth(tmp_path: Path) -> AsyncIterator[Auth]:
     clock = Clock()
     clock.advance(T0)
-    store = SQLiteStore(str(tmp_path / "auth.db"), reactor)
+    store = SQLiteStore(str(tmp_path / "auth.db"), cast(IReactorFromThreads, reactor))
     await store.open()
     tls_ca = TLSAuthority.generate("test.example", T0 - 60)
     server = AuthServer(
@@ -219,9 +220,9 @@ async def test_a_renewal_gives_the_same_node_a_fresh_certificate(auth: Auth) -> 
     renewed = await auth.renew(key, joined["host_cert"])
     old, new = _cert(joined["host_cert"]), _cert(renewed["host_cert"])
     assert new.valid_before == int(T0) + 40 * DAY
-    assert new.public_key().public_bytes(  # type: ignore[union-attr]
+    assert new.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ) == old.public_key().public_bytes(  # type: ignore[union-attr]
+    ) == old.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     assert new.valid_principals == old.valid_principals and new.key_id == old.key_id

@@ -15,6 +15,7 @@ import pathlib
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -24,14 +25,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IListeningPort,
     IOpenSSLClientConnectionCreator,
+    IReactorSSL,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -101,7 +104,7 @@ class WhoAmIServer(Protocol):
         self.lost.callback(None)
 
 
-class WhoAmIFactory(Factory):
+class WhoAmIFactory(ServerFactory):
     def __init__(self) -> None:
         self.seen: list[tuple[str, str] | None] = []
         self.connections: list[WhoAmIServer] = []
@@ -144,7 +147,7 @@ class Server:
 
     @property
     def number(self) -> int:
-        return int(self.port.getHost().port)  # type: ignore[attr-defined]
+        return cast(IPv4Address, self.port.getHost()).port
 
 
 StartServer = Callable[[TLSIdentity], Server]
@@ -157,7 +160,7 @@ async def make_server() -> AsyncIterator[StartServer]:
 
     def start(identity: TLSIdentity) -> Server:
         factory = WhoAmIFactory()
-        port = reactor.listenSSL(  # type: ignore[attr-defined]
+        port = cast(IReactorSSL, reactor).listenSSL(
             0, factory, identity.server_options(), interface="127.0.0.1"
         )
         server = Server(port, factory)
@@ -166,7 +169,8 @@ async def make_server() -> AsyncIterator[StartServer]:
 
     yield start
     for server in servers:
-        await server.port.stopListening()
+        # A TCP port's stopListening always returns a Deferred.
+        await cast(Deferred[None], server.port.stopListening())
         for conn in server.factory.connections:
             if conn.transport is not None:
                 conn.transport.loseConnection()

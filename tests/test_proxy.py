@@ -14,7 +14,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pytest
@@ -22,6 +22,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IProcessTransport, IPushProducer
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
@@ -414,6 +415,12 @@ class _SlowReader(ProcessProtocol):
         self.ended.callback(getattr(reason.value, "exitCode", None) or 0)
 
 
+if TYPE_CHECKING:
+
+    class _PausableProcess(IProcessTransport, IPushProducer):
+        """What spawnProcess returns on a real reactor (as Twisted's _IReactorCommon)."""
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_slow_reader_keeps_the_proxy_flat_and_others_fast(world: World) -> None:
     """256 MB from the node, read slowly: the proxy holds at most about one window
@@ -423,8 +430,12 @@ async def test_a_slow_reader_keeps_the_proxy_flat_and_others_fast(world: World) 
     argv = ["ssh", "-F", str(world.config), "-o", "BatchMode=yes",
             "-J", f"root@127.0.0.1:{world.proxy_port}", "root@web1.test.example",
             f"head -c {size} /dev/zero"]  # fmt: skip
-    process = reactor.spawnProcess(
-        proto, shutil.which("ssh") or "ssh", argv, env={**os.environ, **world.env()}
+    # The reactor's process transports are producers too (pause reading stdout).
+    process = cast(
+        "_PausableProcess",  # only defined for mypy
+        reactor.spawnProcess(
+            proto, shutil.which("ssh") or "ssh", argv, env={**os.environ, **world.env()}
+        ),
     )
     proxy = world.cluster.service.proxy
     assert proxy is not None and proxy.router is not None

@@ -228,7 +228,7 @@ def now(coro: Coroutine[Any, Any, T]) -> T:
     [result] = results
     if isinstance(result, Failure):
         result.raiseException()
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 class Echo(Protocol):

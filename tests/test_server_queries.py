@@ -50,7 +50,7 @@ async def _server(users: int) -> tuple[AuthServer, CountingStore]:
     server = AuthServer(
         clock=clock,
         threads=None,
-        store=store,  # type: ignore[arg-type]
+        store=store,
         cluster_name="test.example",
         user_ca=SSHCertificateAuthority.generate(),
         host_ca=SSHCertificateAuthority.generate(),

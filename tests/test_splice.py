@@ -33,6 +33,7 @@ from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import error as ierror
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
@@ -815,7 +816,7 @@ class Interop:
         self.ports.append(port)
         if isinstance(factory, _Servers):
             self.factories.append(factory)
-        return int(port.getHost().port)  # type: ignore[attr-defined]
+        return cast(IPv4Address, port.getHost()).port
 
     def start(self) -> None:
         self.ssh_port = self.listen(self.gateway)

@@ -12,9 +12,11 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
+from twisted.internet.interfaces import IReactorFromThreads
 
 from teleconch.auth.backends import open_store
 from teleconch.auth.backends.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -42,7 +44,7 @@ ALICE = User(
 async def opened(path: Path) -> AsyncIterator[SQLiteStore]:
     from twisted.internet import reactor
 
-    store = SQLiteStore(str(path), reactor)
+    store = SQLiteStore(str(path), cast(IReactorFromThreads, reactor))
     await store.open()
     try:
         yield store
@@ -83,7 +85,7 @@ async def test_a_newer_schema_is_refused_and_the_thread_stopped(
     conn = sqlite3.connect(_db(tmp_path))
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    store = SQLiteStore(str(_db(tmp_path)), reactor)
+    store = SQLiteStore(str(_db(tmp_path)), cast(IReactorFromThreads, reactor))
     with pytest.raises(StoreError) as info:
         await store.open()
     assert str(info.value) == (
@@ -195,7 +197,7 @@ async def test_open_store_opens_sqlite_where_the_config_says(tmp_path: Path) -> 
         (StorageSettings(), tmp_path / "auth" / "teleconch.db"),
         (StorageSettings("sqlite", tmp_path / "my.db"), tmp_path / "my.db"),
     ]:
-        store = await open_store(settings, tmp_path, reactor)
+        store = await open_store(settings, tmp_path, cast(IReactorFromThreads, reactor))
         try:
             await store.create_user(ALICE)
         finally:
@@ -205,4 +207,8 @@ async def test_open_store_opens_sqlite_where_the_config_says(tmp_path: Path) -> 
     with pytest.raises(
         StoreError, match=re.escape(f"cannot open the database {missing}")
     ):
-        await open_store(StorageSettings("sqlite", missing), tmp_path, reactor)
+        await open_store(
+            StorageSettings("sqlite", missing),
+            tmp_path,
+            cast(IReactorFromThreads, reactor),
+        )

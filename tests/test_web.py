@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 import pytest_twisted
@@ -36,7 +37,7 @@ from tests.harness import Cluster, start_cluster
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()
@@ -74,7 +75,7 @@ async def test_every_answer_carries_security_headers(cluster: Cluster) -> None:
         assert headers.getRawHeaders(b"referrer-policy") == [b"no-referrer"]
         assert (
             b"default-src 'self'"
-            in headers.getRawHeaders(b"content-security-policy")[0]
+            in headers.getRawHeaders(b"content-security-policy", [b""])[0]
         )
         assert headers.getRawHeaders(b"strict-transport-security")
 
@@ -152,17 +153,17 @@ async def test_the_invite_page_is_served_for_any_token(cluster: Cluster) -> None
     """The sign-up page is static HTML whatever the token; the script does the rest."""
     code, headers, body = await _request(cluster, b"GET", "/web/invite/sometoken")
     assert code == 200
-    assert headers.getRawHeaders(b"content-type")[0].startswith(b"text/html")
+    assert headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"text/html")
     assert b"/web/static/invite.js" in body
 
 
 class _Boom(JSONResource):
-    async def get(self, request: Any) -> Any:  # type: ignore[override]
+    async def get(self, request: Any) -> Any:
         raise RuntimeError("db password is hunter2")
 
 
 class _Denied(JSONResource):
-    async def get(self, request: Any) -> Any:  # type: ignore[override]
+    async def get(self, request: Any) -> Any:
         raise api.AccessDenied("not for you")
 
 
@@ -170,7 +171,9 @@ def _render(resource: JSONResource) -> tuple[int, dict[str, Any]]:
     request = DummyRequest([b""])
     resource.render(request)  # type: ignore[arg-type]
     assert request.finished
-    return request.responseCode, json.loads(b"".join(request.written))
+    # DummyRequest declares responseCode None until a resource sets one.
+    code = cast(int, request.responseCode)
+    return code, json.loads(b"".join(request.written))
 
 
 def test_an_internal_error_reveals_nothing() -> None:
@@ -277,9 +280,12 @@ async def test_a_large_chunked_upload_is_cut_off_at_the_cap_over_tls(
     closes, without waiting for the end, and never spools it to a file."""
     spooled: list[object] = []
     real = tempfile.TemporaryFile
-    monkeypatch.setattr(
-        tempfile, "TemporaryFile", lambda *a, **kw: spooled.append(a) or real()
-    )
+
+    def spooling(*a: object, **kw: object) -> IO[bytes]:
+        spooled.append(a)
+        return real()
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spooling)
     chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
     received = await _raw(
         cluster, _CERTS + b"Transfer-Encoding: chunked\r\n\r\n", [chunk] * 64

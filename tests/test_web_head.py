@@ -23,7 +23,7 @@ PING = b"GET /v1/webapi/ping HTTP/1.1\r\nHost: x\r\n"
 
 
 def clock_of(wire: Wire) -> Clock:
-    return wire.channel.site.reactor  # type: ignore[attr-defined, no-any-return]
+    return wire.channel.site.reactor  # type: ignore[attr-defined]  # set by Site.buildProtocol
 
 
 def refused(data: bytes | list[bytes], status: int) -> tuple[Answer, Wire]:

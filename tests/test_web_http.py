@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import pytest
@@ -55,7 +55,7 @@ class FakeAgent:
 def site(**kw: Any) -> WebSite:
     agent = kw.pop("agent", FakeAgent())
     return make_site(
-        agent,  # type: ignore[arg-type]
+        agent,
         WebConfig(cluster_name="test.example", proxy_ssh_addr="127.0.0.1:3023"),
         Clock(),
         StaticFiles(read_static_files(STATIC_DIR)),
@@ -124,7 +124,7 @@ def connect(s: WebSite, host: str = "10.0.0.1", port: int = 40000) -> Wire:
     assert channel is not None
     transport = StringTransport(peerAddress=addr)
     channel.makeConnection(transport)
-    return Wire(channel, transport)  # type: ignore[arg-type]
+    return Wire(channel, transport)
 
 
 def get(s: WebSite, path: str, headers: bytes = b"") -> Answer:
@@ -291,9 +291,12 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap_and_never_spoole
     passes it, before the body ends, and no temporary file is ever made."""
     spooled: list[object] = []
     real = tempfile.TemporaryFile
-    monkeypatch.setattr(
-        tempfile, "TemporaryFile", lambda *a, **kw: spooled.append(a) or real()
-    )
+
+    def spooling(*a: object, **kw: object) -> IO[bytes]:
+        spooled.append(a)
+        return real()
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spooling)
     wire = connect(site())
     wire.send(CERTS + JSON + b"Transfer-Encoding: chunked\r\n\r\n")
     wire.send(_chunk(b"x" * 60_000))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -51,7 +52,7 @@ def public_key_line(rng: random.Random) -> str:
     return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
-def with_raw(doc: dict[str, object], key: str, raw: str) -> bytes:
+def with_raw(doc: Mapping[str, object], key: str, raw: str) -> bytes:
     """``doc`` as JSON with ``key`` set to ``raw`` JSON text (which json.dumps won't write)."""
     rest = json.dumps({k: v for k, v in doc.items() if k != key})
     return f'{{"{key}": {raw}, {rest[1:]}'.encode()
@@ -279,7 +280,7 @@ def _json_cases(rng: random.Random) -> list[Case]:
             b'{"user": "\xe9"}',
         ),
     ]
-    wrong = [
+    wrong: list[tuple[str, object]] = [
         ("user-number", {**good, "user": 1}),
         ("user-null", {**good, "user": None}),
         ("password-list", {**good, "password": []}),

@@ -85,6 +85,8 @@ def done_for(case: Case) -> Callable[[bytes], str | None] | None:
 
 
 def amp_boxes(data: bytes) -> list[dict[bytes, bytes]]:
+    boxes: list[dict[bytes, bytes]]
+    box: dict[bytes, bytes]
     boxes, box, pos = [], {}, 0
     while len(data) - pos >= 2:
         (klen,) = struct.unpack(">H", data[pos : pos + 2])

@@ -9,9 +9,10 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import context
 from twisted.python import log as legacy_log
+from zope.interface import implementer
 
 from tests.hostile.cases import Result
 
@@ -63,6 +64,7 @@ def is_bad(event: dict[str, Any], text: str) -> bool:
     return "Traceback" in text
 
 
+@implementer(ILogObserver)
 class LogWatch:
     """An observer on ``globalLogPublisher`` for the duration of a ``with`` block."""
 

@@ -172,11 +172,12 @@ class CraftingClient(ClientTransport):
         ):
             self._once.settle("answered", "USERAUTH_FAILURE " + repr(payload[:80]))
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def connectionLost(self, reason: Failure | None = connectionDone) -> None:
+        why = (reason or connectionDone).getErrorMessage()
         if self._secure:
-            self._once.settle("closed", reason.getErrorMessage())
+            self._once.settle("closed", why)
         else:
-            self._once.settle("kex-failed", reason.getErrorMessage())
+            self._once.settle("kex-failed", why)
         super().connectionLost(reason)
 
 

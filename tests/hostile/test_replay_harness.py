@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -106,9 +110,11 @@ class _Crash(Protocol):
         raise ZeroDivisionError("injected by the harness self-check")
 
 
-def _listen(protocol: type[Protocol]) -> tuple[object, tuple[str, int]]:
-    port = reactor.listenTCP(0, Factory.forProtocol(protocol), interface="127.0.0.1")
-    return port, ("127.0.0.1", port.getHost().port)
+def _listen(protocol: type[Protocol]) -> tuple[IListeningPort, tuple[str, int]]:
+    # forProtocol is typed to return a Factory whatever class it is called on.
+    factory = cast(ServerFactory, ServerFactory.forProtocol(protocol))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return port, ("127.0.0.1", cast(IPv4Address, port.getHost()).port)
 
 
 @pytest_twisted.ensureDeferred
@@ -127,8 +133,9 @@ async def test_the_budget_ends_hung_and_flooding_servers() -> None:
         )
         assert reactor.seconds() - started < 4
     finally:
-        await silent.stopListening()  # type: ignore[attr-defined]
-        await flood.stopListening()  # type: ignore[attr-defined]
+        # A TCP port's stopListening always returns a Deferred.
+        await cast(Deferred[None], silent.stopListening())
+        await cast(Deferred[None], flood.stopListening())
     assert hung.outcome.ended == "timeout" and "not closed" in (hung.verdict or ""), (
         hung
     )
@@ -148,7 +155,7 @@ async def test_the_log_watch_sees_tracebacks_and_names_the_case() -> None:
                 "injected", Failure(ValueError("a traceback from nowhere"))
             )
     finally:
-        await port.stopListening()  # type: ignore[attr-defined]
+        await cast(Deferred[None], port.stopListening())
     by_case, unplaced = attribute(watch.bad(), [result])
     assert result.verdict is None  # the server closed: only the log shows the crash
     assert any("ZeroDivisionError" in r.text for r in by_case["crash"]), watch.records
