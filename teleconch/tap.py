@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import attrs
 from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -99,6 +99,10 @@ def _serve(settings: cfg.Settings) -> IService:
     def fatal(failure: Failure) -> None:
         if not failure.check(*EXPECTED_FAILURES):
             log.failure("teleconch could not start: an unexpected error", failure)
+        else:
+            # The message says it all; the traceback stays for `--debug`, in
+            # case a ValueError or OSError was a bug rather than a setting.
+            log.failure("start-up failure", failure, level=LogLevel.debug)
         log.critical("teleconch cannot start: {error}", error=failure.getErrorMessage())
         reactor.addSystemEventTrigger("after", "shutdown", _exit_with, 1)
         reactor.stop()
