@@ -112,14 +112,27 @@ class FakeEndpoint:
 
 
 class FakeSSHTransport:
-    """Records what the connection sends; carries the avatar like Conch's."""
+    """Records what the connection sends; carries the avatar like Conch's.
 
-    def __init__(self, avatar: Any) -> None:
+    With a ``socket`` (the client's TCP transport, as ``transport.transport``)
+    each packet is also written to it, as Conch's transport writes packets.
+    """
+
+    def __init__(self, avatar: Any, socket: Any = None) -> None:
         self.avatar = avatar
         self.packets: list[tuple[int, bytes]] = []
+        self.disconnects: list[tuple[int, bytes]] = []
+        if socket is not None:
+            self.transport = socket
 
     def sendPacket(self, kind: int, payload: bytes) -> None:
         self.packets.append((kind, payload))
+        socket = getattr(self, "transport", None)
+        if socket is not None:
+            socket.write(bytes([kind]) + payload)
+
+    def sendDisconnect(self, reason: int, description: bytes) -> None:
+        self.disconnects.append((reason, description))
 
 
 class Client:
@@ -214,14 +227,20 @@ class Client:
 class Rig:
     """One connection, one client channel, one node endpoint, and what they report."""
 
-    def __init__(self, *, confirm_after_connect: bool = True, connect_now: bool = True):
+    def __init__(
+        self,
+        *,
+        confirm_after_connect: bool = True,
+        connect_now: bool = True,
+        socket: Any = None,
+    ):
         self.endpoint = FakeEndpoint()
         self.closes: list[tuple[int, int, str]] = []
         self.connect_results: list[Any] = []
         self.channel: SplicingChannel | None = None
         self._confirm_after_connect = confirm_after_connect
         self._connect_now = connect_now
-        self.transport = FakeSSHTransport(self)
+        self.transport = FakeSSHTransport(self, socket)
         self.conn = FlowControlledConnection()
         self.conn.transport = self.transport  # type: ignore[assignment]
         self.conn.serviceStarted()

@@ -10,6 +10,12 @@ refuses with a quadratic ``buf += data``. Here:
   dead port gets a real "open failed").
 - `FlowControlledChannel` queues output as a deque of chunks and re-opens the
   window only when told to.
+- The connection is a streaming producer on the socket under its SSH
+  transport: while the socket's write buffer is full it is *congested*, its
+  channels send no CHANNEL_DATA and keep their output queued (so a splice
+  pauses its node), however big a window the peer granted.
+- A WINDOW_ADJUST taking a window past 2^32-1 (RFC 4254 5.2) is a protocol
+  error: the peer is disconnected, as OpenSSH's ``fatal`` does.
 
 The proxy's splice (`teleconch.proxy.splice`) and the finished client's
 session channels build on them.
@@ -22,17 +28,20 @@ from collections import deque
 from typing import Any
 
 from twisted.conch.error import ConchError
-from twisted.conch.ssh import common, connection
+from twisted.conch.ssh import common, connection, transport
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from teleconch.conch.guard import PARSE_ERRORS
 
 __all__ = [
     "DEFAULT_MAX_PACKET",
     "DEFAULT_WINDOW",
+    "MAX_WINDOW",
     "FlowControlledChannel",
     "FlowControlledConnection",
 ]
@@ -40,6 +49,8 @@ __all__ = [
 DEFAULT_WINDOW = 2 * 1024 * 1024
 """OpenSSH's window for TCP channels (64 packets of 32 KiB)."""
 DEFAULT_MAX_PACKET = 32 * 1024
+MAX_WINDOW = 0xFFFFFFFF
+"""RFC 4254 5.2: a window "MUST NOT be increased above 2^32 - 1 bytes"."""
 
 
 class FlowControlledChannel(SSHChannel):
@@ -50,6 +61,8 @@ class FlowControlledChannel(SSHChannel):
     left. Output the peer's window cannot take waits in a deque (no quadratic
     copying); `stopWriting`/`startWriting` fire when that queue starts and
     stops holding bytes. Extended data (stderr) shares the queue, in order.
+    While the connection is congested (its socket's buffer is full) nothing
+    is sent, so the queue holds the bytes and `stopWriting` fires.
     """
 
     def __init__(
@@ -150,7 +163,12 @@ class FlowControlledChannel(SSHChannel):
         if conn is None or not self.confirmed or self.localClosed:
             return
         packet = max(1, self.remoteMaxPacket)
-        while self._out and self.remoteWindowLeft > 0:
+        while (
+            self._out
+            and self.remoteWindowLeft > 0
+            # sendData may congest the socket at once: re-check every packet
+            and not (isinstance(conn, FlowControlledConnection) and conn.congested)
+        ):
             (kind, head), start = self._out[0], self._out_offset
             n = min(len(head) - start, self.remoteWindowLeft, packet)
             piece = head if n == len(head) else head[start : start + n]
@@ -181,13 +199,116 @@ class FlowControlledChannel(SSHChannel):
             self.startWriting()
 
 
+@implementer(IPushProducer)
+class _SocketProducer:
+    """What the socket under the SSH transport pauses and resumes: a connection."""
+
+    def __init__(self, conn: FlowControlledConnection) -> None:
+        self._conn = conn
+
+    def pauseProducing(self) -> None:
+        self._conn._socket_full()
+
+    def resumeProducing(self) -> None:
+        self._conn._socket_drained()
+
+    def stopProducing(self) -> None:
+        self._conn._socket_lost()
+
+
 class FlowControlledConnection(connection.SSHConnection):
     """``ssh-connection`` where `FlowControlledChannel` s manage their own window.
 
     Other channels (sessions, ...) keep the stock automatic window adjust.
+
+    While started, the connection is a streaming producer on the socket under
+    its SSH transport (``transport.transport``, TCP or TLS): Twisted's TCP
+    transport pauses it once more than ``bufferSize`` bytes wait to be sent
+    and resumes it once they are out. In between the connection is
+    `congested`: its `FlowControlledChannel` s send no data (control packets
+    and key exchange still go), so the socket holds at most ``bufferSize``
+    plus one packet per connection, and each channel's queue what its source
+    wrote before `stopWriting` paused it.
     """
 
     _log = Logger()
+    congested = False
+    """Whether the socket's write buffer is full (channels hold their data)."""
+    _socket: Any = None  # where our producer is registered
+    _flush_turn = 0  # which channel flushes first on resume, in turn
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        socket = getattr(self.transport, "transport", None)
+        if socket is None or not hasattr(socket, "registerProducer"):
+            return  # no socket (a test's fake transport): no back-pressure from it
+        try:
+            socket.registerProducer(_SocketProducer(self), True)
+        except RuntimeError:
+            self._log.warn("the SSH socket has a producer already: not watching it")
+            return
+        self._socket = socket
+
+    def serviceStopped(self) -> None:
+        self._release_socket()
+        super().serviceStopped()
+
+    def _release_socket(self) -> None:
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            socket.unregisterProducer()
+
+    def _socket_full(self) -> None:
+        self.congested = True
+
+    def _socket_drained(self) -> None:
+        if self._socket is None:
+            return
+        self.congested = False
+        if getattr(self._socket, "disconnecting", False):
+            # loseConnection was called (e.g. sendDisconnect): TCP and TLS
+            # transports close only once their producer is unregistered.
+            self._release_socket()
+            return
+        flows = [
+            c for c in self.channels.values() if isinstance(c, FlowControlledChannel)
+        ]
+        if not flows:
+            return
+        turn = self._flush_turn % len(flows)
+        self._flush_turn += 1
+        for channel in flows[turn:] + flows[:turn]:  # in turn: no channel starves
+            channel._flush()  # sends while the socket takes it; startWriting if drained
+
+    def _socket_lost(self) -> None:
+        self.congested = True  # the socket is gone: nothing more to send into it
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        """Add to a channel's window, never past 2^32-1: beyond is a protocol error.
+
+        An initial window (CHANNEL_OPEN, OPEN_CONFIRMATION) is a uint32 and so
+        within the limit; only adjusts can overflow. OpenSSH's
+        ``channel_input_window_adjust`` makes the overflow fatal, and so do
+        we, rather than clamp: a peer that miscounts its window by 4 GiB is
+        broken or hostile, and clamping would leave it believing it may send
+        what we never granted it to expect.
+        """
+        localChannel, bytesToAdd = struct.unpack(">2L", packet[:8])
+        channel = self.channels[localChannel]
+        if channel.remoteWindowLeft + bytesToAdd > MAX_WINDOW:
+            self._log.warn(
+                "peer overflowed channel {id}'s window ({left} + {add} > 2^32-1): "
+                "disconnecting",
+                id=localChannel,
+                left=channel.remoteWindowLeft,
+                add=bytesToAdd,
+            )
+            assert self.transport is not None
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR, b"window overflow"
+            )
+            return
+        channel.addWindowBytes(bytesToAdd)
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         """Like the stock one, but an opted-in channel may delay its confirmation."""
