@@ -26,10 +26,14 @@ from twisted.conch.ssh.transport import (
     MSG_KEX_DH_GEX_INIT,
     MSG_KEXINIT,
     MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT,
     MSG_SERVICE_REQUEST,
     MSG_UNIMPLEMENTED,
 )
-from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST
+from twisted.conch.ssh.userauth import (
+    MSG_USERAUTH_FAILURE,
+    MSG_USERAUTH_REQUEST,
+)
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -42,6 +46,7 @@ from teleconch.proxy.ssh import ProxyAvatar, ProxySSHFactory, Session, make_fact
 from tests.test_conch_transport import HOST_KEY, MemoryClient
 
 PEER = "192.0.2.7"
+CONN = b"ssh-connection"
 
 
 # -- wiring ---------------------------------------------------------------------
@@ -114,6 +119,7 @@ def plain(messageNum: int, payload: bytes) -> bytes:
 
 
 HELLO = b"SSH-2.0-OpenSSH_9.2p1 test\r\n"
+UNEXPECTED_SERVICE_REQUEST = b"unexpected SERVICE_REQUEST message"
 
 
 def sent(wire: StringTransport) -> list[tuple[int, bytes]]:
@@ -253,10 +259,16 @@ def test_re_keying_either_way_still_works_through_the_guard() -> None:
         side.sendKexInit()
         pump.flush()
         assert server.currentEncryptions is not old
-        client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        if server.service is None:
+            client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        else:
+            client.sendPacket(
+                MSG_USERAUTH_REQUEST, NS(b"alice") + NS(CONN) + NS(b"none")
+            )
         pump.flush()
         assert client.errors == []
     assert server.service is not None
+    assert [m for m, _ in client.packets if m >= 50] == [MSG_USERAUTH_FAILURE]
 
 
 # -- item 7: before key exchange ---------------------------------------------------
@@ -496,6 +508,43 @@ def test_a_service_request_with_trailing_bytes_is_malformed(logged: Any) -> None
     other.sendPacket(MSG_SERVICE_REQUEST, struct.pack(">L", 64) + b"ssh")
     otherPump.flush()
     assert other.errors == client.errors
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize("service", [b"ssh-userauth", CONN])
+def test_a_second_service_request_before_login_is_refused(
+    logged: Any, service: bytes
+) -> None:
+    """Only one ssh-userauth request is valid: another would start a fresh
+    userauth service (its login attempts counted from zero, the old one's
+    refusals audited), and ssh-connection starts only by USERAUTH_SUCCESS."""
+    client, server, pump = secured()
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+    pump.flush()
+    userauth = server.service
+    assert userauth is not None and client.errors == []
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(service))
+    pump.flush()
+    assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, UNEXPECTED_SERVICE_REQUEST)]
+    assert server.service is userauth
+    assert [m for m, _ in client.packets].count(MSG_SERVICE_ACCEPT) == 1
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize("service", [b"ssh-userauth", CONN])
+def test_a_service_request_after_login_is_refused(logged: Any, service: bytes) -> None:
+    """Logged in, ssh-userauth would replace the connection service (closing
+    its channels) and ssh-connection would build a fresh one, outside the
+    startup accounting; both end the connection instead."""
+    client, server, pump = logged_in()
+    conn = server.service
+    open_session(client, pump, 0)
+    assert client.packets[-1][0] == connection.MSG_CHANNEL_OPEN_CONFIRMATION
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(service))
+    pump.flush()
+    assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, UNEXPECTED_SERVICE_REQUEST)]
+    assert server.service is conn
+    assert MSG_SERVICE_ACCEPT not in [m for m, _ in client.packets]
     assert tracebacks(logged) == []
 
 
