@@ -180,6 +180,11 @@ class ProtocolGuardMixin(_Base):
                 disconnect_malformed(self, message_name(messageNum, self.service), e)
 
     @property
+    def disconnectSent(self) -> bool:
+        """Whether our DISCONNECT is out: nothing the peer sends counts now."""
+        return self._disconnected
+
+    @property
     def _authenticated(self) -> bool:
         return hasattr(self, "avatar")
 
