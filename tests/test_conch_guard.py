@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import (
     DISCONNECT_BY_APPLICATION,
     DISCONNECT_PROTOCOL_ERROR,
@@ -26,22 +28,31 @@ from twisted.conch.ssh.transport import (
     MSG_KEX_DH_GEX_INIT,
     MSG_KEXINIT,
     MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT,
     MSG_SERVICE_REQUEST,
     MSG_UNIMPLEMENTED,
 )
-from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST
+from twisted.conch.ssh.userauth import (
+    MSG_USERAUTH_FAILURE,
+    MSG_USERAUTH_REQUEST,
+    MSG_USERAUTH_SUCCESS,
+)
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.test import iosim
 from zope.interface import provider
 
+from teleconch.conch.limits import ABORT_AFTER
 from teleconch.proxy.routing import RoutingError
 from teleconch.proxy.ssh import ProxyAvatar, ProxySSHFactory, Session, make_factory
+from tests.test_conch_certs import CA, ED_CERT, NOW, Policy, cert_blob
 from tests.test_conch_transport import HOST_KEY, MemoryClient
 
 PEER = "192.0.2.7"
+CONN = b"ssh-connection"
 
 
 # -- wiring ---------------------------------------------------------------------
@@ -114,6 +125,7 @@ def plain(messageNum: int, payload: bytes) -> bytes:
 
 
 HELLO = b"SSH-2.0-OpenSSH_9.2p1 test\r\n"
+UNEXPECTED_SERVICE_REQUEST = b"unexpected SERVICE_REQUEST message"
 
 
 def sent(wire: StringTransport) -> list[tuple[int, bytes]]:
@@ -253,10 +265,16 @@ def test_re_keying_either_way_still_works_through_the_guard() -> None:
         side.sendKexInit()
         pump.flush()
         assert server.currentEncryptions is not old
-        client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        if server.service is None:
+            client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        else:
+            client.sendPacket(
+                MSG_USERAUTH_REQUEST, NS(b"alice") + NS(CONN) + NS(b"none")
+            )
         pump.flush()
         assert client.errors == []
     assert server.service is not None
+    assert [m for m, _ in client.packets if m >= 50] == [MSG_USERAUTH_FAILURE]
 
 
 # -- item 7: before key exchange ---------------------------------------------------
@@ -496,6 +514,43 @@ def test_a_service_request_with_trailing_bytes_is_malformed(logged: Any) -> None
     other.sendPacket(MSG_SERVICE_REQUEST, struct.pack(">L", 64) + b"ssh")
     otherPump.flush()
     assert other.errors == client.errors
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize("service", [b"ssh-userauth", CONN])
+def test_a_second_service_request_before_login_is_refused(
+    logged: Any, service: bytes
+) -> None:
+    """Only one ssh-userauth request is valid: another would start a fresh
+    userauth service (its login attempts counted from zero, the old one's
+    refusals audited), and ssh-connection starts only by USERAUTH_SUCCESS."""
+    client, server, pump = secured()
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+    pump.flush()
+    userauth = server.service
+    assert userauth is not None and client.errors == []
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(service))
+    pump.flush()
+    assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, UNEXPECTED_SERVICE_REQUEST)]
+    assert server.service is userauth
+    assert [m for m, _ in client.packets].count(MSG_SERVICE_ACCEPT) == 1
+    assert tracebacks(logged) == []
+
+
+@pytest.mark.parametrize("service", [b"ssh-userauth", CONN])
+def test_a_service_request_after_login_is_refused(logged: Any, service: bytes) -> None:
+    """Logged in, ssh-userauth would replace the connection service (closing
+    its channels) and ssh-connection would build a fresh one, outside the
+    startup accounting; both end the connection instead."""
+    client, server, pump = logged_in()
+    conn = server.service
+    open_session(client, pump, 0)
+    assert client.packets[-1][0] == connection.MSG_CHANNEL_OPEN_CONFIRMATION
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(service))
+    pump.flush()
+    assert client.errors == [(DISCONNECT_PROTOCOL_ERROR, UNEXPECTED_SERVICE_REQUEST)]
+    assert server.service is conn
+    assert MSG_SERVICE_ACCEPT not in [m for m, _ in client.packets]
     assert tracebacks(logged) == []
 
 
@@ -787,3 +842,86 @@ def test_channels_past_the_limit_are_refused_with_a_message() -> None:
     assert (sender, code) == (64, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
     assert b"at most 64 channels" in getNS(payload[8:])[0]
     assert client.errors == []
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["passes", "refused"])
+def test_a_login_that_completes_after_the_grace_time_is_not_let_in(
+    trusted: bool,
+) -> None:
+    """The grace time runs out while a certificate check waits on the CA
+    lookup: the DISCONNECT is final. The check finishing afterwards sends
+    nothing (no USERAUTH_SUCCESS, nor a FAILURE or banner), starts no
+    connection service, keeps the startup slot, and a peer that does not
+    read is still aborted 5 s later."""
+    ca, user_key = CA.make(), Ed25519PrivateKey.generate()
+    gate: Deferred[None] = Deferred()
+    policy = Policy([ca.line()], gate=gate)
+    clock = Clock()
+    clock.advance(NOW)
+    factory = make_factory(None, policy, HOST_KEY, None, clock)  # type: ignore[arg-type]
+    factory.startFactory()
+    client, server, pump = secured(factory)
+    sent: list[int] = []
+    sendPacket = server.sendPacket
+
+    def recordPacket(messageNum: int, payload: bytes) -> None:
+        sent.append(messageNum)
+        sendPacket(messageNum, payload)
+
+    server.sendPacket = recordPacket
+    aborted: list[bool] = []
+    server.transport.abortConnection = lambda: aborted.append(True)
+
+    client.sendPacket(MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+    pump.flush()
+    assert sent == [MSG_SERVICE_ACCEPT]
+    sent.clear()
+    blob = cert_blob(ca.user(user_key))
+    head = NS(b"alice") + NS(CONN) + NS(b"publickey") + b"\x01" + NS(ED_CERT) + NS(blob)
+    signature = Key(user_key).sign(
+        NS(server.sessionID) + bytes([MSG_USERAUTH_REQUEST]) + head,
+        signatureType=b"ssh-ed25519",
+    )
+    client.sendPacket(MSG_USERAUTH_REQUEST, head + NS(signature))
+    pump.flush()
+    assert policy.calls == 1 and sent == []
+
+    clock.advance(factory.limits.login_grace_time)
+    assert sent == [MSG_DISCONNECT]
+    if not trusted:
+        policy.cas = []
+    gate.callback(None)  # the check completes now
+    assert sent == [MSG_DISCONNECT]
+    assert len(policy.refused) == (0 if trusted else 1)
+    assert not hasattr(server, "avatar")
+    assert server.service.name == b"ssh-userauth"
+    assert factory.startups.total == 1  # held until the peer is gone
+    clock.advance(ABORT_AFTER)
+    assert aborted == [True]
+    pump.flush()
+    assert client.errors[0][0] == DISCONNECT_BY_APPLICATION
+    assert MSG_USERAUTH_SUCCESS not in [m for m, _ in client.packets]
+    assert factory.startups.total == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_abort_after_the_grace_time_survives_a_late_service_change() -> None:
+    """Once the grace DISCONNECT is out, nothing but the peer going away
+    stops the 5 s abort or gives the startup slot back, even a service
+    change that looks like a login."""
+    clock = Clock()
+    factory = proxy_factory(clock)
+    _client, server, _pump = secured(factory)
+    aborted: list[bool] = []
+    server.transport.abortConnection = lambda: aborted.append(True)
+    clock.advance(factory.limits.login_grace_time)
+    session = Session("alice", None, PEER)  # type: ignore[arg-type]
+    server.avatar = ProxyAvatar(session, StubRouter())  # type: ignore[arg-type]
+    server.logoutFunction = lambda: None
+    server.setService(factory.services[CONN]())
+    assert factory.startups.total == 1
+    clock.advance(ABORT_AFTER)
+    assert aborted == [True]
+    server.connectionLost(None)
+    assert factory.startups.total == 0
+    assert clock.getDelayedCalls() == []

@@ -2,15 +2,17 @@
 
 Conch trusts its peer more than a gateway can: a malformed message raises out
 of ``dataReceived`` (an "Unhandled Error" traceback per packet), a service
-starts on a plaintext ``SERVICE_REQUEST`` before any key exchange, key
-exchange messages are taken out of order, and every unknown message gets a
-reply and a log line holding its payload.  ``ProtocolGuardMixin`` answers each
+starts on a plaintext ``SERVICE_REQUEST`` before any key exchange (and on
+every later one, replacing the running service), key exchange messages are
+taken out of order, and every unknown message gets a reply and a log line
+holding its payload.  ``ProtocolGuardMixin`` answers each
 of these in one place, the transport's dispatch:
 
 - a message that does not parse is a DISCONNECT PROTOCOL_ERROR "malformed
   <NAME> message" and one log line, never a traceback;
-- ``SERVICE_REQUEST`` before the first NEWKEYS, and KEXINIT, NEWKEYS or a key
-  exchange message (30-49) outside its place in the exchange, are refused;
+- ``SERVICE_REQUEST`` before the first NEWKEYS or once a service runs (only
+  one ssh-userauth request is valid), and KEXINIT, NEWKEYS or a key exchange
+  message (30-49) outside its place in the exchange, are refused;
 - unknown messages are answered without logging their payload, and more
   than a few of them (or of DEBUG and UNIMPLEMENTED) before authentication
   end the connection;
@@ -178,6 +180,11 @@ class ProtocolGuardMixin(_Base):
                 disconnect_malformed(self, message_name(messageNum, self.service), e)
 
     @property
+    def disconnectSent(self) -> bool:
+        """Whether our DISCONNECT is out: nothing the peer sends counts now."""
+        return self._disconnected
+
+    @property
     def _authenticated(self) -> bool:
         return hasattr(self, "avatar")
 
@@ -235,6 +242,15 @@ class ProtocolGuardMixin(_Base):
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
         if strings_end(packet, 1):
             raise ValueError("bytes after the service name")
+        # One ssh-userauth request per connection; ssh-connection starts only
+        # through USERAUTH_SUCCESS (as OpenSSH).  Conch would start a service
+        # each time: a fresh userauth (its attempt count back at zero), or one
+        # replacing the connection service after login.
+        if self.service is not None:
+            self.sendDisconnect(
+                DISCONNECT_PROTOCOL_ERROR, b"unexpected SERVICE_REQUEST message"
+            )
+            return
         super().ssh_SERVICE_REQUEST(packet)
 
     # -- key exchange bookkeeping ---------------------------------------------

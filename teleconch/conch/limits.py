@@ -131,6 +131,9 @@ class AdmissionMixin(_Base):
 
     _startupSource: str | None = None
     _graceTimer: IDelayedCall | None = None
+    # Set by the grace DISCONNECT; only the connection going away ends them.
+    _graceOver = False
+    _abortTimer: IDelayedCall | None = None
     _refusedAtStart = False
 
     @property
@@ -159,14 +162,21 @@ class AdmissionMixin(_Base):
             super().dataReceived(data)
 
     def setService(self, service: Any) -> None:
-        """Logged in once the userauth service hands over to the next one."""
+        """Logged in once the userauth service hands over to the next one.
+
+        Not after the grace DISCONNECT: that connection keeps its slot and its
+        abort until it is gone, whatever completes in the meantime.
+        """
         super().setService(service)
-        if hasattr(self, "avatar"):
-            self._cancelTimer()
+        if hasattr(self, "avatar") and not self._graceOver:
+            _cancel(self._graceTimer)
+            self._graceTimer = None
             self._releaseSlot()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._cancelTimer()
+        _cancel(self._graceTimer)
+        _cancel(self._abortTimer)
+        self._graceTimer = self._abortTimer = None
         self._releaseSlot()
         if not self._refusedAtStart:
             super().connectionLost(reason)
@@ -174,6 +184,7 @@ class AdmissionMixin(_Base):
     def _graceExpired(self) -> None:
         grace = format_duration(self._limited.limits.login_grace_time)
         self._graceTimer = None
+        self._graceOver = True
         self.sendDisconnect(
             DISCONNECT_BY_APPLICATION,
             b"not authenticated within the login grace time (%s)" % grace.encode(),
@@ -181,17 +192,18 @@ class AdmissionMixin(_Base):
         # The slot is held until the peer is really gone.
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
-            self._graceTimer = self._limited.clock.callLater(ABORT_AFTER, abort)
-
-    def _cancelTimer(self) -> None:
-        if self._graceTimer is not None and self._graceTimer.active():
-            self._graceTimer.cancel()
-        self._graceTimer = None
+            self._abortTimer = self._limited.clock.callLater(ABORT_AFTER, abort)
 
     def _releaseSlot(self) -> None:
         if self._startupSource is not None:
             self._limited.startups.release(self._startupSource)
             self._startupSource = None
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    """Cancel ``call`` if it is still pending."""
+    if call is not None and call.active():
+        call.cancel()
 
 
 class ChannelLimitMixin(_ConnBase):

@@ -190,6 +190,15 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         return self.transport
 
     @property
+    def _gone(self) -> bool:
+        """Stopped, or the transport is closing: our DISCONNECT (a protocol
+        error, the grace time) or the peer's is final, so no login may
+        complete and nothing more is sent."""
+        if self._stopped or getattr(self._t, "disconnectSent", False):
+            return True
+        return bool(getattr(self._t.transport, "disconnecting", False))
+
+    @property
     def policy(self) -> CertificatePolicy:
         policy = getattr(self._t.factory, "certificate_policy", None)
         if policy is None:
@@ -198,8 +207,8 @@ class CertificateUserAuthServer(SSHUserAuthServer):
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Deferred[Any]:
         def handle() -> Deferred[Any] | None:
-            if self._stopped:
-                return None  # authenticated already, or the connection is gone
+            if self._gone:
+                return None  # authenticated already, or the connection is going
             next_service = getNS(packet, 2)[1]
             # Conch looks the service up only after a successful login.
             if (
@@ -225,7 +234,8 @@ class CertificateUserAuthServer(SSHUserAuthServer):
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred[_PortalResult]:
         if kind == b"publickey":
-            return Deferred.fromCoroutine(self._publickey(user, data))
+            d = Deferred.fromCoroutine(self._publickey(user, data))
+            return d.addErrback(self._silent_when_gone)
         if kind == b"none":
             return defer.fail(error.ConchError("none"))
         name = user.decode("utf-8", "backslashreplace")
@@ -234,6 +244,12 @@ class CertificateUserAuthServer(SSHUserAuthServer):
             self._refuse(name, f"{method} authentication refused", None)
         except _Refused:
             return defer.fail()
+
+    def _silent_when_gone(self, reason: Failure) -> Failure:
+        """A refusal that comes after the DISCONNECT is audited but not answered."""
+        if self._gone and not reason.check(error.IgnoreAuthentication):
+            return Failure(error.IgnoreAuthentication())
+        return reason
 
     # -- helpers --
 
@@ -251,7 +267,7 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         if problem:
             self._certificate_explained = True
         lines = [line for line in lines if line and line not in self._banners]
-        if lines and not self._stopped:
+        if lines and not self._gone:
             self._banners.update(lines)
             text = "\n".join(lines) + "\n"
             self._t.sendPacket(MSG_USERAUTH_BANNER, NS(text.encode()) + NS(b""))
@@ -325,7 +341,7 @@ class CertificateUserAuthServer(SSHUserAuthServer):
         except CertificateRefused as e:
             trusted_cert = cert if e.issuer_trusted else None
             self._refuse(name, e.reason, e.user_message, e.relogin_helps, trusted_cert)
-        if self._stopped:
+        if self._gone:  # went while the CA lookup ran (the grace time, say)
             raise error.IgnoreAuthentication()
         assert self.nextService is not None
         if not has_sig:
@@ -349,7 +365,7 @@ class CertificateUserAuthServer(SSHUserAuthServer):
             )
         creds = CertificateCredentials(username, cert, self._client_address())
         result: _PortalResult = await self.portal.login(creds, creds, IConchUser)
-        if self._stopped:  # gone while the realm worked: nobody will log out
+        if self._gone:  # gone while the realm worked: nobody will log out
             result[2]()
             raise error.IgnoreAuthentication()
         return result
