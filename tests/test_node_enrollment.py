@@ -21,7 +21,14 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 
 from teleconch.auth import protocol as api
-from teleconch.auth.attest import JOIN_PURPOSE, RENEW_PURPOSE, renew_message, verify
+from teleconch.auth.attest import (
+    JOIN_PURPOSE,
+    RENEW_PURPOSE,
+    join_proof,
+    renew_message,
+    token_name,
+    verify,
+)
 from teleconch.auth.backends.sqlite import SQLiteStore
 from teleconch.auth.nodejoin import join_node, renew_node
 from teleconch.auth.server import AuthServer
@@ -42,10 +49,19 @@ class Auth:
         return (await self.server.create_token("node", 600)).token
 
     async def join(
-        self, key: ed25519.Ed25519PrivateKey, name: str = "web1", **kw: Any
+        self,
+        key: ed25519.Ed25519PrivateKey,
+        name: str = "web1",
+        token: str | None = None,
+        proof_for: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> dict[str, Any]:
+        """Join as the client does: the token's name and a proof, never the token.
+
+        ``proof_for`` changes what the proof is made for (a request relayed
+        by someone who changed it)."""
+        token = token or await self.token()
         args: dict[str, Any] = {
-            "token": await self.token(),
             "name": name,
             "addr": "10.1.2.3:22",
             "labels": {"env": "prod"},
@@ -53,8 +69,13 @@ class Auth:
             "client_addr": "192.0.2.7",
         }
         args.update(kw)
-        document = await join_node(self.server, **args)
-        return verify(document.to_json(), JOIN_PURPOSE, args["token"], self.tls_ca.pin)
+        signed = {k: args[k] for k in ("name", "addr", "labels", "public_key")}
+        signed.update(proof_for or {})
+        proof = join_proof(token, **signed)
+        document = await join_node(
+            self.server, token_name=token_name(token), proof=proof, **args
+        )
+        return verify(document.to_json(), JOIN_PURPOSE, proof, self.tls_ca.pin)
 
     async def renew(
         self,
@@ -159,6 +180,34 @@ async def test_a_token_joins_once(auth: Auth) -> None:
     refused = [e for e in await auth.events("node.join") if not e.success]
     assert refused[0].fields["reason"] == "unknown token or wrong type"
     assert token not in repr(refused)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"public_key": _public(ed25519.Ed25519PrivateKey.generate())},
+        {"name": "web9"},
+        {"addr": "10.9.9.9:22"},
+        {"labels": {"env": "dev"}},
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_proof_made_for_another_request_is_refused_and_keeps_the_token(
+    auth: Auth, changed: dict[str, Any]
+) -> None:
+    """A man in the middle who relays a node's request with its own key (or
+    another name or address) has no proof for it: refused, the token unspent,
+    and the real node still joins with it."""
+    token = await auth.token()
+    key = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(api.AccessDenied, match="invalid, expired"):
+        await auth.join(key, token=token, proof_for=changed)
+    assert len(await auth.server.list_tokens()) == 1
+    assert await auth.server.store.list_nodes() == []
+    [event] = await auth.events("node.join")
+    assert not event.success and token not in repr(event)
+    await auth.join(key, token=token)
+    assert await auth.server.list_tokens() == []
 
 
 @pytest_twisted.ensureDeferred

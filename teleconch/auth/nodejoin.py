@@ -2,7 +2,11 @@
 
 A node trades a single-use node token for a host certificate of its own key
 (made on the node; only the public key travels), the user CA and a place in
-the node list.  From then on it renews the certificate with that key alone:
+the node list.  The token itself never travels: the node sends its public
+name and an HMAC keyed by the token's hash over exactly what it asks for
+(``teleconch.auth.attest.join_proof``), so a request relayed by whoever
+terminated the proxy's TLS certifies only the node's own key, name and
+address.  From then on it renews the certificate with that key alone:
 it signs its current certificate and the time, and the auth service checks
 that the certificate is its own, still valid, and the node's.  Both answers
 are attested (``teleconch.auth.attest``) so the node trusts them through a
@@ -28,14 +32,16 @@ from teleconch.auth.attest import (
     RENEW_PURPOSE,
     Attested,
     attest,
+    join_request,
+    proof_matches,
+    proof_of,
     renew_message,
 )
 from teleconch.auth.joining import Claims, _is_loopback
 from teleconch.auth.login import iso_utc
 from teleconch.auth.nodes import clean_labels
 from teleconch.auth.store import AlreadyExists
-from teleconch.auth.tokens import token_hash
-from teleconch.auth.types import JoinedIdentity, Node
+from teleconch.auth.types import JoinedIdentity, Node, Token
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_node_name
 from teleconch.ca import BadPublicKey, fingerprint, parse_public_key
 from teleconch.config import parse_host_port
@@ -114,7 +120,8 @@ def _address_principal(host: str, claims: Claims) -> str | None:
 async def join_node(
     server: AuthServer,
     *,
-    token: str,
+    token_name: str,
+    proof: str,
     name: str,
     addr: str,
     labels: Mapping[str, Any],
@@ -123,7 +130,9 @@ async def join_node(
 ) -> Attested:
     """Register a node with a node token; its host certificate and the user CA."""
     try:
-        return await _join(server, token, name, addr, labels, public_key, client_addr)
+        return await _join(
+            server, token_name, proof, name, addr, labels, public_key, client_addr
+        )
     except _Refusal as e:
         await server.audit(
             "node.join",
@@ -136,9 +145,28 @@ async def join_node(
         raise e.error from None
 
 
+async def _proven_token(
+    server: AuthServer, token_name: str, proof: str, request: Mapping[str, Any]
+) -> Token | None:
+    """The live node token named ``token_name`` the proof was made with, if any."""
+    now = server._now()
+    found = None
+    for token in await server.store.list_tokens():
+        if token.name != token_name or token.kind != ROLE_NODE or token.expires <= now:
+            continue
+        try:
+            expected = proof_of(token.token_hash, request)
+        except ValueError:
+            continue
+        if proof_matches(expected, proof):
+            found = token
+    return found
+
+
 async def _join(
     server: AuthServer,
-    token: str,
+    token_name: str,
+    proof: str,
     name: str,
     addr: str,
     labels: Mapping[str, Any],
@@ -146,11 +174,16 @@ async def _join(
     client_addr: str,
 ) -> Attested:
     store = server.store
-    found = await store.get_token(token_hash(token))
-    if found is None or found.kind != ROLE_NODE or found.expires <= server._now():
+    try:
+        request = join_request(name, addr, labels, public_key)
+        found = await _proven_token(server, token_name, proof, request)
+    except (TypeError, ValueError):
+        found = None
+    if found is None:
         _refuse(
             "unknown token or wrong type",
-            f"the join token is invalid, expired or already used: {HOW_TO_JOIN}",
+            "the join token is invalid, expired or already used, or the request "
+            f"was changed on the way: {HOW_TO_JOIN}",
         )
     claims = Claims(
         server.cluster_name, await store.list_nodes(), await store.list_identities()
@@ -172,7 +205,7 @@ async def _join(
         _refuse(
             "host key not ed25519", "the host key must be ed25519", api.BadParameter
         )
-    if await store.consume_token(token_hash(token), server._now()) is None:
+    if await store.consume_token(found.token_hash, server._now()) is None:
         _refuse(
             "token used or expired meanwhile",
             f"the join token has expired: {HOW_TO_JOIN}",
@@ -218,7 +251,7 @@ async def _join(
         client_addr=client_addr,
     )
     payload = _payload(server, node_id, name, cert, expires, principals)
-    return _attested(server, JOIN_PURPOSE, payload, token)
+    return _attested(server, JOIN_PURPOSE, payload, proof)
 
 
 def _payload(

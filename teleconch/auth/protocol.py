@@ -436,7 +436,10 @@ class SignHostCertificate(AuthCommand[HostKey, HostCertificate]):
 
 @attrs.frozen
 class NodeJoin:
-    token: str = attrs.field(repr=False)
+    """A node's join: the token's public name and a proof, never the token."""
+
+    token_name: str
+    proof: str = attrs.field(repr=False)
     name: str
     addr: str
     labels: Mapping[str, str]
@@ -454,8 +457,11 @@ class Document:
 class JoinOpenSSHNode(AuthCommand[NodeJoin, Document]):
     """An OpenSSH node joins itself with a node token, through the proxy's web API.
 
-    Only the node's public host key travels; the answer (host certificate,
-    user CA) is attested by the auth service, bound to the token.
+    The token never travels: the node names it (its public name) and proves
+    it holds it with an HMAC over what it asks for (name, address, labels,
+    public host key; ``teleconch.auth.attest.join_proof``), so whoever relays
+    the request cannot change it.  The answer (host certificate, user CA) is
+    attested by the auth service, bound to that proof.
     """
 
     roles = frozenset({ROLE_PROXY})

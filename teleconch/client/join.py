@@ -1,12 +1,19 @@
 """``teleconch join openssh``: an OpenSSH node joins the cluster by itself.
 
 Run as root on the node, with a node token from ``teleconch-ctl tokens add
---type=node``: it checks the cluster's CA pin before the token leaves the
-node, makes the host key here (only the public key is sent), gets a host
-certificate and the user CA through the proxy's web API (attested by the auth
-service), writes them and an sshd drop-in, and checks sshd's config with
-``sshd -t``.  Run again (or with ``--renew``), it renews the certificate with
-the node's own key, no token.
+--type=node``: it makes the host key here (only the public key is sent),
+gets a host certificate and the user CA through the proxy's web API, writes
+them and an sshd drop-in, and checks sshd's config with ``sshd -t``.
+
+The token never leaves the node: the request names it by its public name and
+carries an HMAC, keyed by the token's hash, over the name, address, labels
+and public key it asks for (``teleconch.auth.attest.join_proof``), so
+whoever terminates TLS (the proxy's certificate is often self-signed, hence
+``--insecure``) can relay or drop it but not change what it certifies.  The
+answer is attested by the auth service and checked against the CA pin; the
+pin is also checked up front, so a wrong one costs no token.  Run again (or
+with ``--renew``), it renews the certificate with the node's own key, no
+token.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from teleconch.auth.attest import (
     JOIN_PURPOSE,
     RENEW_PURPOSE,
     AttestationError,
+    join_proof,
     renew_message,
+    token_name,
     verify,
 )
 from teleconch.client.sshd_setup import (
@@ -199,7 +208,7 @@ def _pinned(cas: list[bytes], pin: str | None, where: str) -> bytes:
             return ca
     raise JoinError(
         f"the cluster at {where} has CA pin {ca_pin(cas[0])}, not {pin}: check --ca-pin "
-        "and --proxy. Nothing was written and the token was not sent."
+        "and --proxy. Nothing was written and the token was not used."
     )
 
 
@@ -261,8 +270,8 @@ async def run_join(reactor: Any, args: argparse.Namespace, store: Any = None) ->
 async def _run(reactor: Any, plan: Plan) -> int:
     if plan.insecure:
         _warn(
-            "--insecure: the proxy's TLS certificate is not checked; whoever is on "
-            "the path could read the join token"
+            "--insecure: the proxy's TLS certificate is not checked; the token does "
+            "not travel and the answer is checked against the CA pin"
         )
     client = WebAPIClient(reactor, plan.proxy, insecure=plan.insecure)
     existing = await deferToThread(load_identity, plan.files)
@@ -307,13 +316,17 @@ async def _join(plan: Plan, client: WebAPIClient, token: str) -> int:
     if not ok:
         await deferToThread(credentials.rollback)
         raise _sshd_failed(
-            plan, said, "The token was not sent: fix sshd_config and run again."
+            plan, said, "The token was not used: fix sshd_config and run again."
         )
+    public = _public_line(key)
+    proof = join_proof(
+        token, name=plan.name, addr=plan.addr, labels=plan.labels, public_key=public
+    )
     try:
         document = await client.host_credentials(
-            token, plan.name, plan.addr, plan.labels, _public_line(key)
+            token_name(token), proof, plan.name, plan.addr, plan.labels, public
         )
-        payload = verify(document, JOIN_PURPOSE, token, ca_pin(ca))
+        payload = verify(document, JOIN_PURPOSE, proof, ca_pin(ca))
         _check_payload(payload, key)
     except BaseException:
         await deferToThread(sshd.rollback)

@@ -298,7 +298,8 @@ class SSHCertsResource(JSONResource):
 
 class HostCAResource(JSONResource):
     """GET /v1/webapi/host/ca: the cluster's TLS CA, for a node to check its pin
-    before it sends its token."""
+    before it spends its token (a courtesy: anyone can relay these public
+    certificates; what protects the node is the attested answer)."""
 
     def __init__(self, agent: AuthAgent, config: WebConfig) -> None:
         super().__init__()
@@ -322,8 +323,9 @@ def _labels(data: dict[str, Any]) -> dict[str, str]:
 
 
 class HostCredentialsResource(JSONResource):
-    """POST /v1/webapi/host/credentials: a node's join token and public key
-    for its host certificate, the user CA and its registration (attested)."""
+    """POST /v1/webapi/host/credentials: a node's public key, and its join
+    token's name with a proof over the request (never the token), for its
+    host certificate, the user CA and its registration (attested)."""
 
     too_many = "too many join attempts from your address; wait a minute"
 
@@ -336,7 +338,8 @@ class HostCredentialsResource(JSONResource):
         client = client_host(request)
         data = _json_body(request)
         document = await self._agent.join_openssh_node(
-            token=_field(data, "token"),
+            token_name=_field(data, "token_name"),
+            proof=_field(data, "proof"),
             name=_field(data, "node_name"),
             addr=_field(data, "addr"),
             labels=_labels(data),
