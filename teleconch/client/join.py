@@ -72,6 +72,8 @@ class Plan:
     labels: dict[str, str]
     token: str | None = attrs.field(repr=False)
     pin: str | None
+    #: --insecure-no-ca-pin: trust the first CA the proxy shows (loudly).
+    no_pin: bool
     insecure: bool
     renew: bool
     restart: bool
@@ -112,6 +114,14 @@ def plan(args: argparse.Namespace) -> Plan:
         proxy = cfg.parse_host_port(args.proxy, cfg.PROXY_WEB_PORT)
     except ValueError as e:
         raise JoinError(str(e)) from None
+    if args.ca_pin and args.insecure_no_ca_pin:
+        raise JoinError("give --ca-pin or --insecure-no-ca-pin, not both")
+    if args.token and not args.ca_pin and not args.insecure_no_ca_pin:
+        raise JoinError(
+            "give --ca-pin, the cluster's CA pin printed with the token by "
+            "`teleconch-ctl tokens add --type=node`: without it the node would trust "
+            "whichever cluster answers, and its users"
+        )
     return Plan(
         proxy=proxy,
         files=NodeFiles(Path(args.dir or DEFAULT_DIR).absolute()),
@@ -121,6 +131,7 @@ def plan(args: argparse.Namespace) -> Plan:
         labels=_labels(args.labels),
         token=args.token,
         pin=args.ca_pin,
+        no_pin=args.insecure_no_ca_pin,
         insecure=args.insecure,
         renew=args.renew,
         restart=args.restart_sshd,
@@ -198,9 +209,15 @@ def _pinned(cas: list[bytes], pin: str | None, where: str) -> bytes:
     if not cas:
         raise JoinError(f"{where} named no cluster CA: is it a teleconch proxy?")
     if pin is None:
+        try:
+            shown = ca_pin(cas[0])
+        except ValueError:
+            shown = "(unreadable)"
         _warn(
-            f"no --ca-pin: trusting the cluster CA {ca_pin(cas[0])} of {where} on first "
-            "use; pass the --ca-pin that `teleconch-ctl tokens add --type=node` prints"
+            f"--insecure-no-ca-pin: trusting whatever cluster answers at {where} "
+            f"(CA pin {shown}). Whoever is on the path can give this node its own "
+            "user CA, and log in to it as root. Use the --ca-pin that "
+            "`teleconch-ctl tokens add --type=node` prints"
         )
         return cas[0]
     for ca in cas:
@@ -306,6 +323,8 @@ async def _run(reactor: Any, plan: Plan) -> int:
 
 async def _join(plan: Plan, client: WebAPIClient, token: str) -> int:
     where = str(plan.proxy)
+    if plan.pin is None and not plan.no_pin:
+        raise JoinError("give --ca-pin (from `teleconch-ctl tokens add --type=node`)")
     cas = [str(c).encode() for c in (await client.host_ca()).get("tls_ca_certs", [])]
     ca = _pinned(cas, plan.pin, where)
     key = ed25519.Ed25519PrivateKey.generate()
@@ -436,6 +455,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--ca-pin", help="the cluster's CA pin (sha256:...), as printed with the token"
+    )
+    p.add_argument(
+        "--insecure-no-ca-pin",
+        action="store_true",
+        help="join without --ca-pin, trusting whichever cluster answers (unsafe: "
+        "whoever is on the path could log in to this node as root)",
     )
     p.add_argument("--name", help="the node's name (default: the short hostname)")
     p.add_argument("--labels", help="key=value,... e.g. env=prod,role=web")
