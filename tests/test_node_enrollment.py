@@ -247,16 +247,55 @@ async def test_a_name_held_by_a_registered_or_joined_node_is_refused(
         await auth.join(ed25519.Ed25519PrivateKey.generate(), name="web1", addr="h:22")
 
 
+@pytest.mark.parametrize(
+    ("name", "addr"),
+    [
+        ("test.example", "10.1.2.3:22"),  # the cluster's name: its CA's bare name
+        ("web1", "test.example:22"),
+        ("web1", "proxy.example.com:22"),  # the default public address
+        ("web1", "web.test.example:22"),  # a proxy's public host (heartbeat)
+        ("web1", "ssh.test.example:22"),  # and its SSH host
+        ("web", "10.1.2.3:22"),  # web.test.example is that proxy's
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_an_address_that_poses_as_another_node_is_not_a_principal(
-    auth: Auth,
+async def test_the_cluster_name_and_the_proxies_hosts_are_not_for_nodes(
+    auth: Auth, name: str, addr: str
 ) -> None:
-    """The addr's host is signed only if it belongs to nobody else."""
-    await auth.server.upsert_node("db1", "db1.internal:22", {})
-    payload = await auth.join(
-        ed25519.Ed25519PrivateKey.generate(), addr="db1.internal:22"
+    """A node cannot be certified as the cluster or as one of its proxies;
+    the token stays good."""
+    await auth.server.proxies.heartbeat(
+        "proxy2", "web.test.example:3080", "ssh.test.example:3023"
     )
-    assert payload["principals"] == ["web1", "web1.test.example"]
+    with pytest.raises(api.AccessDenied, match="reserved"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate(), name=name, addr=addr)
+    assert len(await auth.server.list_tokens()) == 1
+    assert await auth.server.store.list_nodes() == []
+
+
+@pytest.mark.parametrize("addr", ["db1.internal:22", "db1.internal:2222", "db1:22"])
+@pytest_twisted.ensureDeferred
+async def test_an_address_another_node_holds_is_refused(auth: Auth, addr: str) -> None:
+    """The proxy dials a node by its address: a joiner cannot take another
+    node's, and the message names the node; the token stays good."""
+    await auth.server.upsert_node("db1", "db1.internal:22", {})
+    with pytest.raises(api.AccessDenied, match="'db1'"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate(), addr=addr)
+    assert len(await auth.server.list_tokens()) == 1
+    [node] = await auth.server.store.list_nodes()
+    assert node.name == "db1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_addresses_join_but_are_never_principals(auth: Auth) -> None:
+    """Nodes on the auth service's own machine (tests, one-machine setups)
+    join on 127.0.0.1, each on its own port, without 127.0.0.1 as a principal."""
+    one = await auth.join(ed25519.Ed25519PrivateKey.generate(), addr="127.0.0.1:2201")
+    two = await auth.join(
+        ed25519.Ed25519PrivateKey.generate(), name="web2", addr="127.0.0.1:2202"
+    )
+    assert one["principals"] == ["web1", "web1.test.example"]
+    assert two["principals"] == ["web2", "web2.test.example"]
 
 
 @pytest_twisted.ensureDeferred

@@ -22,7 +22,7 @@ from teleconch.auth.certs import HOST_CERT_TTL
 from teleconch.auth.protocol import JoinResult
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.tokens import token_hash
-from teleconch.auth.types import JoinedIdentity, Node
+from teleconch.auth.types import JoinedIdentity, Node, ProxyInfo
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_ip, is_node_name
 from teleconch.ca import BadPublicKey, SSHCertificateAuthority, parse_public_key
 from teleconch.pki import AUTH_SERVER_NAME, ROLE_NODE, ROLE_PROXY, TLSAuthority
@@ -62,6 +62,9 @@ class Claims:
     cluster_name: str
     nodes: Sequence[Node]
     identities: Sequence[JoinedIdentity]
+    #: The proxies' public and SSH hosts (heartbeats) and the cluster's default
+    #: public address: people and nodes dial them as the cluster's proxies.
+    proxy_hosts: frozenset[str] = frozenset()
 
     def taken_by_node(self, host: str) -> Node | None:
         suffix = f".{self.cluster_name}"
@@ -87,14 +90,48 @@ class Claims:
             or host == f"{AUTH_SERVER_NAME}.{self.cluster_name}"
         )
 
+    def reserved_for_node(self, host: str) -> bool:
+        """Also the cluster's own name (its host CA is trusted for it) and the
+        proxies' hosts: a node may be neither."""
+        return (
+            self.reserved(host) or host == self.cluster_name or host in self.proxy_hosts
+        )
 
-def _check_claimable(what: str, host: str, claims: Claims) -> None:
-    if claims.reserved(host):
+
+def proxy_hosts(
+    proxies: Iterable[ProxyInfo], default_public_addr: str
+) -> frozenset[str]:
+    """The hosts the cluster's proxies are reached at (loopback left out: a
+    node on the proxy's machine may listen there too)."""
+    addrs = [default_public_addr]
+    for proxy in proxies:
+        addrs += [proxy.public_addr, proxy.ssh_addr]
+    hosts = (_host(a) for a in addrs if a)
+    return frozenset(h for h in hosts if h and not _is_loopback(h))
+
+
+async def cluster_claims(
+    store: Store, cluster_name: str, default_public_addr: str
+) -> Claims:
+    """What is spoken for in the cluster now."""
+    return Claims(
+        cluster_name,
+        await store.list_nodes(),
+        await store.list_identities(),
+        proxy_hosts(await store.list_proxies(), default_public_addr),
+    )
+
+
+def _check_claimable(
+    what: str, host: str, claims: Claims, for_node: bool = False
+) -> None:
+    if claims.reserved(host) or (for_node and claims.reserved_for_node(host)):
         raise JoinRefusal(
             f"{what} {host!r} is reserved",
             f"{host!r} is reserved (the auth service's name, localhost and "
-            "teleconch-* names are not for joiners): set "
-            "teleconch.nodename to another name",
+            "teleconch-* names are not for joiners, nor the cluster's name and "
+            "its proxies' addresses for nodes): set teleconch.nodename (or the "
+            "address) to another name",
         )
     node = claims.taken_by_node(host)
     if node is not None:
@@ -118,8 +155,12 @@ def check_join(
     addresses: Iterable[str],
     additional_principals: Sequence[str],
     claims: Claims,
+    for_node: bool = False,
 ) -> None:
-    """Raise JoinRefusal unless ``name`` and the addresses pose as nobody else."""
+    """Raise JoinRefusal unless ``name`` and the addresses pose as nobody else.
+
+    ``for_node``: a node also keeps off the cluster's name and the proxies'
+    hosts (proxies behind one public name share it)."""
     if additional_principals:
         raise JoinRefusal(
             "additional principals requested",
@@ -132,8 +173,8 @@ def check_join(
             f"{name[:80]!r} is not a valid name to join with: use {NODE_NAME_RULE}; "
             "set teleconch.nodename",
         )
-    _check_claimable("name", name, claims)
-    _check_claimable("name", f"{name}.{claims.cluster_name}", claims)
+    _check_claimable("name", name, claims, for_node)
+    _check_claimable("name", f"{name}.{claims.cluster_name}", claims, for_node)
     for addr in addresses:
         host = _host(addr)
         if not host or _is_loopback(host):
@@ -145,7 +186,7 @@ def check_join(
                 "DNS name or an IP address (no wildcards); check "
                 "proxy_service.public_addr",
             )
-        _check_claimable("address", host, claims)
+        _check_claimable("address", host, claims, for_node)
 
 
 def host_principals(
@@ -171,8 +212,10 @@ class Registrar:
         cluster_name: str,
         tls_ca: TLSAuthority,
         host_ca: SSHCertificateAuthority,
+        default_public_addr: str = "",
     ) -> None:
         self.store = store
+        self.default_public_addr = default_public_addr
         self._clock = clock
         self.audit = log.audit
         self.cluster_name = cluster_name
@@ -181,6 +224,12 @@ class Registrar:
 
     def _now(self) -> float:
         return self._clock.seconds()
+
+    async def claims(self) -> Claims:
+        """What is spoken for in the cluster now, proxies' hosts included."""
+        return await cluster_claims(
+            self.store, self.cluster_name, self.default_public_addr
+        )
 
     async def register_using_token(
         self,
@@ -220,13 +269,11 @@ class Registrar:
                 f"with `teleconch-ctl tokens add --type={role}`",
             )
         addresses = (public_addr, ssh_addr)
-        claims = Claims(
-            self.cluster_name,
-            await self.store.list_nodes(),
-            await self.store.list_identities(),
-        )
+        claims = await self.claims()
         try:
-            check_join(name, addresses, additional_principals, claims)
+            check_join(
+                name, addresses, additional_principals, claims, role == ROLE_NODE
+            )
         except JoinRefusal as e:
             await refuse(e.reason, str(e))
         try:

@@ -79,11 +79,12 @@ def _check_name(name: str, claims: Claims) -> None:
             api.BadParameter,
         )
     for host in (name, f"{name}.{claims.cluster_name}"):
-        if claims.reserved(host):
+        if claims.reserved_for_node(host):
             _refuse(
                 f"name {host!r} is reserved",
-                f"{host!r} is reserved (the auth service's name, localhost and "
-                "teleconch-* names): choose another --name",
+                f"{host!r} is reserved (the auth service's name, the cluster's name, "
+                "its proxies' addresses, localhost and teleconch-* names): choose "
+                "another --name",
             )
         peer = claims.taken_by_identity(host)
         if peer is not None:
@@ -108,12 +109,43 @@ def _check_name(name: str, claims: Claims) -> None:
             )
 
 
-def _address_principal(host: str, claims: Claims) -> str | None:
-    """The addr's host as a principal, unless it would pose as someone else."""
-    if _is_loopback(host) or not is_host(host) or claims.reserved(host):
+def _check_address(addr: str, host: str, claims: Claims) -> str | None:
+    """The addr's host as a principal; refused if it is another's.
+
+    A loopback address is allowed (a node on the proxy's own machine) but
+    never a principal; so is a host that is no DNS name or IP address.
+    """
+    for other in claims.nodes:
+        if addr == other.addr:
+            _refuse(
+                f"addr {addr!r} is registered node {other.name}",
+                f"the node {other.name!r} is registered at {addr!r}: remove it first "
+                f"(`teleconch-ctl nodes rm {other.name}`), or give this one its own "
+                "--addr",
+            )
+    if _is_loopback(host) or not is_host(host):
         return None
-    if claims.taken_by_node(host) or claims.taken_by_identity(host):
-        return None
+    if claims.reserved_for_node(host):
+        _refuse(
+            f"addr {host!r} is reserved",
+            f"{host!r} is reserved (the cluster's name, its proxies' addresses, the "
+            "auth service's name and teleconch-* names): give the node's own --addr",
+        )
+    node = claims.taken_by_node(host)
+    if node is not None:
+        _refuse(
+            f"addr {host!r} is registered node {node.name}",
+            f"{host!r} belongs to the registered node {node.name!r}: a node cannot "
+            f"take another's name or address; remove it first (`teleconch-ctl nodes "
+            f"rm {node.name}`), or give this one its own --addr",
+        )
+    peer = claims.taken_by_identity(host)
+    if peer is not None:
+        _refuse(
+            f"addr {host!r} is taken by {peer.role} {peer.host_id}",
+            f"a {peer.role} named {peer.name!r} has already joined this cluster and "
+            f"holds {host!r}: give this node its own --addr",
+        )
     return host
 
 
@@ -185,14 +217,13 @@ async def _join(
             "the join token is invalid, expired or already used, or the request "
             f"was changed on the way: {HOW_TO_JOIN}",
         )
-    claims = Claims(
-        server.cluster_name, await store.list_nodes(), await store.list_identities()
-    )
+    claims = await server.registrar.claims()
     _check_name(name, claims)
     try:
         host = parse_host_port(addr).host
     except ValueError as e:
         _refuse("invalid addr", f"--addr: {e}", api.BadParameter)
+    extra = _check_address(addr, host, claims)
     try:
         clean = clean_labels(labels)
     except api.BadParameter as e:
@@ -213,7 +244,6 @@ async def _join(
     now = server._now()
     node_id = str(uuid.uuid4())
     principals = [name, f"{name}.{server.cluster_name}"]
-    extra = _address_principal(host, claims)
     if extra is not None and extra not in principals:
         principals.append(extra)
     try:
