@@ -385,3 +385,24 @@ async def test_a_removed_node_cannot_renew_and_its_name_is_free(auth: Auth) -> N
         await auth.renew(key, joined["host_cert"])
     again = await auth.join(key)
     assert again["node_id"] != joined["node_id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_after_the_identity_is_written_frees_the_name(
+    auth: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If signing fails once the identity is written, the identity goes and
+    the failure is audited: the name is free for the next join."""
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise ValueError("the host CA is broken")
+
+    monkeypatch.setattr(auth.server, "sign_node_certificate", broken)
+    with pytest.raises(ValueError, match="broken"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate())
+    assert await auth.server.store.list_identities() == []
+    assert await auth.server.store.list_nodes() == []
+    [event] = await auth.events("node.join")
+    assert not event.success and event.fields["reason"] == "signing failed"
+    monkeypatch.undo()
+    await auth.join(ed25519.Ed25519PrivateKey.generate())

@@ -26,8 +26,10 @@ def cluster() -> Cluster:
     return Cluster()
 
 
-def _join(cluster: Cluster, role: str, name: str, **kw: Any) -> api.JoinResult:
-    token = run(cluster.server.create_token(role, 600)).token
+def _join(
+    cluster: Cluster, role: str, name: str, token: str = "", **kw: Any
+) -> api.JoinResult:
+    token = token or run(cluster.server.create_token(role, 600)).token
     args: dict[str, Any] = {
         "token": token,
         "role": role,
@@ -70,3 +72,47 @@ def test_a_node_cannot_take_the_cluster_name_or_a_proxy_host(
 def test_a_proxy_may_still_take_the_cluster_s_public_address(cluster: Cluster) -> None:
     """Proxies behind one public name (a load balancer) share it."""
     _join(cluster, ROLE_PROXY, "p3", public_addr="proxy.test.example:3080")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("tls_public_key", b"garbage", "bad TLS key"),
+        (
+            "tls_public_key",
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            "bad TLS key",
+        ),
+        ("ssh_public_key", "ssh-ed25519 garbage", "bad host key"),
+    ],
+)
+def test_a_bad_public_key_costs_neither_the_token_nor_the_name(
+    cluster: Cluster, field: str, value: object, reason: str
+) -> None:
+    """Both keys are read before the token is spent: the refusal is a
+    BadParameter, audited, and the same token then joins under that name."""
+    token = run(cluster.server.create_token(ROLE_PROXY, 600)).token
+    with pytest.raises(api.BadParameter):
+        _join(cluster, ROLE_PROXY, "p2", token=token, **{field: value})
+    assert cluster.reasons("join") == [reason]
+    assert run(cluster.store.list_identities()) == []
+    assert _join(cluster, ROLE_PROXY, "p2", token=token).cluster_name == "test.example"
+
+
+def test_a_failure_after_the_identity_is_written_frees_the_name(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If signing fails once the identity is written, the identity goes (the
+    name is free again) and the failure is audited."""
+
+    def broken(*args: Any, **kw: Any) -> str:
+        raise ValueError("the host CA is broken")
+
+    registrar = cluster.server.registrar
+    monkeypatch.setattr(registrar._host_ca, "sign_host_certificate", broken)
+    with pytest.raises(ValueError, match="broken"):
+        _join(cluster, ROLE_PROXY, "p2")
+    assert run(cluster.store.list_identities()) == []
+    assert cluster.reasons("join") == ["signing failed"]
+    monkeypatch.undo()
+    _join(cluster, ROLE_PROXY, "p2")

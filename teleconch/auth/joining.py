@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 import attrs
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet.interfaces import IReactorTime
 
 from teleconch.auth import protocol as api
@@ -189,6 +192,22 @@ def check_join(
         _check_claimable("address", host, claims, for_node)
 
 
+def check_tls_public_key(pem: bytes) -> None:
+    """Raise BadPublicKey unless ``pem`` is a key the TLS CA will certify."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise BadPublicKey(
+            "the TLS public key is not a PEM public key: send the public half of "
+            "the key made for this join"
+        ) from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise BadPublicKey("the TLS key is RSA under 2048 bits: use ECDSA P-256")
+    elif not isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+        raise BadPublicKey("the TLS key's type is not supported: use ECDSA P-256")
+
+
 def host_principals(
     host_id: str, name: str, cluster_name: str, addresses: Iterable[str]
 ) -> list[str]:
@@ -246,7 +265,11 @@ class Registrar:
     ) -> JoinResult:
         h = token_hash(token)
 
-        async def refuse(reason: str, message: str) -> NoReturn:
+        async def refuse(
+            reason: str,
+            message: str,
+            kind: type[api.AuthAPIError] = api.AccessDenied,
+        ) -> NoReturn:
             await self.audit(
                 "join",
                 success=False,
@@ -255,7 +278,7 @@ class Registrar:
                 client_addr=client_addr,
                 reason=reason,
             )
-            raise api.AccessDenied(message)
+            raise kind(message)
 
         found = await self.store.get_token(h)
         if (
@@ -276,10 +299,15 @@ class Registrar:
             )
         except JoinRefusal as e:
             await refuse(e.reason, str(e))
+        # Both keys are read before the token is spent: a bad one costs nothing.
+        try:
+            check_tls_public_key(tls_public_key)
+        except BadPublicKey as e:
+            await refuse("bad TLS key", f"TLS key: {e}", api.BadParameter)
         try:
             ssh_key = parse_public_key(ssh_public_key)
         except BadPublicKey as e:
-            raise api.BadParameter(f"host key: {e}") from None
+            await refuse("bad host key", f"host key: {e}", api.BadParameter)
         if await self.store.consume_token(h, self._now()) is None:
             await refuse(
                 "token expired",
@@ -299,16 +327,29 @@ class Registrar:
                 f"another {role} joined as {name!r} at the same moment: create a new "
                 "token and join under another teleconch.nodename",
             )
-        tls_cert = self._tls_ca.issue(
-            tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
-        )
-        host_cert = self._host_ca.sign_host_certificate(
-            ssh_key,
-            key_id=f"{host_id}.{self.cluster_name}",
-            principals=principals,
-            valid_after=int(now) - 60,
-            valid_before=int(now) + HOST_CERT_TTL,
-        )
+        try:
+            tls_cert = self._tls_ca.issue(
+                tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
+            )
+            host_cert = self._host_ca.sign_host_certificate(
+                ssh_key,
+                key_id=f"{host_id}.{self.cluster_name}",
+                principals=principals,
+                valid_after=int(now) - 60,
+                valid_before=int(now) + HOST_CERT_TTL,
+            )
+        except BaseException:
+            # The name must not stay taken by a joiner that got nothing.
+            await self.store.delete_identity(host_id)
+            await self.audit(
+                "join",
+                success=False,
+                role=role,
+                name=name,
+                client_addr=client_addr,
+                reason="signing failed",
+            )
+            raise
         await self.audit(
             "join",
             role=role,

@@ -256,19 +256,32 @@ async def _join(
             f"another node joined as {name!r} at the same moment: {HOW_TO_JOIN} and "
             "choose another --name",
         )
-    cert, expires = server.sign_node_certificate(
-        key, f"{node_id}.{server.cluster_name}", principals
-    )
-    await store.upsert_node(
-        Node(
-            id=node_id,
-            name=name,
-            addr=addr,
-            labels=clean,
-            created=now,
-            cert_expires=expires,
+    try:
+        cert, expires = server.sign_node_certificate(
+            key, f"{node_id}.{server.cluster_name}", principals
         )
-    )
+        await store.upsert_node(
+            Node(
+                id=node_id,
+                name=name,
+                addr=addr,
+                labels=clean,
+                created=now,
+                cert_expires=expires,
+            )
+        )
+    except BaseException:
+        # The name must not stay taken by a node that got nothing.
+        await store.delete_identity(node_id)
+        await server.audit(
+            "node.join",
+            success=False,
+            node=name,
+            addr=addr,
+            client_addr=client_addr,
+            reason="signing failed",
+        )
+        raise
     await server.audit(
         "node.join",
         node=name,
