@@ -75,7 +75,13 @@ class Auth:
         document = await join_node(
             self.server, token_name=token_name(token), proof=proof, **args
         )
-        return verify(document.to_json(), JOIN_PURPOSE, proof, self.tls_ca.pin)
+        return verify(
+            document.to_json(),
+            JOIN_PURPOSE,
+            proof,
+            self.tls_ca.pin,
+            now=self.clock.seconds(),
+        )
 
     async def renew(
         self,
@@ -92,7 +98,13 @@ class Auth:
             signature=signature,
             client_addr="192.0.2.7",
         )
-        return verify(document.to_json(), RENEW_PURPOSE, signature, self.tls_ca.pin)
+        return verify(
+            document.to_json(),
+            RENEW_PURPOSE,
+            signature,
+            self.tls_ca.pin,
+            now=self.clock.seconds(),
+        )
 
     async def events(self, name: str) -> list[Any]:
         return await self.server.store.search_events(events=[name])

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,12 +174,17 @@ def ca_of(document: Any) -> bytes:
 
 
 def verify(
-    document: Any, purpose: str, binding: str, pin: str | None
+    document: Any,
+    purpose: str,
+    binding: str,
+    pin: str | None,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The payload, if the cluster's auth service signed it for this request.
 
     ``pin`` is the CA pin the node trusts; None accepts whichever CA the
-    answer names (trust on first use: the caller warns).
+    answer names (trust on first use: the caller warns).  The signing
+    certificate must be valid at ``now`` (default: this machine's clock).
     """
     if not isinstance(document, dict):
         raise AttestationError("the answer is not an attested document")
@@ -213,6 +219,18 @@ def verify(
         raise AttestationError(
             "the answer's signing certificate is unreadable"
         ) from None
+    when = time.time() if now is None else now
+    if not (
+        cert.not_valid_before_utc.timestamp()
+        <= when
+        <= cert.not_valid_after_utc.timestamp()
+    ):
+        raise AttestationError(
+            "the answer is signed by an auth certificate that is not valid now "
+            f"(valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): check this machine's "
+            "clock"
+        )
     who = peer_identity(cert)
     if who is None or who[0] != ROLE_AUTH:
         role = who[0] if who else "none"

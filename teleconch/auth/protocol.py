@@ -156,8 +156,8 @@ class NewUser:
 @attrs.frozen
 class Invite:
     user: str
-    token: str
-    url: str
+    token: str = attrs.field(repr=False)
+    url: str = attrs.field(repr=False)
     expires: float
 
 
@@ -242,7 +242,7 @@ class NewToken:
 
 @attrs.frozen
 class JoinToken:
-    token: str
+    token: str = attrs.field(repr=False)
     expires: float
     ca_pin: str
     auth_addr: str
