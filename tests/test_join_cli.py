@@ -54,3 +54,14 @@ def test_a_renewal_needs_no_pin(tmp_path: Path) -> None:
 def test_a_pin_and_no_pin_together_are_refused(tmp_path: Path) -> None:
     with pytest.raises(join.JoinError, match="not both"):
         join.plan(_args(tmp_path, "--ca-pin", PIN, "--insecure-no-ca-pin"))
+
+
+def test_the_cron_line_renews_at_a_random_time(tmp_path: Path) -> None:
+    """Not every node at 03:17: each join prints its own minute and hour."""
+    plan = join.plan(_args(tmp_path, "--renew"))
+    lines = {join.cron_line(plan) for _ in range(20)}
+    assert len(lines) > 1
+    for line in lines:
+        minute, hour, *rest = line.split()
+        assert 0 <= int(minute) < 60 and 0 <= int(hour) < 24
+        assert rest[:3] == ["*", "*", "*"] and "--renew" in rest

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import secrets
 import socket
 import sys
 from datetime import datetime
@@ -427,16 +428,26 @@ async def _finish(plan: Plan, payload: dict[str, Any]) -> int:
             code = 1
     else:
         print("sshd uses them once reloaded: systemctl reload ssh (or --restart-sshd).")
+    print(
+        "Renew the certificate before it expires, e.g. with this cron line:\n"
+        f"  {cron_line(plan)}"
+    )
+    return code
+
+
+def cron_line(plan: Plan) -> str:
+    """A daily renewal at a time of this node's own, so nodes do not all
+    renew in the same minute."""
+    f = plan.files
     extra = "" if f.directory == DEFAULT_DIR else f" --dir {f.directory}"
     if plan.sshd.main != DEFAULT_SSHD_CONFIG:
         extra += f" --sshd-config {plan.sshd.main}"
     insecure = " --insecure" if plan.insecure else ""
-    print(
-        "Renew the certificate before it expires, e.g. with this cron line:\n"
-        f"  17 3 * * * root teleconch join openssh --renew --proxy {plan.proxy}"
-        f"{extra}{insecure} --restart-sshd"
+    minute, hour = secrets.randbelow(60), secrets.randbelow(24)
+    return (
+        f"{minute} {hour} * * * root teleconch join openssh --renew --proxy "
+        f"{plan.proxy}{extra}{insecure} --restart-sshd"
     )
-    return code
 
 
 def add_parser(sub: Any) -> None:

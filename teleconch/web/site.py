@@ -79,6 +79,11 @@ class RateLimiter:
         return True
 
 
+#: The renewals' own bucket per address: a burst and a steady rate.
+RENEW_BURST = 200.0
+RENEW_PER_SECOND = 5.0
+
+
 @attrs.frozen
 class WebConfig:
     cluster_name: str
@@ -407,8 +412,14 @@ def make_site(
     static: StaticFiles,
     limiter: RateLimiter | None = None,
     max_connections_per_address: int = 64,
+    renew_limiter: RateLimiter | None = None,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
+    # Renewals are signed by a node's own key (nothing to guess), and many
+    # nodes behind one address renew at once: a bucket of their own, larger.
+    renew_limiter = renew_limiter or RateLimiter(
+        clock, capacity=RENEW_BURST, per_second=RENEW_PER_SECOND
+    )
     root, v1, webapi, users, ssh, web, host = (_Dir() for _ in range(7))
     root.putChild(b"v1", v1)
     v1.putChild(b"webapi", webapi)
@@ -420,7 +431,7 @@ def make_site(
     webapi.putChild(b"host", host)
     host.putChild(b"ca", HostCAResource(agent, config))
     host.putChild(b"credentials", HostCredentialsResource(agent, limiter))
-    host.putChild(b"renew", HostRenewResource(agent, limiter))
+    host.putChild(b"renew", HostRenewResource(agent, renew_limiter))
 
     root.putChild(b"web", web)
     web.putChild(b"invite", _Page(static.file("invite.html").body))
