@@ -25,6 +25,10 @@ PAYLOAD = {
 }
 
 
+#: When the tests check: within the auth leaf's ten years from 0.
+NOW = 86400.0
+
+
 @pytest.fixture(scope="module")
 def ca() -> TLSAuthority:
     return TLSAuthority.generate("test.example", 0.0)
@@ -43,8 +47,8 @@ def test_an_attested_answer_verifies_with_the_pin_and_the_token(
 ) -> None:
     """The payload comes back as signed, with or without a pin to check."""
     document = _document(ca)
-    assert verify(document, JOIN_PURPOSE, "the-token", ca.pin) == PAYLOAD
-    assert verify(document, JOIN_PURPOSE, "the-token", None) == PAYLOAD
+    assert verify(document, JOIN_PURPOSE, "the-token", ca.pin, now=NOW) == PAYLOAD
+    assert verify(document, JOIN_PURPOSE, "the-token", None, now=NOW) == PAYLOAD
     assert "the-token" not in repr(document)
 
 
@@ -63,7 +67,7 @@ def test_a_tampered_field_is_refused(
     document = _document(ca)
     document["payload"][field] = value
     with pytest.raises(AttestationError, match="does not verify"):
-        verify(document, JOIN_PURPOSE, "the-token", ca.pin)
+        verify(document, JOIN_PURPOSE, "the-token", ca.pin, now=NOW)
 
 
 def test_an_answer_to_another_request_or_purpose_is_refused(ca: TLSAuthority) -> None:
@@ -71,15 +75,15 @@ def test_an_answer_to_another_request_or_purpose_is_refused(ca: TLSAuthority) ->
     another join, or a join answer offered as a renewal, fails."""
     document = _document(ca)
     with pytest.raises(AttestationError, match="does not verify"):
-        verify(document, JOIN_PURPOSE, "another-token", ca.pin)
+        verify(document, JOIN_PURPOSE, "another-token", ca.pin, now=NOW)
     with pytest.raises(AttestationError, match="does not verify"):
-        verify(document, RENEW_PURPOSE, "the-token", ca.pin)
+        verify(document, RENEW_PURPOSE, "the-token", ca.pin, now=NOW)
 
 
 def test_a_wrong_pin_is_refused(ca: TLSAuthority) -> None:
     """The pin the node was given must be the CA's that signed the leaf."""
     with pytest.raises(AttestationError, match="not sha256:00"):
-        verify(_document(ca), JOIN_PURPOSE, "the-token", "sha256:" + "0" * 64)
+        verify(_document(ca), JOIN_PURPOSE, "the-token", "sha256:" + "0" * 64, now=NOW)
 
 
 def test_another_clusters_signature_under_this_ca_is_refused(ca: TLSAuthority) -> None:
@@ -88,14 +92,14 @@ def test_another_clusters_signature_under_this_ca_is_refused(ca: TLSAuthority) -
     document = attest(_identity(other), JOIN_PURPOSE, PAYLOAD, "the-token")
     document["ca_cert"] = ca.cert_pem.decode()
     with pytest.raises(AttestationError, match="did not issue"):
-        verify(document, JOIN_PURPOSE, "the-token", ca.pin)
+        verify(document, JOIN_PURPOSE, "the-token", ca.pin, now=NOW)
 
 
 def test_a_proxy_role_leaf_is_refused(ca: TLSAuthority) -> None:
     """A proxy of the cluster holds a leaf of the same CA: it cannot sign as
     the auth service (it could otherwise rewrite the answers it forwards)."""
     with pytest.raises(AttestationError, match="proxy identity"):
-        verify(_document(ca, ROLE_PROXY), JOIN_PURPOSE, "the-token", ca.pin)
+        verify(_document(ca, ROLE_PROXY), JOIN_PURPOSE, "the-token", ca.pin, now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -113,4 +117,14 @@ def test_a_malformed_document_is_refused(ca: TLSAuthority, mangle: Any) -> None:
     document = copy.deepcopy(_document(ca))
     mangle(document)
     with pytest.raises(AttestationError):
-        verify(document, JOIN_PURPOSE, "the-token", ca.pin)
+        verify(document, JOIN_PURPOSE, "the-token", ca.pin, now=NOW)
+
+
+@pytest.mark.parametrize("now", [-3600.0, 11 * 365 * 86400.0])
+def test_an_auth_certificate_outside_its_validity_is_refused(
+    ca: TLSAuthority, now: float
+) -> None:
+    """A leaf that has expired (or is not valid yet) signs nothing: a stolen
+    key of a retired auth service stops counting when its certificate ends."""
+    with pytest.raises(AttestationError, match="valid"):
+        verify(_document(ca), JOIN_PURPOSE, "the-token", ca.pin, now=now)

@@ -21,7 +21,14 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 
 from teleconch.auth import protocol as api
-from teleconch.auth.attest import JOIN_PURPOSE, RENEW_PURPOSE, renew_message, verify
+from teleconch.auth.attest import (
+    JOIN_PURPOSE,
+    RENEW_PURPOSE,
+    join_proof,
+    renew_message,
+    token_name,
+    verify,
+)
 from teleconch.auth.backends.sqlite import SQLiteStore
 from teleconch.auth.nodejoin import join_node, renew_node
 from teleconch.auth.server import AuthServer
@@ -42,10 +49,19 @@ class Auth:
         return (await self.server.create_token("node", 600)).token
 
     async def join(
-        self, key: ed25519.Ed25519PrivateKey, name: str = "web1", **kw: Any
+        self,
+        key: ed25519.Ed25519PrivateKey,
+        name: str = "web1",
+        token: str | None = None,
+        proof_for: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> dict[str, Any]:
+        """Join as the client does: the token's name and a proof, never the token.
+
+        ``proof_for`` changes what the proof is made for (a request relayed
+        by someone who changed it)."""
+        token = token or await self.token()
         args: dict[str, Any] = {
-            "token": await self.token(),
             "name": name,
             "addr": "10.1.2.3:22",
             "labels": {"env": "prod"},
@@ -53,8 +69,19 @@ class Auth:
             "client_addr": "192.0.2.7",
         }
         args.update(kw)
-        document = await join_node(self.server, **args)
-        return verify(document.to_json(), JOIN_PURPOSE, args["token"], self.tls_ca.pin)
+        signed = {k: args[k] for k in ("name", "addr", "labels", "public_key")}
+        signed.update(proof_for or {})
+        proof = join_proof(token, **signed)
+        document = await join_node(
+            self.server, token_name=token_name(token), proof=proof, **args
+        )
+        return verify(
+            document.to_json(),
+            JOIN_PURPOSE,
+            proof,
+            self.tls_ca.pin,
+            now=self.clock.seconds(),
+        )
 
     async def renew(
         self,
@@ -71,7 +98,13 @@ class Auth:
             signature=signature,
             client_addr="192.0.2.7",
         )
-        return verify(document.to_json(), RENEW_PURPOSE, signature, self.tls_ca.pin)
+        return verify(
+            document.to_json(),
+            RENEW_PURPOSE,
+            signature,
+            self.tls_ca.pin,
+            now=self.clock.seconds(),
+        )
 
     async def events(self, name: str) -> list[Any]:
         return await self.server.store.search_events(events=[name])
@@ -161,6 +194,34 @@ async def test_a_token_joins_once(auth: Auth) -> None:
     assert token not in repr(refused)
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"public_key": _public(ed25519.Ed25519PrivateKey.generate())},
+        {"name": "web9"},
+        {"addr": "10.9.9.9:22"},
+        {"labels": {"env": "dev"}},
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_proof_made_for_another_request_is_refused_and_keeps_the_token(
+    auth: Auth, changed: dict[str, Any]
+) -> None:
+    """A man in the middle who relays a node's request with its own key (or
+    another name or address) has no proof for it: refused, the token unspent,
+    and the real node still joins with it."""
+    token = await auth.token()
+    key = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(api.AccessDenied, match="invalid, expired"):
+        await auth.join(key, token=token, proof_for=changed)
+    assert len(await auth.server.list_tokens()) == 1
+    assert await auth.server.store.list_nodes() == []
+    [event] = await auth.events("node.join")
+    assert not event.success and token not in repr(event)
+    await auth.join(key, token=token)
+    assert await auth.server.list_tokens() == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_proxy_token_does_not_join_a_node(auth: Auth) -> None:
     """Only a node token joins a node."""
@@ -198,16 +259,55 @@ async def test_a_name_held_by_a_registered_or_joined_node_is_refused(
         await auth.join(ed25519.Ed25519PrivateKey.generate(), name="web1", addr="h:22")
 
 
+@pytest.mark.parametrize(
+    ("name", "addr"),
+    [
+        ("test.example", "10.1.2.3:22"),  # the cluster's name: its CA's bare name
+        ("web1", "test.example:22"),
+        ("web1", "proxy.example.com:22"),  # the default public address
+        ("web1", "web.test.example:22"),  # a proxy's public host (heartbeat)
+        ("web1", "ssh.test.example:22"),  # and its SSH host
+        ("web", "10.1.2.3:22"),  # web.test.example is that proxy's
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_an_address_that_poses_as_another_node_is_not_a_principal(
-    auth: Auth,
+async def test_the_cluster_name_and_the_proxies_hosts_are_not_for_nodes(
+    auth: Auth, name: str, addr: str
 ) -> None:
-    """The addr's host is signed only if it belongs to nobody else."""
-    await auth.server.upsert_node("db1", "db1.internal:22", {})
-    payload = await auth.join(
-        ed25519.Ed25519PrivateKey.generate(), addr="db1.internal:22"
+    """A node cannot be certified as the cluster or as one of its proxies;
+    the token stays good."""
+    await auth.server.proxies.heartbeat(
+        "proxy2", "web.test.example:3080", "ssh.test.example:3023"
     )
-    assert payload["principals"] == ["web1", "web1.test.example"]
+    with pytest.raises(api.AccessDenied, match="reserved"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate(), name=name, addr=addr)
+    assert len(await auth.server.list_tokens()) == 1
+    assert await auth.server.store.list_nodes() == []
+
+
+@pytest.mark.parametrize("addr", ["db1.internal:22", "db1.internal:2222", "db1:22"])
+@pytest_twisted.ensureDeferred
+async def test_an_address_another_node_holds_is_refused(auth: Auth, addr: str) -> None:
+    """The proxy dials a node by its address: a joiner cannot take another
+    node's, and the message names the node; the token stays good."""
+    await auth.server.upsert_node("db1", "db1.internal:22", {})
+    with pytest.raises(api.AccessDenied, match="'db1'"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate(), addr=addr)
+    assert len(await auth.server.list_tokens()) == 1
+    [node] = await auth.server.store.list_nodes()
+    assert node.name == "db1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_loopback_addresses_join_but_are_never_principals(auth: Auth) -> None:
+    """Nodes on the auth service's own machine (tests, one-machine setups)
+    join on 127.0.0.1, each on its own port, without 127.0.0.1 as a principal."""
+    one = await auth.join(ed25519.Ed25519PrivateKey.generate(), addr="127.0.0.1:2201")
+    two = await auth.join(
+        ed25519.Ed25519PrivateKey.generate(), name="web2", addr="127.0.0.1:2202"
+    )
+    assert one["principals"] == ["web1", "web1.test.example"]
+    assert two["principals"] == ["web2", "web2.test.example"]
 
 
 @pytest_twisted.ensureDeferred
@@ -297,3 +397,24 @@ async def test_a_removed_node_cannot_renew_and_its_name_is_free(auth: Auth) -> N
         await auth.renew(key, joined["host_cert"])
     again = await auth.join(key)
     assert again["node_id"] != joined["node_id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_after_the_identity_is_written_frees_the_name(
+    auth: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If signing fails once the identity is written, the identity goes and
+    the failure is audited: the name is free for the next join."""
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise ValueError("the host CA is broken")
+
+    monkeypatch.setattr(auth.server, "sign_node_certificate", broken)
+    with pytest.raises(ValueError, match="broken"):
+        await auth.join(ed25519.Ed25519PrivateKey.generate())
+    assert await auth.server.store.list_identities() == []
+    assert await auth.server.store.list_nodes() == []
+    [event] = await auth.events("node.join")
+    assert not event.success and event.fields["reason"] == "signing failed"
+    monkeypatch.undo()
+    await auth.join(ed25519.Ed25519PrivateKey.generate())

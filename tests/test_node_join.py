@@ -219,14 +219,14 @@ async def test_a_used_token_is_refused(node: Node) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_ca_pin_writes_nothing_and_keeps_the_token(node: Node) -> None:
-    """With the wrong --ca-pin nothing is written and the token is not sent:
+    """With the wrong --ca-pin nothing is written and the token is not used:
     the same token then joins with the right pin."""
     token, pin = await node.token()
     before = node.sshd_config.read_text()
     r = await node.join("--token", token, "--ca-pin", "sha256:" + "0" * 64)
     assert r.code == 1
     assert f"has CA pin {pin}, not sha256:000" in r.err
-    assert "the token was not sent" in r.err
+    assert "the token was not used" in r.err
     assert not node.etc.exists() and not node.dropin.exists()
     assert node.sshd_config.read_text() == before
     r = await node.join("--token", token, "--ca-pin", pin)
@@ -255,14 +255,14 @@ async def test_an_sshd_config_sshd_refuses_is_rolled_back_and_costs_no_token(
 ) -> None:
     """When `sshd -t` refuses the result, the drop-in goes, sshd_config is
     restored byte for byte, the exit status is 1 with sshd's words, and the
-    token was not sent (it joins once the config is fixed)."""
+    token was not used (it joins once the config is fixed)."""
     broken = node.sshd_config.read_text() + "NoSuchOption yes\n"
     node.sshd_config.write_text(broken)
     token, pin = await node.token()
     r = await node.join("--token", token, "--ca-pin", pin)
     assert r.code == 1
     assert "Bad configuration option: NoSuchOption" in r.err
-    assert "restored" in r.err and "token was not sent" in r.err
+    assert "restored" in r.err and "token was not used" in r.err
     assert node.sshd_config.read_text() == broken
     assert not node.dropin.exists()
     assert not (node.etc / "ssh_host_ed25519_key").exists()

@@ -294,7 +294,8 @@ class AuthAgent(MultiService):
 
     async def join_openssh_node(
         self,
-        token: str,
+        token_name: str,
+        proof: str,
         name: str,
         addr: str,
         labels: dict[str, str],
@@ -302,7 +303,9 @@ class AuthAgent(MultiService):
         client_addr: str,
     ) -> Attested:
         """The attested answer to a node's join (see teleconch.auth.nodejoin)."""
-        join = api.NodeJoin(token, name, addr, labels, public_key, client_addr)
+        join = api.NodeJoin(
+            token_name, proof, name, addr, labels, public_key, client_addr
+        )
         return (await self.call(api.JoinOpenSSHNode, join)).document
 
     async def renew_node_certificate(

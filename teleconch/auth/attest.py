@@ -5,16 +5,27 @@ listener, whose certificate is not from the cluster CA (often self-signed).
 The CA pin would mean nothing if the proxy, or whoever sits in the middle,
 could write the answer: so the auth service signs it with its own TLS
 identity (a leaf of the cluster TLS CA, role ``auth``), over the canonical
-JSON of the answer and a hash of what the request proved (the token, or the
-node's renewal signature), and the node checks the leaf against the CA whose
-pin it was given.  Both sides use this one module.
+JSON of the answer and a hash of what the request proved, and the node
+checks the leaf against the CA whose pin it was given.  The pin authenticates
+the answer; it cannot keep a request from reaching whoever terminated TLS.
+
+So the token itself never travels.  A join names its token by its public
+name (its first 8 characters, as ``teleconch-ctl tokens ls`` shows) and
+proves it holds the token with an HMAC, keyed by the token's SHA-256 (what
+the auth service keeps), over the canonical JSON of what it asks for: its
+name, address, labels and public key.  Whoever relays the request can pass
+it on or drop it, but not change the key or the name it certifies, nor use
+the token for another request.  A renewal is proven by the node's signature
+with its host key.  Both sides use this one module.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +56,53 @@ def canonical(value: Any) -> bytes:
 def binding_hash(secret: str) -> str:
     """What ties an answer to one request, without the secret itself."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+#: How much of a token is its public name (``Token.name``).
+TOKEN_NAME_LENGTH = 8
+
+
+def token_name(token: str) -> str:
+    """The public name of a token: what a join sends instead of the token."""
+    return token[:TOKEN_NAME_LENGTH]
+
+
+def join_request(
+    name: str, addr: str, labels: Mapping[str, Any], public_key: str
+) -> dict[str, Any]:
+    """What a node's join asks for, as its proof covers it."""
+    return {
+        "purpose": JOIN_PURPOSE,
+        "node_name": name,
+        "addr": addr,
+        "labels": dict(labels),
+        "public_key": public_key,
+    }
+
+
+def proof_of(secret_hash: str, request: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of ``request``'s canonical JSON, keyed by a token's SHA-256.
+
+    ``secret_hash`` is the hex SHA-256 of the token (``binding_hash``, what
+    the store keeps as ``token_hash``); raises ValueError if it is not hex.
+    """
+    return hmac.new(
+        bytes.fromhex(secret_hash), canonical(dict(request)), hashlib.sha256
+    ).hexdigest()
+
+
+def join_proof(
+    token: str, *, name: str, addr: str, labels: Mapping[str, Any], public_key: str
+) -> str:
+    """What a node sends to show it holds ``token``, for this request only."""
+    return proof_of(binding_hash(token), join_request(name, addr, labels, public_key))
+
+
+def proof_matches(expected: str, given: str) -> bool:
+    """``given`` is ``expected``, compared in constant time."""
+    return hmac.compare_digest(
+        expected.encode("ascii"), given.encode("utf-8", "replace")
+    )
 
 
 def renew_message(cert_line: str, timestamp: int) -> bytes:
@@ -116,12 +174,17 @@ def ca_of(document: Any) -> bytes:
 
 
 def verify(
-    document: Any, purpose: str, binding: str, pin: str | None
+    document: Any,
+    purpose: str,
+    binding: str,
+    pin: str | None,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The payload, if the cluster's auth service signed it for this request.
 
     ``pin`` is the CA pin the node trusts; None accepts whichever CA the
-    answer names (trust on first use: the caller warns).
+    answer names (trust on first use: the caller warns).  The signing
+    certificate must be valid at ``now`` (default: this machine's clock).
     """
     if not isinstance(document, dict):
         raise AttestationError("the answer is not an attested document")
@@ -156,6 +219,18 @@ def verify(
         raise AttestationError(
             "the answer's signing certificate is unreadable"
         ) from None
+    when = time.time() if now is None else now
+    if not (
+        cert.not_valid_before_utc.timestamp()
+        <= when
+        <= cert.not_valid_after_utc.timestamp()
+    ):
+        raise AttestationError(
+            "the answer is signed by an auth certificate that is not valid now "
+            f"(valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): check this machine's "
+            "clock"
+        )
     who = peer_identity(cert)
     if who is None or who[0] != ROLE_AUTH:
         role = who[0] if who else "none"

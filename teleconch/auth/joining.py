@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 import attrs
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet.interfaces import IReactorTime
 
 from teleconch.auth import protocol as api
@@ -22,7 +25,7 @@ from teleconch.auth.certs import HOST_CERT_TTL
 from teleconch.auth.protocol import JoinResult
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.tokens import token_hash
-from teleconch.auth.types import JoinedIdentity, Node
+from teleconch.auth.types import JoinedIdentity, Node, ProxyInfo
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_ip, is_node_name
 from teleconch.ca import BadPublicKey, SSHCertificateAuthority, parse_public_key
 from teleconch.pki import AUTH_SERVER_NAME, ROLE_NODE, ROLE_PROXY, TLSAuthority
@@ -62,6 +65,9 @@ class Claims:
     cluster_name: str
     nodes: Sequence[Node]
     identities: Sequence[JoinedIdentity]
+    #: The proxies' public and SSH hosts (heartbeats) and the cluster's default
+    #: public address: people and nodes dial them as the cluster's proxies.
+    proxy_hosts: frozenset[str] = frozenset()
 
     def taken_by_node(self, host: str) -> Node | None:
         suffix = f".{self.cluster_name}"
@@ -87,14 +93,48 @@ class Claims:
             or host == f"{AUTH_SERVER_NAME}.{self.cluster_name}"
         )
 
+    def reserved_for_node(self, host: str) -> bool:
+        """Also the cluster's own name (its host CA is trusted for it) and the
+        proxies' hosts: a node may be neither."""
+        return (
+            self.reserved(host) or host == self.cluster_name or host in self.proxy_hosts
+        )
 
-def _check_claimable(what: str, host: str, claims: Claims) -> None:
-    if claims.reserved(host):
+
+def proxy_hosts(
+    proxies: Iterable[ProxyInfo], default_public_addr: str
+) -> frozenset[str]:
+    """The hosts the cluster's proxies are reached at (loopback left out: a
+    node on the proxy's machine may listen there too)."""
+    addrs = [default_public_addr]
+    for proxy in proxies:
+        addrs += [proxy.public_addr, proxy.ssh_addr]
+    hosts = (_host(a) for a in addrs if a)
+    return frozenset(h for h in hosts if h and not _is_loopback(h))
+
+
+async def cluster_claims(
+    store: Store, cluster_name: str, default_public_addr: str
+) -> Claims:
+    """What is spoken for in the cluster now."""
+    return Claims(
+        cluster_name,
+        await store.list_nodes(),
+        await store.list_identities(),
+        proxy_hosts(await store.list_proxies(), default_public_addr),
+    )
+
+
+def _check_claimable(
+    what: str, host: str, claims: Claims, for_node: bool = False
+) -> None:
+    if claims.reserved(host) or (for_node and claims.reserved_for_node(host)):
         raise JoinRefusal(
             f"{what} {host!r} is reserved",
             f"{host!r} is reserved (the auth service's name, localhost and "
-            "teleconch-* names are not for joiners): set "
-            "teleconch.nodename to another name",
+            "teleconch-* names are not for joiners, nor the cluster's name and "
+            "its proxies' addresses for nodes): set teleconch.nodename (or the "
+            "address) to another name",
         )
     node = claims.taken_by_node(host)
     if node is not None:
@@ -118,8 +158,12 @@ def check_join(
     addresses: Iterable[str],
     additional_principals: Sequence[str],
     claims: Claims,
+    for_node: bool = False,
 ) -> None:
-    """Raise JoinRefusal unless ``name`` and the addresses pose as nobody else."""
+    """Raise JoinRefusal unless ``name`` and the addresses pose as nobody else.
+
+    ``for_node``: a node also keeps off the cluster's name and the proxies'
+    hosts (proxies behind one public name share it)."""
     if additional_principals:
         raise JoinRefusal(
             "additional principals requested",
@@ -132,8 +176,8 @@ def check_join(
             f"{name[:80]!r} is not a valid name to join with: use {NODE_NAME_RULE}; "
             "set teleconch.nodename",
         )
-    _check_claimable("name", name, claims)
-    _check_claimable("name", f"{name}.{claims.cluster_name}", claims)
+    _check_claimable("name", name, claims, for_node)
+    _check_claimable("name", f"{name}.{claims.cluster_name}", claims, for_node)
     for addr in addresses:
         host = _host(addr)
         if not host or _is_loopback(host):
@@ -145,7 +189,23 @@ def check_join(
                 "DNS name or an IP address (no wildcards); check "
                 "proxy_service.public_addr",
             )
-        _check_claimable("address", host, claims)
+        _check_claimable("address", host, claims, for_node)
+
+
+def check_tls_public_key(pem: bytes) -> None:
+    """Raise BadPublicKey unless ``pem`` is a key the TLS CA will certify."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise BadPublicKey(
+            "the TLS public key is not a PEM public key: send the public half of "
+            "the key made for this join"
+        ) from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise BadPublicKey("the TLS key is RSA under 2048 bits: use ECDSA P-256")
+    elif not isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
+        raise BadPublicKey("the TLS key's type is not supported: use ECDSA P-256")
 
 
 def host_principals(
@@ -171,8 +231,10 @@ class Registrar:
         cluster_name: str,
         tls_ca: TLSAuthority,
         host_ca: SSHCertificateAuthority,
+        default_public_addr: str = "",
     ) -> None:
         self.store = store
+        self.default_public_addr = default_public_addr
         self._clock = clock
         self.audit = log.audit
         self.cluster_name = cluster_name
@@ -181,6 +243,12 @@ class Registrar:
 
     def _now(self) -> float:
         return self._clock.seconds()
+
+    async def claims(self) -> Claims:
+        """What is spoken for in the cluster now, proxies' hosts included."""
+        return await cluster_claims(
+            self.store, self.cluster_name, self.default_public_addr
+        )
 
     async def register_using_token(
         self,
@@ -197,7 +265,11 @@ class Registrar:
     ) -> JoinResult:
         h = token_hash(token)
 
-        async def refuse(reason: str, message: str) -> NoReturn:
+        async def refuse(
+            reason: str,
+            message: str,
+            kind: type[api.AuthAPIError] = api.AccessDenied,
+        ) -> NoReturn:
             await self.audit(
                 "join",
                 success=False,
@@ -206,7 +278,7 @@ class Registrar:
                 client_addr=client_addr,
                 reason=reason,
             )
-            raise api.AccessDenied(message)
+            raise kind(message)
 
         found = await self.store.get_token(h)
         if (
@@ -220,19 +292,22 @@ class Registrar:
                 f"with `teleconch-ctl tokens add --type={role}`",
             )
         addresses = (public_addr, ssh_addr)
-        claims = Claims(
-            self.cluster_name,
-            await self.store.list_nodes(),
-            await self.store.list_identities(),
-        )
+        claims = await self.claims()
         try:
-            check_join(name, addresses, additional_principals, claims)
+            check_join(
+                name, addresses, additional_principals, claims, role == ROLE_NODE
+            )
         except JoinRefusal as e:
             await refuse(e.reason, str(e))
+        # Both keys are read before the token is spent: a bad one costs nothing.
+        try:
+            check_tls_public_key(tls_public_key)
+        except BadPublicKey as e:
+            await refuse("bad TLS key", f"TLS key: {e}", api.BadParameter)
         try:
             ssh_key = parse_public_key(ssh_public_key)
         except BadPublicKey as e:
-            raise api.BadParameter(f"host key: {e}") from None
+            await refuse("bad host key", f"host key: {e}", api.BadParameter)
         if await self.store.consume_token(h, self._now()) is None:
             await refuse(
                 "token expired",
@@ -252,16 +327,29 @@ class Registrar:
                 f"another {role} joined as {name!r} at the same moment: create a new "
                 "token and join under another teleconch.nodename",
             )
-        tls_cert = self._tls_ca.issue(
-            tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
-        )
-        host_cert = self._host_ca.sign_host_certificate(
-            ssh_key,
-            key_id=f"{host_id}.{self.cluster_name}",
-            principals=principals,
-            valid_after=int(now) - 60,
-            valid_before=int(now) + HOST_CERT_TTL,
-        )
+        try:
+            tls_cert = self._tls_ca.issue(
+                tls_public_key, role, host_id, now, HOST_CERT_TTL, dns_names=[name]
+            )
+            host_cert = self._host_ca.sign_host_certificate(
+                ssh_key,
+                key_id=f"{host_id}.{self.cluster_name}",
+                principals=principals,
+                valid_after=int(now) - 60,
+                valid_before=int(now) + HOST_CERT_TTL,
+            )
+        except BaseException:
+            # The name must not stay taken by a joiner that got nothing.
+            await self.store.delete_identity(host_id)
+            await self.audit(
+                "join",
+                success=False,
+                role=role,
+                name=name,
+                client_addr=client_addr,
+                reason="signing failed",
+            )
+            raise
         await self.audit(
             "join",
             role=role,

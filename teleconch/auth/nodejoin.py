@@ -2,7 +2,11 @@
 
 A node trades a single-use node token for a host certificate of its own key
 (made on the node; only the public key travels), the user CA and a place in
-the node list.  From then on it renews the certificate with that key alone:
+the node list.  The token itself never travels: the node sends its public
+name and an HMAC keyed by the token's hash over exactly what it asks for
+(``teleconch.auth.attest.join_proof``), so a request relayed by whoever
+terminated the proxy's TLS certifies only the node's own key, name and
+address.  From then on it renews the certificate with that key alone:
 it signs its current certificate and the time, and the auth service checks
 that the certificate is its own, still valid, and the node's.  Both answers
 are attested (``teleconch.auth.attest``) so the node trusts them through a
@@ -28,14 +32,16 @@ from teleconch.auth.attest import (
     RENEW_PURPOSE,
     Attested,
     attest,
+    join_request,
+    proof_matches,
+    proof_of,
     renew_message,
 )
 from teleconch.auth.joining import Claims, _is_loopback
 from teleconch.auth.login import iso_utc
 from teleconch.auth.nodes import clean_labels
 from teleconch.auth.store import AlreadyExists
-from teleconch.auth.tokens import token_hash
-from teleconch.auth.types import JoinedIdentity, Node
+from teleconch.auth.types import JoinedIdentity, Node, Token
 from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_node_name
 from teleconch.ca import BadPublicKey, fingerprint, parse_public_key
 from teleconch.config import parse_host_port
@@ -73,11 +79,12 @@ def _check_name(name: str, claims: Claims) -> None:
             api.BadParameter,
         )
     for host in (name, f"{name}.{claims.cluster_name}"):
-        if claims.reserved(host):
+        if claims.reserved_for_node(host):
             _refuse(
                 f"name {host!r} is reserved",
-                f"{host!r} is reserved (the auth service's name, localhost and "
-                "teleconch-* names): choose another --name",
+                f"{host!r} is reserved (the auth service's name, the cluster's name, "
+                "its proxies' addresses, localhost and teleconch-* names): choose "
+                "another --name",
             )
         peer = claims.taken_by_identity(host)
         if peer is not None:
@@ -102,19 +109,51 @@ def _check_name(name: str, claims: Claims) -> None:
             )
 
 
-def _address_principal(host: str, claims: Claims) -> str | None:
-    """The addr's host as a principal, unless it would pose as someone else."""
-    if _is_loopback(host) or not is_host(host) or claims.reserved(host):
+def _check_address(addr: str, host: str, claims: Claims) -> str | None:
+    """The addr's host as a principal; refused if it is another's.
+
+    A loopback address is allowed (a node on the proxy's own machine) but
+    never a principal; so is a host that is no DNS name or IP address.
+    """
+    for other in claims.nodes:
+        if addr == other.addr:
+            _refuse(
+                f"addr {addr!r} is registered node {other.name}",
+                f"the node {other.name!r} is registered at {addr!r}: remove it first "
+                f"(`teleconch-ctl nodes rm {other.name}`), or give this one its own "
+                "--addr",
+            )
+    if _is_loopback(host) or not is_host(host):
         return None
-    if claims.taken_by_node(host) or claims.taken_by_identity(host):
-        return None
+    if claims.reserved_for_node(host):
+        _refuse(
+            f"addr {host!r} is reserved",
+            f"{host!r} is reserved (the cluster's name, its proxies' addresses, the "
+            "auth service's name and teleconch-* names): give the node's own --addr",
+        )
+    node = claims.taken_by_node(host)
+    if node is not None:
+        _refuse(
+            f"addr {host!r} is registered node {node.name}",
+            f"{host!r} belongs to the registered node {node.name!r}: a node cannot "
+            f"take another's name or address; remove it first (`teleconch-ctl nodes "
+            f"rm {node.name}`), or give this one its own --addr",
+        )
+    peer = claims.taken_by_identity(host)
+    if peer is not None:
+        _refuse(
+            f"addr {host!r} is taken by {peer.role} {peer.host_id}",
+            f"a {peer.role} named {peer.name!r} has already joined this cluster and "
+            f"holds {host!r}: give this node its own --addr",
+        )
     return host
 
 
 async def join_node(
     server: AuthServer,
     *,
-    token: str,
+    token_name: str,
+    proof: str,
     name: str,
     addr: str,
     labels: Mapping[str, Any],
@@ -123,7 +162,9 @@ async def join_node(
 ) -> Attested:
     """Register a node with a node token; its host certificate and the user CA."""
     try:
-        return await _join(server, token, name, addr, labels, public_key, client_addr)
+        return await _join(
+            server, token_name, proof, name, addr, labels, public_key, client_addr
+        )
     except _Refusal as e:
         await server.audit(
             "node.join",
@@ -136,9 +177,28 @@ async def join_node(
         raise e.error from None
 
 
+async def _proven_token(
+    server: AuthServer, token_name: str, proof: str, request: Mapping[str, Any]
+) -> Token | None:
+    """The live node token named ``token_name`` the proof was made with, if any."""
+    now = server._now()
+    found = None
+    for token in await server.store.list_tokens():
+        if token.name != token_name or token.kind != ROLE_NODE or token.expires <= now:
+            continue
+        try:
+            expected = proof_of(token.token_hash, request)
+        except ValueError:
+            continue
+        if proof_matches(expected, proof):
+            found = token
+    return found
+
+
 async def _join(
     server: AuthServer,
-    token: str,
+    token_name: str,
+    proof: str,
     name: str,
     addr: str,
     labels: Mapping[str, Any],
@@ -146,20 +206,24 @@ async def _join(
     client_addr: str,
 ) -> Attested:
     store = server.store
-    found = await store.get_token(token_hash(token))
-    if found is None or found.kind != ROLE_NODE or found.expires <= server._now():
+    try:
+        request = join_request(name, addr, labels, public_key)
+        found = await _proven_token(server, token_name, proof, request)
+    except (TypeError, ValueError):
+        found = None
+    if found is None:
         _refuse(
             "unknown token or wrong type",
-            f"the join token is invalid, expired or already used: {HOW_TO_JOIN}",
+            "the join token is invalid, expired or already used, or the request "
+            f"was changed on the way: {HOW_TO_JOIN}",
         )
-    claims = Claims(
-        server.cluster_name, await store.list_nodes(), await store.list_identities()
-    )
+    claims = await server.registrar.claims()
     _check_name(name, claims)
     try:
         host = parse_host_port(addr).host
     except ValueError as e:
         _refuse("invalid addr", f"--addr: {e}", api.BadParameter)
+    extra = _check_address(addr, host, claims)
     try:
         clean = clean_labels(labels)
     except api.BadParameter as e:
@@ -172,7 +236,7 @@ async def _join(
         _refuse(
             "host key not ed25519", "the host key must be ed25519", api.BadParameter
         )
-    if await store.consume_token(token_hash(token), server._now()) is None:
+    if await store.consume_token(found.token_hash, server._now()) is None:
         _refuse(
             "token used or expired meanwhile",
             f"the join token has expired: {HOW_TO_JOIN}",
@@ -180,7 +244,6 @@ async def _join(
     now = server._now()
     node_id = str(uuid.uuid4())
     principals = [name, f"{name}.{server.cluster_name}"]
-    extra = _address_principal(host, claims)
     if extra is not None and extra not in principals:
         principals.append(extra)
     try:
@@ -193,19 +256,32 @@ async def _join(
             f"another node joined as {name!r} at the same moment: {HOW_TO_JOIN} and "
             "choose another --name",
         )
-    cert, expires = server.sign_node_certificate(
-        key, f"{node_id}.{server.cluster_name}", principals
-    )
-    await store.upsert_node(
-        Node(
-            id=node_id,
-            name=name,
-            addr=addr,
-            labels=clean,
-            created=now,
-            cert_expires=expires,
+    try:
+        cert, expires = server.sign_node_certificate(
+            key, f"{node_id}.{server.cluster_name}", principals
         )
-    )
+        await store.upsert_node(
+            Node(
+                id=node_id,
+                name=name,
+                addr=addr,
+                labels=clean,
+                created=now,
+                cert_expires=expires,
+            )
+        )
+    except BaseException:
+        # The name must not stay taken by a node that got nothing.
+        await store.delete_identity(node_id)
+        await server.audit(
+            "node.join",
+            success=False,
+            node=name,
+            addr=addr,
+            client_addr=client_addr,
+            reason="signing failed",
+        )
+        raise
     await server.audit(
         "node.join",
         node=name,
@@ -218,7 +294,7 @@ async def _join(
         client_addr=client_addr,
     )
     payload = _payload(server, node_id, name, cert, expires, principals)
-    return _attested(server, JOIN_PURPOSE, payload, token)
+    return _attested(server, JOIN_PURPOSE, payload, proof)
 
 
 def _payload(

@@ -156,8 +156,8 @@ class NewUser:
 @attrs.frozen
 class Invite:
     user: str
-    token: str
-    url: str
+    token: str = attrs.field(repr=False)
+    url: str = attrs.field(repr=False)
     expires: float
 
 
@@ -242,7 +242,7 @@ class NewToken:
 
 @attrs.frozen
 class JoinToken:
-    token: str
+    token: str = attrs.field(repr=False)
     expires: float
     ca_pin: str
     auth_addr: str
@@ -436,7 +436,10 @@ class SignHostCertificate(AuthCommand[HostKey, HostCertificate]):
 
 @attrs.frozen
 class NodeJoin:
-    token: str = attrs.field(repr=False)
+    """A node's join: the token's public name and a proof, never the token."""
+
+    token_name: str
+    proof: str = attrs.field(repr=False)
     name: str
     addr: str
     labels: Mapping[str, str]
@@ -454,8 +457,11 @@ class Document:
 class JoinOpenSSHNode(AuthCommand[NodeJoin, Document]):
     """An OpenSSH node joins itself with a node token, through the proxy's web API.
 
-    Only the node's public host key travels; the answer (host certificate,
-    user CA) is attested by the auth service, bound to the token.
+    The token never travels: the node names it (its public name) and proves
+    it holds it with an HMAC over what it asks for (name, address, labels,
+    public host key; ``teleconch.auth.attest.join_proof``), so whoever relays
+    the request cannot change it.  The answer (host certificate, user CA) is
+    attested by the auth service, bound to that proof.
     """
 
     roles = frozenset({ROLE_PROXY})

@@ -114,7 +114,7 @@ class AuthServer:
             node_cert_ttl,
         )
         self.registrar = Registrar(
-            store, clock, self.log, cluster_name, tls_ca, host_ca
+            store, clock, self.log, cluster_name, tls_ca, host_ca, default_public_addr
         )
 
     def _now(self) -> float:

@@ -1,12 +1,19 @@
 """``teleconch join openssh``: an OpenSSH node joins the cluster by itself.
 
 Run as root on the node, with a node token from ``teleconch-ctl tokens add
---type=node``: it checks the cluster's CA pin before the token leaves the
-node, makes the host key here (only the public key is sent), gets a host
-certificate and the user CA through the proxy's web API (attested by the auth
-service), writes them and an sshd drop-in, and checks sshd's config with
-``sshd -t``.  Run again (or with ``--renew``), it renews the certificate with
-the node's own key, no token.
+--type=node``: it makes the host key here (only the public key is sent),
+gets a host certificate and the user CA through the proxy's web API, writes
+them and an sshd drop-in, and checks sshd's config with ``sshd -t``.
+
+The token never leaves the node: the request names it by its public name and
+carries an HMAC, keyed by the token's hash, over the name, address, labels
+and public key it asks for (``teleconch.auth.attest.join_proof``), so
+whoever terminates TLS (the proxy's certificate is often self-signed, hence
+``--insecure``) can relay or drop it but not change what it certifies.  The
+answer is attested by the auth service and checked against the CA pin; the
+pin is also checked up front, so a wrong one costs no token.  Run again (or
+with ``--renew``), it renews the certificate with the node's own key, no
+token.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import secrets
 import socket
 import sys
 from datetime import datetime
@@ -30,7 +38,9 @@ from teleconch.auth.attest import (
     JOIN_PURPOSE,
     RENEW_PURPOSE,
     AttestationError,
+    join_proof,
     renew_message,
+    token_name,
     verify,
 )
 from teleconch.client.sshd_setup import (
@@ -63,6 +73,8 @@ class Plan:
     labels: dict[str, str]
     token: str | None = attrs.field(repr=False)
     pin: str | None
+    #: --insecure-no-ca-pin: trust the first CA the proxy shows (loudly).
+    no_pin: bool
     insecure: bool
     renew: bool
     restart: bool
@@ -103,6 +115,14 @@ def plan(args: argparse.Namespace) -> Plan:
         proxy = cfg.parse_host_port(args.proxy, cfg.PROXY_WEB_PORT)
     except ValueError as e:
         raise JoinError(str(e)) from None
+    if args.ca_pin and args.insecure_no_ca_pin:
+        raise JoinError("give --ca-pin or --insecure-no-ca-pin, not both")
+    if args.token and not args.ca_pin and not args.insecure_no_ca_pin:
+        raise JoinError(
+            "give --ca-pin, the cluster's CA pin printed with the token by "
+            "`teleconch-ctl tokens add --type=node`: without it the node would trust "
+            "whichever cluster answers, and its users"
+        )
     return Plan(
         proxy=proxy,
         files=NodeFiles(Path(args.dir or DEFAULT_DIR).absolute()),
@@ -112,6 +132,7 @@ def plan(args: argparse.Namespace) -> Plan:
         labels=_labels(args.labels),
         token=args.token,
         pin=args.ca_pin,
+        no_pin=args.insecure_no_ca_pin,
         insecure=args.insecure,
         renew=args.renew,
         restart=args.restart_sshd,
@@ -189,9 +210,15 @@ def _pinned(cas: list[bytes], pin: str | None, where: str) -> bytes:
     if not cas:
         raise JoinError(f"{where} named no cluster CA: is it a teleconch proxy?")
     if pin is None:
+        try:
+            shown = ca_pin(cas[0])
+        except ValueError:
+            shown = "(unreadable)"
         _warn(
-            f"no --ca-pin: trusting the cluster CA {ca_pin(cas[0])} of {where} on first "
-            "use; pass the --ca-pin that `teleconch-ctl tokens add --type=node` prints"
+            f"--insecure-no-ca-pin: trusting whatever cluster answers at {where} "
+            f"(CA pin {shown}). Whoever is on the path can give this node its own "
+            "user CA, and log in to it as root. Use the --ca-pin that "
+            "`teleconch-ctl tokens add --type=node` prints"
         )
         return cas[0]
     for ca in cas:
@@ -199,7 +226,7 @@ def _pinned(cas: list[bytes], pin: str | None, where: str) -> bytes:
             return ca
     raise JoinError(
         f"the cluster at {where} has CA pin {ca_pin(cas[0])}, not {pin}: check --ca-pin "
-        "and --proxy. Nothing was written and the token was not sent."
+        "and --proxy. Nothing was written and the token was not used."
     )
 
 
@@ -261,8 +288,8 @@ async def run_join(reactor: Any, args: argparse.Namespace, store: Any = None) ->
 async def _run(reactor: Any, plan: Plan) -> int:
     if plan.insecure:
         _warn(
-            "--insecure: the proxy's TLS certificate is not checked; whoever is on "
-            "the path could read the join token"
+            "--insecure: the proxy's TLS certificate is not checked; the token does "
+            "not travel and the answer is checked against the CA pin"
         )
     client = WebAPIClient(reactor, plan.proxy, insecure=plan.insecure)
     existing = await deferToThread(load_identity, plan.files)
@@ -297,6 +324,8 @@ async def _run(reactor: Any, plan: Plan) -> int:
 
 async def _join(plan: Plan, client: WebAPIClient, token: str) -> int:
     where = str(plan.proxy)
+    if plan.pin is None and not plan.no_pin:
+        raise JoinError("give --ca-pin (from `teleconch-ctl tokens add --type=node`)")
     cas = [str(c).encode() for c in (await client.host_ca()).get("tls_ca_certs", [])]
     ca = _pinned(cas, plan.pin, where)
     key = ed25519.Ed25519PrivateKey.generate()
@@ -307,13 +336,17 @@ async def _join(plan: Plan, client: WebAPIClient, token: str) -> int:
     if not ok:
         await deferToThread(credentials.rollback)
         raise _sshd_failed(
-            plan, said, "The token was not sent: fix sshd_config and run again."
+            plan, said, "The token was not used: fix sshd_config and run again."
         )
+    public = _public_line(key)
+    proof = join_proof(
+        token, name=plan.name, addr=plan.addr, labels=plan.labels, public_key=public
+    )
     try:
         document = await client.host_credentials(
-            token, plan.name, plan.addr, plan.labels, _public_line(key)
+            token_name(token), proof, plan.name, plan.addr, plan.labels, public
         )
-        payload = verify(document, JOIN_PURPOSE, token, ca_pin(ca))
+        payload = verify(document, JOIN_PURPOSE, proof, ca_pin(ca))
         _check_payload(payload, key)
     except BaseException:
         await deferToThread(sshd.rollback)
@@ -395,16 +428,26 @@ async def _finish(plan: Plan, payload: dict[str, Any]) -> int:
             code = 1
     else:
         print("sshd uses them once reloaded: systemctl reload ssh (or --restart-sshd).")
+    print(
+        "Renew the certificate before it expires, e.g. with this cron line:\n"
+        f"  {cron_line(plan)}"
+    )
+    return code
+
+
+def cron_line(plan: Plan) -> str:
+    """A daily renewal at a time of this node's own, so nodes do not all
+    renew in the same minute."""
+    f = plan.files
     extra = "" if f.directory == DEFAULT_DIR else f" --dir {f.directory}"
     if plan.sshd.main != DEFAULT_SSHD_CONFIG:
         extra += f" --sshd-config {plan.sshd.main}"
     insecure = " --insecure" if plan.insecure else ""
-    print(
-        "Renew the certificate before it expires, e.g. with this cron line:\n"
-        f"  17 3 * * * root teleconch join openssh --renew --proxy {plan.proxy}"
-        f"{extra}{insecure} --restart-sshd"
+    minute, hour = secrets.randbelow(60), secrets.randbelow(24)
+    return (
+        f"{minute} {hour} * * * root teleconch join openssh --renew --proxy "
+        f"{plan.proxy}{extra}{insecure} --restart-sshd"
     )
-    return code
 
 
 def add_parser(sub: Any) -> None:
@@ -423,6 +466,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--ca-pin", help="the cluster's CA pin (sha256:...), as printed with the token"
+    )
+    p.add_argument(
+        "--insecure-no-ca-pin",
+        action="store_true",
+        help="join without --ca-pin, trusting whichever cluster answers (unsafe: "
+        "whoever is on the path could log in to this node as root)",
     )
     p.add_argument("--name", help="the node's name (default: the short hostname)")
     p.add_argument("--labels", help="key=value,... e.g. env=prod,role=web")

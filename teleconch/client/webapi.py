@@ -172,7 +172,8 @@ class WebAPIClient:
 
     async def host_credentials(
         self,
-        token: str,
+        token_name: str,
+        proof: str,
         node_name: str,
         addr: str,
         labels: dict[str, str],
@@ -182,7 +183,8 @@ class WebAPIClient:
             b"POST",
             "/v1/webapi/host/credentials",
             {
-                "token": token,
+                "token_name": token_name,
+                "proof": proof,
                 "node_name": node_name,
                 "addr": addr,
                 "labels": labels,

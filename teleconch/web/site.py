@@ -79,6 +79,11 @@ class RateLimiter:
         return True
 
 
+#: The renewals' own bucket per address: a burst and a steady rate.
+RENEW_BURST = 200.0
+RENEW_PER_SECOND = 5.0
+
+
 @attrs.frozen
 class WebConfig:
     cluster_name: str
@@ -298,7 +303,8 @@ class SSHCertsResource(JSONResource):
 
 class HostCAResource(JSONResource):
     """GET /v1/webapi/host/ca: the cluster's TLS CA, for a node to check its pin
-    before it sends its token."""
+    before it spends its token (a courtesy: anyone can relay these public
+    certificates; what protects the node is the attested answer)."""
 
     def __init__(self, agent: AuthAgent, config: WebConfig) -> None:
         super().__init__()
@@ -322,8 +328,9 @@ def _labels(data: dict[str, Any]) -> dict[str, str]:
 
 
 class HostCredentialsResource(JSONResource):
-    """POST /v1/webapi/host/credentials: a node's join token and public key
-    for its host certificate, the user CA and its registration (attested)."""
+    """POST /v1/webapi/host/credentials: a node's public key, and its join
+    token's name with a proof over the request (never the token), for its
+    host certificate, the user CA and its registration (attested)."""
 
     too_many = "too many join attempts from your address; wait a minute"
 
@@ -336,7 +343,8 @@ class HostCredentialsResource(JSONResource):
         client = client_host(request)
         data = _json_body(request)
         document = await self._agent.join_openssh_node(
-            token=_field(data, "token"),
+            token_name=_field(data, "token_name"),
+            proof=_field(data, "proof"),
             name=_field(data, "node_name"),
             addr=_field(data, "addr"),
             labels=_labels(data),
@@ -404,8 +412,14 @@ def make_site(
     static: StaticFiles,
     limiter: RateLimiter | None = None,
     max_connections_per_address: int = 64,
+    renew_limiter: RateLimiter | None = None,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
+    # Renewals are signed by a node's own key (nothing to guess), and many
+    # nodes behind one address renew at once: a bucket of their own, larger.
+    renew_limiter = renew_limiter or RateLimiter(
+        clock, capacity=RENEW_BURST, per_second=RENEW_PER_SECOND
+    )
     root, v1, webapi, users, ssh, web, host = (_Dir() for _ in range(7))
     root.putChild(b"v1", v1)
     v1.putChild(b"webapi", webapi)
@@ -417,7 +431,7 @@ def make_site(
     webapi.putChild(b"host", host)
     host.putChild(b"ca", HostCAResource(agent, config))
     host.putChild(b"credentials", HostCredentialsResource(agent, limiter))
-    host.putChild(b"renew", HostRenewResource(agent, limiter))
+    host.putChild(b"renew", HostRenewResource(agent, renew_limiter))
 
     root.putChild(b"web", web)
     web.putChild(b"invite", _Page(static.file("invite.html").body))
