@@ -16,6 +16,7 @@ from typing import Any, cast
 from twisted.conch.ssh import common, connection
 from twisted.internet import error as ierror
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from teleconch.auth.types import Node
 from teleconch.conch.certs import Certificate
@@ -125,8 +126,8 @@ def test_a_second_subsystem_request_is_refused_and_the_audit_names_the_first_nod
     w.client.send(b"SSH-2.0-client\r\n")
     assert node_tcp.value() == b"SSH-2.0-client\r\n"
     w.client.close()
-    node_tcp.loseConnection()
-    _node.connectionLost(ierror.ConnectionDone())  # type: ignore[arg-type]
+    assert node_tcp.disconnecting
+    _node.connectionLost(Failure(ierror.ConnectionDone()))
     assert [(ev, ok, node) for ev, ok, node, _ in w.audit()] == [
         ("proxy.session", True, "web1")
     ]

@@ -295,7 +295,7 @@ def test_a_web_caller_routes_with_a_grant_and_talks_to_the_node_over_tcp() -> No
     node.close()
     pump.flush()
     assert events.log == ["lost"]
-    on_close(12, 12, "finished")
+    on_close(12, 12, "finished", True)
     [closed] = directory.events
     assert closed == {
         "event": "proxy.session", "user": "alice", "success": True, "login": "root",
