@@ -310,7 +310,9 @@ class SplicingProxy:
         self, kind: bytes, windowSize: int, maxPacket: int, data: bytes
     ) -> SplicingChannel:
         self.splice = SplicingChannel(
-            on_close=lambda up, down, why: self.closes.append((up, down, why)),
+            on_close=lambda up, down, why, _reached: self.closes.append(
+                (up, down, why)
+            ),
             remoteWindow=windowSize,
             remoteMaxPacket=maxPacket,
         )

@@ -295,7 +295,7 @@ def test_a_web_caller_routes_with_a_grant_and_talks_to_the_node_over_tcp() -> No
     node.close()
     pump.flush()
     assert events.log == ["lost"]
-    on_close(12, 12, "finished")
+    on_close(12, 12, "finished", True)
     [closed] = directory.events
     assert closed == {
         "event": "proxy.session", "user": "alice", "success": True, "login": "root",
@@ -347,3 +347,43 @@ def test_reachable_lists_the_nodes_a_grant_allows_with_their_logins() -> None:
         {"name": "web1", "id": "n1", "addr": "web1.internal:2222",
          "labels": {"env": "prod"}, "logins": ["root"]}
     ]  # fmt: skip
+
+
+class DownDirectory(Directory):
+    """The auth service is unreachable."""
+
+    async def get_roles(self, names: Sequence[str]) -> list[Role]:
+        raise ConnectionError("auth service unreachable")
+
+
+def test_a_backend_failure_is_refused_with_a_person_facing_message_and_audited() -> (
+    None
+):
+    """The roles cannot be fetched: a RoutingError the person can read, and
+    one audited refusal saying why."""
+    reactor = MemoryReactorClock()
+    directory = DownDirectory(web_router()[1].nodes)
+    router = Router(directory, reactor, "example.com", False)
+    with pytest.raises(RoutingError) as e:
+        now(router.route(Grant("alice", ("web-ops",), ()), WEB_CLIENT, "web1", 22,
+                         "root", "web"))  # fmt: skip
+    assert str(e.value) == (
+        "the proxy could not reach the auth service to route the request; try again"
+    )
+    [refused] = directory.events
+    assert (refused["event"], refused["success"], refused["reason"]) == (
+        "proxy.connect", False, "routing backend error",
+    )  # fmt: skip
+
+
+def test_a_connect_that_never_reached_the_node_is_audited_as_a_failure() -> None:
+    """One record per attempt: a session if the node was reached, else a
+    failed proxy.connect with the reason."""
+    router, directory, _reactor = web_router()
+    route = now(router.route(Grant("alice", ("web-ops",), ()), WEB_CLIENT, "web1", 22,
+                             "root", "web"))  # fmt: skip
+    router.audit_close(route)(0, 0, "connect failed: Connection refused", False)
+    [failed] = directory.events
+    assert (failed["event"], failed["success"], failed["node"], failed["reason"]) == (
+        "proxy.connect", False, "web1", "connect failed: Connection refused",
+    )  # fmt: skip

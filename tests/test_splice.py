@@ -257,7 +257,9 @@ class Rig:
         if kind != b"direct-tcpip":  # as ConchUser does, arguments reversed
             raise ConchError(connection.OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel")
         self.channel = SplicingChannel(
-            on_close=lambda up, down, why: self.closes.append((up, down, why)),
+            on_close=lambda up, down, why, _reached: self.closes.append(
+                (up, down, why)
+            ),
             confirm_after_connect=self._confirm_after_connect,
             remoteWindow=windowSize,
             remoteMaxPacket=maxPacket,
@@ -642,7 +644,9 @@ class _Gateway(SSHFactory):
         """What the routing code does: build the splice, start its connect."""
         (host, port), _ = forwarding.unpackOpen_direct_tcpip(data)
         chan = SplicingChannel(
-            on_close=lambda up, down, why: self.closes.append((up, down, why)),
+            on_close=lambda up, down, why, _reached: self.closes.append(
+                (up, down, why)
+            ),
             remoteWindow=remoteWindow,
             remoteMaxPacket=remoteMaxPacket,
             avatar=avatar,

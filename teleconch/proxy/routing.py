@@ -215,11 +215,14 @@ class Cache:
 
 # -- the router: one core for every way to a node ----------------------------
 
-#: How a routed connection came in, as its audit records say.
-HOWS = ("direct-tcpip", "subsystem", "web", "recording")
+OnClose = Callable[[int, int, str, bool], None]
+"""``on_close(bytes_up, bytes_down, reason, connected)``: called once when a
+connection ends; ``connected`` says whether the node side was ever reached."""
 
-OnClose = Callable[[int, int, str], None]
-"""``on_close(bytes_up, bytes_down, reason)``: called once when a connection ends."""
+#: The person-facing refusal when the auth service cannot answer a routing question.
+BACKEND_DOWN = (
+    "the proxy could not reach the auth service to route the request; try again"
+)
 
 
 class Directory(Protocol):
@@ -337,13 +340,31 @@ class Router:
             )
             check_access(target, await self._roles(grant.roles), grant, login)
         except RoutingError as e:
-            emit(
-                self.agent, "proxy.connect", grant.user, False,
-                login=recorded, node=host, port=port, how=how,
-                client_addr=client_address, reason=e.reason, message=str(e),
-            )  # fmt: skip
+            self.refused(grant, client_address, host, port, recorded, how, e)
             raise
+        except Exception as e:
+            log.failure("routing {host} for {user}", host=host, user=grant.user)
+            error = RoutingError(BACKEND_DOWN, "routing backend error")
+            self.refused(grant, client_address, host, port, recorded, how, error)
+            raise error from e
         return Route(target, grant, client_address, recorded, how)
+
+    def refused(
+        self,
+        grant: Grant,
+        client_address: str,
+        host: str,
+        port: int,
+        login: str,
+        how: str,
+        error: RoutingError,
+    ) -> None:
+        """Audit one refused request (also one refused before routing, e.g. malformed)."""
+        emit(
+            self.agent, "proxy.connect", grant.user, False,
+            login=login, node=host, port=port, how=how,
+            client_addr=client_address, reason=error.reason, message=str(error),
+        )  # fmt: skip
 
     async def reachable(self, grant: Grant) -> list[dict[str, Any]]:
         """The nodes this grant's roles allow, with the logins they allow there."""
@@ -360,11 +381,26 @@ class Router:
         return sorted(out, key=lambda n: n["name"])
 
     def audit_close(self, route: Route) -> OnClose:
-        """What to call when a routed connection ends: one audit record of it."""
+        """What to call when a routed connection ends: its one audit record.
+
+        A connection that reached the node is a ``proxy.session``; one that
+        never did (the connect failed, the client left first) is a failed
+        ``proxy.connect`` with the reason.
+        """
         started = self.reactor.seconds()
         target = route.target
 
-        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+        def on_close(
+            bytes_up: int, bytes_down: int, reason: str, connected: bool
+        ) -> None:
+            if not connected:
+                emit(
+                    self.agent, "proxy.connect", route.grant.user, False,
+                    login=route.login, node=target.name,
+                    addr=f"{target.host}:{target.port}", how=route.how,
+                    client_addr=route.client_address, reason=reason,
+                )  # fmt: skip
+                return
             emit(
                 self.agent, "proxy.session", route.grant.user, True,
                 login=route.login, node=target.name,
@@ -387,7 +423,15 @@ class Router:
         return node
 
     async def connect(self, splice: Splice, route: Route) -> None:
-        """Join ``splice`` to the route's node side; a failure is the splice's to tell."""
+        """Join ``splice`` to the route's node side; a failure is the splice's to tell.
+
+        The caller has made the splice's ``on_close`` record the route
+        (`audit_close`); a splice already over (its client left while the
+        route was checked) never calls it again, so its record is written here.
+        """
+        if splice.ended:
+            self.audit_close(route)(0, 0, "client left before connecting", False)
+            return
         self._splices.add(splice)
         try:
             await splice.connect(self.node_side(route), route.target)

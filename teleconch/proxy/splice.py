@@ -1,27 +1,23 @@
-"""Splice an SSH channel to a TCP connection, with back-pressure both ways.
+"""Splice an SSH channel to the node side of a route, with back-pressure both ways.
 
-Stock Conch forwarding has no flow control (CONCH_NOTES, "Forwarding and flow
-control"): ``SSHConnection.ssh_CHANNEL_DATA`` re-opens the window before the
-data is delivered, and ``SSHChannel.write`` buffers whatever the peer's window
-refuses with a quadratic ``buf += data``. A fast node read by a slow client
-grows the proxy without bound. Here:
+`SplicingChannel` is a `FlowControlledChannel` (teleconch/conch/flow.py, with
+the connection that lets it open its own window and confirm its open late)
+joined to a `NodeTransport`: a TCP connection, or a channel to the node.  The
+node is paused while the client is behind, and the client's window is
+re-opened only for bytes the node's transport has taken, so a fast node read
+by a slow client cannot grow the proxy without bound.
 
-- `FlowControlledConnection` lets opted-in channels open their own window and
-  confirm their open only once their target is reachable (so ``ssh -W`` to a
-  dead port gets a real "open failed").
-- `FlowControlledChannel` queues output as a deque of chunks and re-opens the
-  window only when told to.
-- `SplicingChannel` joins one such channel to the node side of a route, a
-  `NodeTransport` (a TCP connection, or a channel to the node): the node is
-  paused while the client is behind, and the client's window is re-opened
-  only for bytes the node's transport has taken.
+A splice moves through `SpliceState`: CONNECTING (no node yet; client bytes
+are held), OPEN, half-closed CLIENT_DONE or NODE_DONE, then DISCONNECTING
+(closing the node) or DRAINING (flushing to the client), and CLOSED, when its
+``on_close`` reports the byte counts, why it ended, and whether the node side
+was ever reached.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.conch.error import ConchError
@@ -39,11 +35,7 @@ from teleconch.conch.flow import (
 from teleconch.proxy.node import NodeTransport, TCPNodeTransport
 
 if TYPE_CHECKING:
-    from teleconch.proxy.routing import Target
-
-
-OnClose = Callable[[int, int, str], None]
-"""``on_close(bytes_up, bytes_down, reason)``: called once when a splice ends."""
+    from teleconch.proxy.routing import OnClose, Target
 
 
 class SpliceState(enum.Enum):
@@ -94,8 +86,11 @@ def _describe(e: BaseException) -> str:
 class SplicingChannel(FlowControlledChannel):
     """One SSH channel spliced to the node side of a route (`NodeTransport`).
 
-    The routing code builds it in ``lookupChannel`` and calls `connect` (or
-    `abort`); the splice is the `NodeEvents` of its node transport. With
+    The proxy's avatar builds it when the client opens a channel
+    (``direct-tcpip``, or a session for the ``proxy:`` subsystem), and
+    `Router.connect` calls `connect` once the route is checked (the avatar
+    calls `abort` if it is refused); the splice is the `NodeEvents` of its
+    node transport. With
     ``confirm_after_connect`` (``direct-tcpip``) the open is confirmed once
     the node answers and refused with its error otherwise; without it (a
     ``proxy:`` subsystem on an open session) client bytes are held, within
@@ -134,6 +129,7 @@ class SplicingChannel(FlowControlledChannel):
         self._on_close = on_close
         self._confirm_after_connect = confirm_after_connect
         self._state = SpliceState.CONNECTING
+        self._reached = False  # the node side was connected (on_close says so)
         self._reason: str | None = None
         self._node: NodeTransport | None = None
         self._connecting: Deferred[None] | None = None
@@ -162,11 +158,6 @@ class SplicingChannel(FlowControlledChannel):
     def ended(self) -> bool:
         """Whether the splice is over (``on_close`` has run)."""
         return self._state is SpliceState.CLOSED
-
-    @property
-    def node(self) -> NodeTransport | None:
-        """The node side, while it is connected."""
-        return self._node
 
     @property
     def node_transport(self) -> Any:
@@ -232,6 +223,8 @@ class SplicingChannel(FlowControlledChannel):
         if to not in _MOVES[self._state]:
             raise AssertionError(f"splice cannot go {self._state.value} -> {to.value}")
         self._state = to
+        if to is SpliceState.OPEN:
+            self._reached = True
         if to is SpliceState.CLOSED:
             self._log.info(
                 "splice closed: {reason}, {up} bytes up, {down} down",
@@ -240,7 +233,12 @@ class SplicingChannel(FlowControlledChannel):
                 down=self.bytes_down,
             )
             try:
-                self._on_close(self.bytes_up, self.bytes_down, self._reason or "closed")
+                self._on_close(
+                    self.bytes_up,
+                    self.bytes_down,
+                    self._reason or "closed",
+                    self._reached,
+                )
             except Exception:
                 self._log.failure("on_close failed")
 

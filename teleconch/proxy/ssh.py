@@ -132,9 +132,11 @@ class ProxyAvatar(ConchUser):
         host = host_b.decode("utf-8", "replace")
         audit: list[OnClose] = []
 
-        def on_close(bytes_up: int, bytes_down: int, reason: str) -> None:
+        def on_close(
+            bytes_up: int, bytes_down: int, reason: str, reached: bool
+        ) -> None:
             for record in audit:
-                record(bytes_up, bytes_down, reason)
+                record(bytes_up, bytes_down, reason, reached)
 
         channel = SplicingChannel(
             on_close=on_close,
@@ -169,16 +171,27 @@ class ProxySessionChannel(SplicingChannel):
 
     def __init__(self, *, avatar: ProxyAvatar, **kw: Any) -> None:
         self._avatar = avatar
-        self._audit: OnClose | None = None  # set once a subsystem routes us
+        self._audit: OnClose | None = None  # set once the node connect starts
+        self._requested = False  # a subsystem, shell or exec was accepted
         super().__init__(
             on_close=self._closed, confirm_after_connect=False, avatar=avatar, **kw
         )
 
-    def _closed(self, bytes_up: int, bytes_down: int, reason: str) -> None:
+    def _closed(
+        self, bytes_up: int, bytes_down: int, reason: str, reached: bool
+    ) -> None:
         if self._audit is not None:
-            self._audit(bytes_up, bytes_down, reason)
+            self._audit(bytes_up, bytes_down, reason, reached)
+
+    def _first_request(self) -> bool:
+        """Whether this is the channel's one subsystem, shell or exec (as in
+        OpenSSH, any later one is refused)."""
+        first, self._requested = not self._requested, True
+        return first
 
     def request_subsystem(self, data: bytes) -> Deferred[bool] | bool:
+        if not self._first_request():
+            return False
         name = common.getNS(data)[0].decode("utf-8", "replace")
         if name == NODES_SUBSYSTEM.decode():
             Deferred.fromCoroutine(self._list_nodes())
@@ -189,16 +202,26 @@ class ProxySessionChannel(SplicingChannel):
         router = self._avatar.router
         if not name.startswith("proxy:"):
             self._refuse(f"teleconch: unknown subsystem {name!r}\n")
-        elif m is None or (m["cluster"] and m["cluster"] != router.cluster_name):
-            self._refuse(
-                f'teleconch: invalid format for proxy request: "{name}", expected '
-                f'"proxy:host:port@{router.cluster_name}"\n'
+            return True
+        if m is None or (m["cluster"] and m["cluster"] != router.cluster_name):
+            message = (
+                f'invalid format for proxy request: "{name}", expected '
+                f'"proxy:host:port@{router.cluster_name}"'
             )
-        else:
-            return Deferred.fromCoroutine(
-                self._route(m["host"].strip("[]"), int(m["port"]))
-            )
-        return True
+            if m is None:
+                host, port, reason = name, 0, "invalid proxy request"
+            else:
+                host, port, reason = m["host"], int(m["port"]), "another cluster"
+            session = self._avatar.session
+            router.refused(
+                session.grant, session.client_address, host, port, session.login,
+                "subsystem", RoutingError(message, reason),
+            )  # fmt: skip
+            self._refuse(f"teleconch: {message}\n")
+            return True
+        return Deferred.fromCoroutine(
+            self._route(m["host"].strip("[]"), int(m["port"]))
+        )
 
     async def _route(self, host: str, port: int) -> bool:
         session = self._avatar.session
@@ -210,6 +233,12 @@ class ProxySessionChannel(SplicingChannel):
             )  # fmt: skip
         except RoutingError as e:
             self._refuse(f"teleconch: {e}\n")
+            return True
+        except Exception:
+            log.failure("routing {host}", host=host)
+            self._refuse(
+                "teleconch: the proxy could not route the request; try again\n"
+            )
             return True
         self._audit = router.audit_close(routed)
         Deferred.fromCoroutine(router.connect(self, routed))
@@ -245,10 +274,14 @@ class ProxySessionChannel(SplicingChannel):
         return False
 
     def request_shell(self, data: bytes) -> bool:
+        if not self._first_request():
+            return False
         self._usage()
         return True
 
     def request_exec(self, data: bytes) -> bool:
+        if not self._first_request():
+            return False
         self._usage()
         return True
 
