@@ -27,7 +27,9 @@ import attrs
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as CallTimedOut
 from twisted.internet.task import Clock
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -242,6 +244,25 @@ def test_a_locked_out_login_is_a_403(web: Web) -> None:
     assert response.code == 403
     assert web.json(response) == {
         "error": {"message": "this account is locked until 12:00 UTC"}
+    }
+
+
+def test_an_auth_service_failure_is_a_502_pointing_at_its_log(web: Web) -> None:
+    """An error the auth service did not expect (AMP's UnknownRemoteError) is
+    its bug, logged there: 502, and the message says where to look."""
+    web.agent.refusal = amp.UnknownRemoteError("Unknown Error")
+    response = web.post("/v1/webapi/ssh/certs", LOGIN)
+    assert response.code == 502
+    assert "auth service's log" in web.json(response)["error"]["message"]
+
+
+def test_an_auth_call_that_times_out_is_a_503(web: Web) -> None:
+    """A call the auth service did not answer in time: unreachable, try again."""
+    web.agent.refusal = CallTimedOut(30.0, "Deferred")
+    response = web.post("/v1/webapi/ssh/certs", LOGIN)
+    assert response.code == 503
+    assert web.json(response) == {
+        "error": {"message": "the auth service is unreachable; try again shortly"}
     }
 
 

@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as CallTimedOut
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -199,11 +201,27 @@ async def _answer(request: Request, handler: Handler) -> None:
     except api.AuthAPIError as e:
         status = _STATUS.get(type(e), 400)
         payload = {"error": {"message": str(e)}}
-    except AuthUnavailable:
-        log.failure("auth service unavailable", Failure())
+    except (AuthUnavailable, CallTimedOut, CancelledError) as e:
+        log.warn(
+            "auth service unavailable answering {path}: {error}",
+            path=redact_path(request.uri),
+            error=str(e) or type(e).__name__,
+        )
         status = 503
         payload = {
             "error": {"message": "the auth service is unreachable; try again shortly"}
+        }
+    except amp.UnknownRemoteError:
+        # The auth service failed on its side and logged why; say where to look.
+        log.warn(
+            "the auth service failed answering {path}", path=redact_path(request.uri)
+        )
+        status = 502
+        payload = {
+            "error": {
+                "message": "the auth service failed to answer; the administrator will "
+                "find the details in the auth service's log"
+            }
         }
     except Exception:
         log.failure(
