@@ -77,6 +77,37 @@ class InlineThreads:
         f(*args, **kwargs)
 
 
+class HeldThreads(InlineThreads):
+    """InlineThreads that, while ``hold`` is set, keep each call until
+    ``release`` runs it: parallel logins whose bcrypt is still working."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.held: list[Callable[[], None]] = []
+        self.ran = 0
+
+    def callInThreadWithCallback(
+        self,
+        on_result: Callable[[bool, Any], None],
+        f: Callable[..., Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        def call() -> None:
+            self.ran += 1
+            InlineThreads.callInThreadWithCallback(self, on_result, f, *args, **kwargs)
+
+        if self.hold:
+            self.held.append(call)
+        else:
+            call()
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for call in held:
+            call()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """The coroutine's result; it must finish without the reactor."""
     results: list[Any] = []
@@ -98,14 +129,14 @@ def _ssh_pub() -> str:
 class Cluster:
     """An AuthServer on a MemoryStore and a Clock, with one signed-up user."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: InlineThreads | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.store = MemoryStore()
         run(self.store.open())
         self.server = AuthServer(
             clock=self.clock,
-            threads=InlineThreads(),
+            threads=threads or InlineThreads(),
             store=self.store,
             cluster_name="test.example",
             user_ca=SSHCertificateAuthority.generate(),
@@ -184,6 +215,33 @@ def test_five_failures_within_ten_minutes_lock_the_account_for_twenty(
     cluster.clock.advance(1)
     assert cluster.now() == locked_at + LOCKOUT_DURATION
     assert cluster.login("alice").name == "alice"
+
+
+def test_parallel_guesses_cannot_slip_past_the_lock_out() -> None:
+    """However many wrong passwords arrive at once, at most five are ever
+    checked before the account locks: one check at a time per account, the
+    others refused at once (429) without spending bcrypt time."""
+    threads = HeldThreads()
+    c = Cluster(threads)
+    c.sign_up("alice")
+    threads.ran = 0
+    threads.hold = True
+    outcomes: list[Any] = []
+    for _ in range(10):  # rounds of 8 guesses sent together
+        batch = [
+            Deferred.fromCoroutine(
+                c.server.check_login("alice", "wrong password!", "000000", ADDR)
+            )
+            for _ in range(8)
+        ]
+        threads.release()
+        for d in batch:
+            d.addBoth(outcomes.append)
+        if any(isinstance(o, Failure) and o.check(api.LockedOut) for o in outcomes):
+            break
+    assert any(isinstance(o, Failure) and o.check(api.LockedOut) for o in outcomes)
+    assert threads.ran <= 5
+    assert any(isinstance(o, Failure) and o.check(api.RateLimited) for o in outcomes)
 
 
 def test_four_failures_do_not_lock_and_a_login_clears_them(cluster: Cluster) -> None:

@@ -90,6 +90,10 @@ class Logins:
         self._passwords = passwords
         self._tokens = tokens
         self.cluster_name = cluster_name
+        #: Names whose password is being checked now. One check at a time per
+        #: name, so parallel guesses cannot all pass the lock-out check before
+        #: any of their failures is counted. (Per auth process.)
+        self._checking: set[str] = set()
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -202,6 +206,26 @@ class Logins:
                 reason="locked",
             )
             raise api.LockedOut(self._locked_message(until))
+        if name in self._checking:
+            await self.audit(
+                "user.login",
+                user=name,
+                success=False,
+                client_addr=client_addr,
+                reason="another login in progress",
+            )
+            raise api.RateLimited(
+                "another login for this account is being checked; try again in a moment"
+            )
+        self._checking.add(name)
+        try:
+            return await self._check(name, password, otp_token, client_addr)
+        finally:
+            self._checking.discard(name)
+
+    async def _check(
+        self, name: str, password: str, otp_token: str, client_addr: str
+    ) -> User:
         user = await self.store.get_user(name)
         active = user is not None and user.status == "active"
         hashed = user.password_hash if user is not None and active else None
