@@ -27,19 +27,19 @@ from zope.interface import implementer
 
 from teleconch.auth.agent import AuthAgent
 from teleconch.conch.certs import Certificate
-from teleconch.conch.flow import FlowControlledConnection
-from teleconch.conch.guard import GuardedConnectionMixin, ProtocolGuardMixin
-from teleconch.conch.hostcert import CertificateSSHFactory
 from teleconch.conch.limits import (
     AdmissionMixin,
     ChannelLimitMixin,
     SSHLimits,
     StartupLimiter,
 )
-from teleconch.conch.transport import ETM_MACS, ModernTransportMixin
+from teleconch.conch.server import (
+    SecureConnection,
+    SecureServerTransport,
+    SecureSSHFactory,
+)
 from teleconch.conch.userauth_server import (
     CertificateChecker,
-    CertificateServerTransport,
     CertificateUserAuthServer,
 )
 from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
@@ -318,22 +318,15 @@ class ProxyRealm:
         return IConchUser, avatar, lambda: None
 
 
-class ProxyServerTransport(
-    AdmissionMixin, ModernTransportMixin, ProtocolGuardMixin, CertificateServerTransport
-):
-    """Startup limits first; modern ciphers and strict KEX; clean protocol
-    errors; our server-sig-algs.  Only encrypt-then-MAC MACs (ssh-audit)."""
-
-    supportedMACs = list(ETM_MACS)
+class ProxyServerTransport(AdmissionMixin, SecureServerTransport):
+    """The finished server transport, with the startup limits first."""
 
 
-class ProxyConnection(
-    ChannelLimitMixin, GuardedConnectionMixin, FlowControlledConnection
-):
-    """Flow-controlled channels, at most so many per connection."""
+class ProxyConnection(ChannelLimitMixin, SecureConnection):
+    """The finished connection, at most so many channels per connection."""
 
 
-class ProxySSHFactory(CertificateSSHFactory):
+class ProxySSHFactory(SecureSSHFactory):
     protocol = ProxyServerTransport
     services = {
         b"ssh-userauth": CertificateUserAuthServer,
