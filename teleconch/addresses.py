@@ -75,3 +75,13 @@ def local_dial_addr(listen_addr: str) -> HostPort:
     if hp.host == "::":
         return HostPort("::1", hp.port)
     return hp
+
+
+def host_of(addr: str) -> str:
+    """The host part of an advertised address (``host:port``, ``[v6]:port``
+    or a bare host); an address that cannot be read is returned as it is,
+    for the caller's own checks to refuse."""
+    try:
+        return parse_host_port(addr, 0).host
+    except ValueError:
+        return addr.strip()

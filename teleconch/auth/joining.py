@@ -8,7 +8,6 @@ the host principals itself; nothing the caller lists is signed as it is.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet.interfaces import IReactorTime
 
+from teleconch.addresses import host_of
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.certs import HOST_CERT_TTL
@@ -26,7 +26,12 @@ from teleconch.auth.protocol import JoinResult
 from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.tokens import token_hash
 from teleconch.auth.types import JoinedIdentity, Node, ProxyInfo
-from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_ip, is_node_name
+from teleconch.auth.validation import (
+    NODE_NAME_RULE,
+    is_host,
+    is_loopback,
+    is_node_name,
+)
 from teleconch.ca import BadPublicKey, SSHCertificateAuthority, parse_public_key
 from teleconch.pki import AUTH_SERVER_NAME, ROLE_NODE, ROLE_PROXY, TLSAuthority
 
@@ -46,18 +51,6 @@ class JoinRefusal(Exception):
         self.reason = reason
 
 
-def _host(addr: str) -> str:
-    return addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr.strip("[]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    if not is_ip(host):
-        return False
-    return ipaddress.ip_address(host).is_loopback
-
-
 @attrs.frozen
 class Claims:
     """The names already spoken for in a cluster."""
@@ -73,7 +66,7 @@ class Claims:
         suffix = f".{self.cluster_name}"
         bare = host[: -len(suffix)] if host.endswith(suffix) else host
         for node in self.nodes:
-            if bare == node.name or host == _host(node.addr):
+            if bare == node.name or host == host_of(node.addr):
                 return node
         return None
 
@@ -109,8 +102,8 @@ def proxy_hosts(
     addrs = [default_public_addr]
     for proxy in proxies:
         addrs += [proxy.public_addr, proxy.ssh_addr]
-    hosts = (_host(a) for a in addrs if a)
-    return frozenset(h for h in hosts if h and not _is_loopback(h))
+    hosts = (host_of(a) for a in addrs if a)
+    return frozenset(h for h in hosts if h and not is_loopback(h))
 
 
 async def cluster_claims(
@@ -179,8 +172,8 @@ def check_join(
     _check_claimable("name", name, claims, for_node)
     _check_claimable("name", f"{name}.{claims.cluster_name}", claims, for_node)
     for addr in addresses:
-        host = _host(addr)
-        if not host or _is_loopback(host):
+        host = host_of(addr)
+        if not host or is_loopback(host):
             continue
         if not is_host(host):
             raise JoinRefusal(
@@ -214,7 +207,7 @@ def host_principals(
     """The principals of a joiner's host certificate, from checked inputs only."""
     principals = [host_id, name, f"{name}.{cluster_name}", *LOOPBACK_PRINCIPALS]
     for addr in addresses:
-        host = _host(addr)
+        host = host_of(addr)
         if host:
             principals.append(host)
     return list(dict.fromkeys(principals))

@@ -37,12 +37,17 @@ from teleconch.auth.attest import (
     proof_of,
     renew_message,
 )
-from teleconch.auth.joining import Claims, _is_loopback
+from teleconch.auth.joining import Claims
 from teleconch.auth.login import iso_utc
 from teleconch.auth.nodes import clean_labels
 from teleconch.auth.store import AlreadyExists
 from teleconch.auth.types import JoinedIdentity, Node, Token
-from teleconch.auth.validation import NODE_NAME_RULE, is_host, is_node_name
+from teleconch.auth.validation import (
+    NODE_NAME_RULE,
+    is_host,
+    is_loopback,
+    is_node_name,
+)
 from teleconch.ca import BadPublicKey, fingerprint, parse_public_key
 from teleconch.config import parse_host_port
 from teleconch.pki import ROLE_NODE
@@ -123,7 +128,7 @@ def _check_address(addr: str, host: str, claims: Claims) -> str | None:
                 f"(`teleconch-ctl nodes rm {other.name}`), or give this one its own "
                 "--addr",
             )
-    if _is_loopback(host) or not is_host(host):
+    if is_loopback(host) or not is_host(host):
         return None
     if claims.reserved_for_node(host):
         _refuse(

@@ -45,3 +45,10 @@ def is_node_name(name: str) -> bool:
 def is_host(text: str) -> bool:
     """A host part of an advertised address: a node-style name or an IP address."""
     return NODE_NAME.fullmatch(text) is not None or is_ip(text)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, or a loopback address (127/8, ::1)."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    return is_ip(host) and ipaddress.ip_address(host).is_loopback
