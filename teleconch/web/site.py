@@ -252,13 +252,17 @@ class PingResource(JSONResource):
         }
 
 
-class InviteResource(JSONResource):
-    """GET /v1/webapi/users/invite/<token>; POST /v1/webapi/users/invite."""
+class AgentResource(JSONResource):
+    """A route answered through the AuthAgent, held to one rate limit."""
 
     def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
         super().__init__()
         self._agent = agent
         self.limiter = limiter
+
+
+class InviteResource(AgentResource):
+    """GET /v1/webapi/users/invite/<token>; POST /v1/webapi/users/invite."""
 
     async def get(self, request: Request) -> Any:
         if not request.postpath or not request.postpath[0]:
@@ -287,15 +291,10 @@ class InviteResource(JSONResource):
         return {"user": user}
 
 
-class SSHCertsResource(JSONResource):
+class SSHCertsResource(AgentResource):
     """POST /v1/webapi/ssh/certs: password + OTP for a short-lived certificate."""
 
     too_many = "too many login attempts from your address; wait a minute"
-
-    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
-        super().__init__()
-        self._agent = agent
-        self.limiter = limiter
 
     async def post(self, request: Request) -> Any:
         client = client_host(request)
@@ -345,17 +344,12 @@ def _labels(data: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-class HostCredentialsResource(JSONResource):
+class HostCredentialsResource(AgentResource):
     """POST /v1/webapi/host/credentials: a node's public key, and its join
     token's name with a proof over the request (never the token), for its
     host certificate, the user CA and its registration (attested)."""
 
     too_many = "too many join attempts from your address; wait a minute"
-
-    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
-        super().__init__()
-        self._agent = agent
-        self.limiter = limiter
 
     async def post(self, request: Request) -> Any:
         client = client_host(request)
@@ -372,15 +366,10 @@ class HostCredentialsResource(JSONResource):
         return document.to_json()
 
 
-class HostRenewResource(JSONResource):
+class HostRenewResource(AgentResource):
     """POST /v1/webapi/host/renew: a joined node's certificate, signed by its key."""
 
     too_many = "too many renewals from your address; wait a minute"
-
-    def __init__(self, agent: AuthAgent, limiter: RateLimiter) -> None:
-        super().__init__()
-        self._agent = agent
-        self.limiter = limiter
 
     async def post(self, request: Request) -> Any:
         client = client_host(request)
