@@ -82,6 +82,8 @@ class ProxySettings:
     allow_unregistered_nodes: bool = False
     #: Open HTTPS connections one client address may hold; more are dropped.
     max_web_connections_per_address: int = 64
+    #: A web session with no API call or terminal input for this long ends.
+    web_idle_timeout: int = 30 * 60
     #: Limits on the SSH listener (OpenSSH's LoginGraceTime, MaxStartups,
     #: PerSourceMaxStartups, MaxSessions ideas); see etc/teleconch.yaml.
     login_grace_time: int = 30
@@ -303,6 +305,7 @@ _PROXY_KEYS = {
     "https_key_file",
     "allow_unregistered_nodes",
     "max_web_connections_per_address",
+    "web_idle_timeout",
     "login_grace_time",
     "max_startups",
     "max_startups_per_source",
@@ -401,6 +404,9 @@ def parse(
         ),
         max_web_connections_per_address=_get(
             p, "proxy_service", "max_web_connections_per_address", _positive_int, 64
+        ),
+        web_idle_timeout=_get(
+            p, "proxy_service", "web_idle_timeout", _positive_duration, 30 * 60
         ),
         **{
             key: _get(p, "proxy_service", key, kind, default)

@@ -34,7 +34,15 @@ from zope.interface import implementer
 
 from teleconch.auth import protocol as api
 from teleconch.auth.attest import Attested
-from teleconch.auth.types import AuditEvent, Node, Role, RoleSpec, TokenEntry, UserEntry
+from teleconch.auth.types import (
+    ActiveSession,
+    AuditEvent,
+    Node,
+    Role,
+    RoleSpec,
+    TokenEntry,
+    UserEntry,
+)
 from teleconch.config import HostPort
 from teleconch.pki import (
     ROLE_AUTH,
@@ -265,6 +273,76 @@ class AuthAgent(MultiService):
         login = api.Login(user, password, otp_token, pub_key, ttl, client_addr)
         return await self.call(api.AuthenticateSSHUser, login)
 
+    # web sessions: ``creds`` is what the browser presented (cookie, bearer)
+    # and this proxy's idle limit.
+
+    async def create_web_session(
+        self, user: str, password: str, otp_token: str, pub_key: str, client_addr: str
+    ) -> api.NewWebSession:
+        login = api.WebLogin(user, password, otp_token, pub_key, client_addr)
+        return await self.call(api.CreateWebSession, login)
+
+    async def authenticate_web_session(
+        self, creds: api.WebCredentials
+    ) -> api.WebSessionInfo:
+        return await self.call(api.AuthenticateWebSession, creds)
+
+    async def sign_web_session_key(
+        self, creds: api.WebCredentials, pub_key: str
+    ) -> api.WebSessionCertificate:
+        key = api.WebSessionKey(*_creds(creds), pub_key)
+        return await self.call(api.SignWebSessionKey, key)
+
+    async def renew_web_session(
+        self, creds: api.WebCredentials
+    ) -> api.RenewedWebSession:
+        return await self.call(api.RenewWebSession, creds)
+
+    async def delete_web_session(
+        self, creds: api.WebCredentials, client_addr: str
+    ) -> None:
+        await self.call(
+            api.DeleteWebSession, api.WebLogout(*_creds(creds), client_addr)
+        )
+
+    async def change_password(
+        self,
+        creds: api.WebCredentials,
+        old_password: str,
+        otp_token: str,
+        new_password: str,
+        client_addr: str,
+    ) -> None:
+        change = api.PasswordChange(
+            *_creds(creds), old_password, otp_token, new_password, client_addr
+        )
+        await self.call(api.ChangePassword, change)
+
+    async def start_authenticator_enrolment(
+        self, creds: api.WebCredentials, password: str, client_addr: str
+    ) -> api.PendingAuthenticator:
+        start = api.EnrolmentStart(*_creds(creds), password, client_addr)
+        return await self.call(api.StartAuthenticatorEnrolment, start)
+
+    async def confirm_authenticator_enrolment(
+        self, creds: api.WebCredentials, otp_token: str, client_addr: str
+    ) -> None:
+        confirm = api.EnrolmentConfirmation(*_creds(creds), otp_token, client_addr)
+        await self.call(api.ConfirmAuthenticatorEnrolment, confirm)
+
+    # live sessions
+
+    async def upsert_active_session(self, session: ActiveSession) -> None:
+        await self.call(api.UpsertActiveSession, api.SessionRegistration(session))
+
+    async def end_active_session(
+        self, id: str, exit_code: int | None, reason: str
+    ) -> None:
+        await self.call(api.EndActiveSession, api.SessionEnd(id, exit_code, reason))
+
+    async def list_active_sessions(self) -> tuple[ActiveSession, ...]:
+        return (await self.call(api.ListActiveSessions, EMPTY)).sessions
+
     async def search_events(
         self,
         since: float | None = None,
@@ -318,6 +396,10 @@ class AuthAgent(MultiService):
         self, event: str, user: str = "", success: bool = True, **fields: Any
     ) -> None:
         await self.call(api.EmitAuditEvent, api.Report(event, user, success, fields))
+
+
+def _creds(creds: api.WebCredentials) -> tuple[str, str, int]:
+    return creds.cookie, creds.bearer, creds.idle_timeout
 
 
 # --- joining ---------------------------------------------------------------

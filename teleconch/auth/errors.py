@@ -36,6 +36,10 @@ class RateLimited(AuthAPIError):
     pass
 
 
+class SessionExpired(AuthAPIError):
+    """A web session that is unknown, ended, idle too long or past its end."""
+
+
 ERRORS: dict[type[Exception], bytes] = {
     AccessDenied: b"ACCESS_DENIED",
     NotFoundError: b"NOT_FOUND",
@@ -44,4 +48,5 @@ ERRORS: dict[type[Exception], bytes] = {
     AuthenticationFailed: b"AUTHENTICATION_FAILED",
     LockedOut: b"LOCKED_OUT",
     RateLimited: b"RATE_LIMITED",
+    SessionExpired: b"SESSION_EXPIRED",
 }

@@ -327,3 +327,77 @@ class HostSigner:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HostSigner:
         return cls(data["domain_name"], data.get("checking_keys", ()))
+
+
+@attrs.frozen
+class Party:
+    """Someone attached to a live session: its owner, later observers and peers."""
+
+    id: str
+    user: str
+    remote_addr: str
+    mode: str = "peer"  # peer | observer | moderator (joining: the recording issue)
+    last_active: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Party:
+        return cls(
+            id=str(data["id"]),
+            user=str(data["user"]),
+            remote_addr=str(data.get("remote_addr", "")),
+            mode=str(data.get("mode", "peer")),
+            last_active=float(data.get("last_active", 0.0)),
+        )
+
+
+@attrs.frozen
+class ActiveSession:
+    """A terminal session a proxy holds now, as it registered it.
+
+    The proxy re-registers it while it lives (``proxy_heartbeat`` apart at
+    most); one not heard of for longer is gone (its proxy died), and the auth
+    service stops listing it.
+    """
+
+    id: str
+    user: str
+    node: str  # the node's name
+    node_id: str
+    node_addr: str
+    login: str
+    proxy: str  # the name of the proxy holding it
+    created: float
+    last_active: float
+    cols: int
+    rows: int
+    parties: tuple[Party, ...] = ()
+    kind: str = "web"  # how it was opened: web | ssh (the recording proxy)
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["parties"] = [p.to_json() for p in self.parties]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActiveSession:
+        try:
+            return cls(
+                id=str(data["id"]),
+                user=str(data["user"]),
+                node=str(data["node"]),
+                node_id=str(data.get("node_id", "")),
+                node_addr=str(data.get("node_addr", "")),
+                login=str(data["login"]),
+                proxy=str(data.get("proxy", "")),
+                created=float(data["created"]),
+                last_active=float(data.get("last_active", data["created"])),
+                cols=int(data.get("cols", 80)),
+                rows=int(data.get("rows", 24)),
+                parties=tuple(Party.from_json(p) for p in data.get("parties", ())),
+                kind=str(data.get("kind", "web")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadParameter(f"a session record is malformed: {e}") from None

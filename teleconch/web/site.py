@@ -52,6 +52,7 @@ _STATUS = {
     api.NotFoundError: 404,
     api.AlreadyExistsError: 409,
     api.RateLimited: 429,
+    api.SessionExpired: 401,
 }
 
 
@@ -90,6 +91,8 @@ RENEW_PER_SECOND = 5.0
 class WebConfig:
     cluster_name: str
     proxy_ssh_addr: str
+    #: ``proxy_service.web_idle_timeout``: sent with every web session call.
+    idle_timeout: int = 30 * 60
 
 
 Handler = Callable[[Request], Awaitable[Any]]
