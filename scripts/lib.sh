@@ -50,3 +50,23 @@ ensure_venv() {
   echo "==> teleconch$extras installed in $VENV ($("$VENV/bin/python" -c \
     'import teleconch; print("version", teleconch.__version__)'))"
 }
+
+# ensure_web_packages: the web UI's front-end packages (xterm.js), exactly as
+# teleconch/web/package-lock.json pins them, into teleconch/web/node_modules.
+# The proxy serves them from there; no build step.
+ensure_web_packages() {
+  local web="$ROOT/teleconch/web"
+  local stamp="$web/node_modules/.teleconch-lock"
+  if [ -f "$stamp" ] && cmp -s "$web/package-lock.json" "$stamp"; then
+    return
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    ensure_apt npm
+  fi
+  echo "==> npm ci (teleconch/web: xterm.js)"
+  if ! (cd "$web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+    echo "ERROR: npm ci in $web failed: the web terminal needs @xterm/xterm; check that the npm registry is reachable" >&2
+    exit 1
+  fi
+  cp "$web/package-lock.json" "$stamp"
+}

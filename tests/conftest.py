@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.browser"]
+
 
 class RealWorldInUnitTest(OSError):
     """A unit test opened a socket or started a program."""

@@ -8,130 +8,22 @@ coroutine and waits for the answer as a Deferred while the reactor serves.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import os
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from playwright.async_api import Browser, Page, async_playwright
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.python.failure import Failure
+from playwright.async_api import Browser, Page
 
 from teleconch import totp
 from teleconch.client.webapi import WebAPIError
+from tests.browser import PASSWORD, BrowserThread, code_for, open_page, wrong_code
 from tests.harness import Cluster, current_code, start_cluster
 
 pytestmark = pytest.mark.interop
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "a long and memorable passphrase"
-TIMEOUT_MS = 15_000  # well under pytest-timeout's 120 s, so a stuck page fails cleanly
-
-T = TypeVar("T")
-CodeFor = Callable[[str], str]
-
-
-class BrowserThread:
-    """One Chromium driven from an asyncio loop in a thread of its own."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="playwright", daemon=True
-        )
-        self._playwright: Any = None
-        self.browser: Browser | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-        try:
-            self._submit(self._launch()).result(timeout=60)
-        except BaseException:
-            self._end_loop()
-            raise
-
-    def stop(self) -> None:
-        try:
-            self._submit(self._close()).result(timeout=60)
-        finally:
-            self._end_loop()
-
-    def _end_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    async def _launch(self) -> None:
-        self._playwright = await async_playwright().start()
-        try:
-            self.browser = await self._playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
-        except BaseException:
-            await self._playwright.stop()
-            raise
-
-    async def _close(self) -> None:
-        try:
-            if self.browser is not None:
-                await self.browser.close()
-        finally:
-            await self._playwright.stop()
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def run(self, flow: Callable[[Browser], Coroutine[Any, Any, T]]) -> Deferred[T]:
-        """Run ``flow(browser)`` on the browser's loop; its result as a Deferred."""
-        assert self.browser is not None
-        future = self._submit(flow(self.browser))
-        d: Deferred[T] = Deferred()
-
-        def done(f: concurrent.futures.Future[T]) -> None:
-            error = f.exception()
-            threads = cast(IReactorFromThreads, reactor)
-            if error is None:
-                threads.callFromThread(d.callback, f.result())
-            else:
-                threads.callFromThread(d.errback, Failure(error))
-
-        future.add_done_callback(done)
-        return d
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[BrowserThread]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    browser = BrowserThread()
-    browser.start()
-    yield browser
-    browser.stop()
 
 
 @pytest_twisted.async_yield_fixture
@@ -139,25 +31,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = await start_cluster(tmp_path / "data")
     yield c
     await c.stop()
-
-
-@attrs.define
-class PageLog:
-    """What the page did on its own: console lines, uncaught errors, requests."""
-
-    console: list[str] = attrs.field(factory=list)
-    errors: list[str] = attrs.field(factory=list)
-    requests: list[str] = attrs.field(factory=list)
-
-
-# Chromium reports CSP violations on the console too; this catches them even
-# if a version stops doing so, through the event the page itself sees.
-_WATCH_CSP = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (e) => {
-  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI}`);
-});
-"""
 
 
 # The words of an element's text that the layout broke over two lines.
@@ -188,23 +61,6 @@ _WORDS_SPLIT_ACROSS_LINES = """
 """
 
 
-@contextlib.asynccontextmanager
-async def _page(browser: Browser) -> AsyncIterator[tuple[Page, PageLog]]:
-    """A fresh context (no cookies, no cache) and page, closed even on failure."""
-    context = await browser.new_context(ignore_https_errors=True)
-    try:
-        context.set_default_timeout(TIMEOUT_MS)
-        page = await context.new_page()
-        log = PageLog()
-        page.on("console", lambda m: log.console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: log.errors.append(str(e)))
-        page.on("request", lambda r: log.requests.append(f"{r.method} {r.url}"))
-        await page.add_init_script(_WATCH_CSP)
-        yield page, log
-    finally:
-        await context.close()
-
-
 async def _open_invite(page: Page, url: str) -> None:
     response = await page.goto(url)
     assert response is not None and response.ok, response
@@ -222,18 +78,6 @@ async def _expect_done(page: Page) -> str:
     await page.wait_for_selector("#done", state="visible")
     assert await page.locator("#error").is_hidden()
     return await page.text_content("#login-command") or ""
-
-
-def _code_for(cluster: Cluster) -> CodeFor:
-    """The current code for a secret, by the wall clock shifted as the cluster's is."""
-    offset = cluster.clock.offset
-    return lambda secret: totp.code_at(secret, totp.counter_at(time.time() + offset))
-
-
-def _wrong_code(secret: str, now: float) -> str:
-    """A code the server refuses: none of the steps it accepts around ``now``."""
-    near = {totp.code_at(secret, totp.counter_at(now) + d) for d in range(-2, 3)}
-    return next(c for c in (f"{n:06d}" for n in range(10**6)) if c not in near)
 
 
 def _pub_key() -> str:
@@ -272,10 +116,10 @@ async def test_a_person_signs_up_in_the_browser(
 ) -> None:
     """The invite link shows a QR code and secret; the form makes a working account."""
     url, _token, secret = await _invite(cluster)
-    code_for = _code_for(cluster)
+    codes = code_for(cluster)
 
     async def flow(browser: Browser) -> dict[str, Any]:
-        async with _page(browser) as (page, _log):
+        async with open_page(browser) as (page, _log):
             await _open_invite(page, url)
             welcome = await page.text_content("#welcome")
             # The QR code is an SVG data URI: it rendered if it has pixels.
@@ -289,7 +133,7 @@ async def test_a_person_signs_up_in_the_browser(
             qr_box = await qr.bounding_box()
             shown = await _shown_secret(page)
             await page.screenshot(path=tmp_path / "invite.png", full_page=True)
-            await _fill(page, PASSWORD, PASSWORD, code_for(shown))
+            await _fill(page, PASSWORD, PASSWORD, codes(shown))
             command = await _expect_done(page)
             # Words of the command split across lines would not paste right.
             split_words = await page.evaluate(
@@ -328,12 +172,12 @@ async def test_mismatched_passwords_are_caught_before_sending(
 ) -> None:
     """A typo in the confirmation is shown at once; the invite is not spent."""
     url, _token, secret = await _invite(cluster)
-    code_for = _code_for(cluster)
+    codes = code_for(cluster)
 
     async def flow(browser: Browser) -> dict[str, Any]:
-        async with _page(browser) as (page, log):
+        async with open_page(browser) as (page, log):
             await _open_invite(page, url)
-            code = code_for(await _shown_secret(page))
+            code = codes(await _shown_secret(page))
             await _fill(page, PASSWORD, PASSWORD + "!", code)
             await page.wait_for_selector("#error", state="visible")
             error = await page.text_content("#error")
@@ -366,21 +210,21 @@ async def test_a_wrong_code_shows_the_servers_message(
 ) -> None:
     """The server's refusal is shown to the person; the right code then works."""
     url, token, secret = await _invite(cluster)
-    code_for = _code_for(cluster)
-    wrong = _wrong_code(secret, cluster.clock.seconds())
+    codes = code_for(cluster)
+    wrong = wrong_code(secret, cluster.clock.seconds())
     # What the server answers a wrong code, asked directly (it spends nothing).
     with pytest.raises(WebAPIError) as refused:
         await cluster.web().complete_invite(token, PASSWORD, wrong)
 
     async def flow(browser: Browser) -> dict[str, Any]:
-        async with _page(browser) as (page, _log):
+        async with open_page(browser) as (page, _log):
             await _open_invite(page, url)
             await _fill(page, PASSWORD, PASSWORD, wrong)
             await page.wait_for_selector("#error", state="visible")
             error = await page.text_content("#error")
             otp_after = await page.input_value("#otp")
             password_kept = await page.input_value("#password")
-            await page.fill("#otp", code_for(await _shown_secret(page)))
+            await page.fill("#otp", codes(await _shown_secret(page)))
             await page.click("#submit")
             await _expect_done(page)
             return {
@@ -409,7 +253,7 @@ async def test_an_expired_invite_says_to_ask_for_a_new_one(
     cluster.clock.advance(3601)
 
     async def flow(browser: Browser) -> dict[str, Any]:
-        async with _page(browser) as (page, _log):
+        async with open_page(browser) as (page, _log):
             await _open_invite(page, url)
             await page.wait_for_selector("#error", state="visible")
             await page.screenshot(path=tmp_path / "expired.png", full_page=True)
@@ -433,10 +277,10 @@ async def test_the_page_obeys_its_content_security_policy(
 ) -> None:
     """Loading and completing the page breaks no CSP rule and throws no error."""
     url, _token, _secret = await _invite(cluster)
-    code_for = _code_for(cluster)
+    codes = code_for(cluster)
 
     async def flow(browser: Browser) -> dict[str, Any]:
-        async with _page(browser) as (page, log):
+        async with open_page(browser) as (page, log):
             response = await page.goto(url)
             assert response is not None
             csp = await response.header_value("content-security-policy")
@@ -444,7 +288,7 @@ async def test_the_page_obeys_its_content_security_policy(
             await page.wait_for_function(
                 "() => document.getElementById('qr').naturalWidth > 0"
             )
-            await _fill(page, PASSWORD, PASSWORD, code_for(await _shown_secret(page)))
+            await _fill(page, PASSWORD, PASSWORD, codes(await _shown_secret(page)))
             await _expect_done(page)
             violations = await page.evaluate("[...window.__cspViolations]")
             console, errors = list(log.console), list(log.errors)
