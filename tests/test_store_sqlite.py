@@ -23,7 +23,13 @@ from teleconch.auth.backends.sqlite import SCHEMA_VERSION, SQLiteStore
 from teleconch.auth.backends.sqlite_schema import MIGRATIONS
 from teleconch.auth.backends.sqlite_streams import READ_CHUNKS
 from teleconch.auth.store import StoreError
-from teleconch.auth.types import AuditEvent, User
+from teleconch.auth.types import (
+    ActiveSession,
+    AuditEvent,
+    LiveSession,
+    User,
+    WebSession,
+)
 from teleconch.config import StorageSettings
 
 NOW = 1_700_000_000.0
@@ -135,6 +141,24 @@ async def test_sqlite_runs_only_in_the_store_thread(tmp_path: Path) -> None:
         await store.complete_stream("s")
         await store.list_streams()
         await store.delete_stream("s")
+        await store.set_password("alice", b"x")
+        await store.set_totp("alice", "S", 50)
+        await store.add_web_session(WebSession("w", "alice", "c", "b"))
+        await store.get_web_session("c")
+        await store.touch_web_session("w", NOW)
+        await store.renew_web_session("w", "c", "c2", "b2")
+        await store.set_pending_totp("w", "S", NOW)
+        await store.delete_user_web_sessions("alice", keep="w")
+        await store.purge_web_sessions(NOW)
+        await store.delete_web_session("w")
+        live = LiveSession(
+            ActiveSession("s", "alice", "n", "", "", "a", "p", NOW, NOW, 80, 24), NOW
+        )
+        await store.add_live_session(live)
+        await store.update_live_session(live)
+        await store.get_live_session("s")
+        await store.list_live_sessions()
+        await store.delete_live_session("s")
         await store._run(lambda c: c.set_trace_callback(None))
     assert ran_in
     assert threading.current_thread().name not in ran_in
@@ -164,6 +188,49 @@ async def test_an_older_schema_is_migrated_keeping_its_records(
         )
         await store.create_stream("s", {}, NOW)
         assert await store.append_chunk("s", 0, b"x") == 1
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema_4_is_migrated_keeping_its_users_and_gains_sessions(
+    tmp_path: Path,
+) -> None:
+    """A database of schema 4 (before web and live sessions) opens at the
+    current version with its users, tokens and streams intact; a web session
+    can be added for an existing user and goes with them."""
+    conn = sqlite3.connect(_db(tmp_path))
+    for statements in MIGRATIONS[:4]:
+        for sql in statements:
+            conn.execute(sql)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(
+        "INSERT INTO users VALUES ('bob', '[\"bob\"]', '[\"access\"]', 'active', 0,"
+        " X'2432', 'SECRET', 7)"
+    )
+    conn.execute("INSERT INTO tokens VALUES ('h', 'abcd', 'node', 0, 99, NULL, NULL)")
+    conn.execute("INSERT INTO streams VALUES ('s', '{}', 0, 0, 0)")
+    conn.commit()
+    conn.close()
+    bob = User(
+        "bob",
+        logins=("bob",),
+        roles=("access",),
+        status="active",
+        password_hash=b"$2",
+        totp_secret="SECRET",
+        totp_last_counter=7,
+    )
+    async with opened(_db(tmp_path)) as store:
+        assert await store.get_user("bob") == bob
+        assert [t.name for t in await store.list_tokens()] == ["abcd"]
+        assert await store.stream_size("s") == 0
+        session = WebSession("w", "bob", "c", "b", expires=NOW)
+        await store.add_web_session(session)
+        assert await store.get_web_session("c") == session
+        assert await store.delete_user("bob")
+        assert await store.get_web_session("c") is None
     with sqlite3.connect(_db(tmp_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     conn.close()

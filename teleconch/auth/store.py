@@ -13,12 +13,14 @@ from typing import Any, Protocol
 from teleconch.auth.types import (
     AuditEvent,
     JoinedIdentity,
+    LiveSession,
     Node,
     ProxyInfo,
     Role,
     StreamInfo,
     Token,
     User,
+    WebSession,
 )
 
 
@@ -106,7 +108,8 @@ class Store(Protocol):
         """The names of the users holding ``role``, in name order."""
 
     async def delete_user(self, name: str) -> bool:
-        """Delete the user and their tokens; False when there was none."""
+        """Delete the user, their tokens and their web sessions; False when
+        there was none."""
 
     async def advance_totp_counter(self, name: str, counter: int) -> bool:
         """Record ``counter`` as the last accepted OTP step of ``name``.
@@ -114,6 +117,15 @@ class Store(Protocol):
         Atomic compare-and-set: True only if ``counter`` is greater than the
         stored one, so two requests racing with one code cannot both win.
         """
+
+    # Changes a person makes to their own account.  Each writes only its own
+    # columns, so a login advancing the OTP step meanwhile is never undone.
+    async def set_password(self, name: str, password_hash: bytes) -> bool:
+        """Replace the user's password hash; False when there is no such user."""
+
+    async def set_totp(self, name: str, secret: str, counter: int) -> bool:
+        """Replace the user's TOTP secret and set its last accepted step;
+        False when there is no such user."""
 
     # roles
     async def upsert_role(self, role: Role) -> None: ...
@@ -192,6 +204,55 @@ class Store(Protocol):
     async def list_identities(self) -> list[JoinedIdentity]: ...
     async def delete_identity(self, host_id: str) -> bool:
         """Forget a joined identity (its node was removed); False if unknown."""
+
+    # web sessions, found by the hash of their cookie
+    async def add_web_session(self, session: WebSession) -> None:
+        """Raise AlreadyExists when the id or the cookie hash is taken, NotFound
+        when the user does not exist."""
+
+    async def get_web_session(self, cookie_hash: str) -> WebSession | None: ...
+    async def touch_web_session(self, session_id: str, when: float) -> None:
+        """Move ``last_active`` forward to ``when`` (never back)."""
+
+    async def renew_web_session(
+        self,
+        session_id: str,
+        cookie_hash: str,
+        new_cookie_hash: str,
+        new_bearer_hash: str,
+    ) -> bool:
+        """Atomic compare-and-set: give the session new secrets only if its
+        cookie hash is still ``cookie_hash``, so of two renewals racing with
+        the same secrets one wins; False otherwise."""
+
+    async def set_pending_totp(
+        self, session_id: str, secret: str | None, expires: float
+    ) -> bool:
+        """Set (or, with None, clear) the authenticator the session is
+        enrolling; False when the session is gone."""
+
+    async def delete_web_session(self, session_id: str) -> bool: ...
+    async def delete_user_web_sessions(self, user: str, keep: str | None = None) -> int:
+        """Delete the user's web sessions but the one with id ``keep``; return
+        how many went."""
+
+    async def purge_web_sessions(self, now: float) -> int:
+        """Delete the sessions past their end (``expires <= now``); how many."""
+
+    # live sessions the proxies hold, by id
+    async def add_live_session(self, live: LiveSession) -> None:
+        """Raise AlreadyExists when the id is taken."""
+
+    async def get_live_session(self, session_id: str) -> LiveSession | None: ...
+    async def update_live_session(self, live: LiveSession) -> bool:
+        """Replace the record of that id if the same proxy holds it; False
+        when there is none or another proxy's."""
+
+    async def list_live_sessions(self) -> list[LiveSession]:
+        """Every one, by ``created`` then id."""
+
+    async def delete_live_session(self, session_id: str) -> bool:
+        """False when it was gone already: whoever gets True ends it."""
 
     # byte streams (session recordings): chunks appended in order, read by range
     #

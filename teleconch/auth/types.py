@@ -401,3 +401,39 @@ class ActiveSession:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BadParameter(f"a session record is malformed: {e}") from None
+
+
+# --- what the store keeps of sessions
+
+
+@attrs.frozen
+class WebSession:
+    """A web session as stored: the hashes of its two secrets, never the secrets.
+
+    ``roles`` and ``logins`` are the user's at login: the session keeps them
+    to its end, as a certificate would.  A new authenticator being enrolled
+    waits here (``pending_totp_secret`` until ``pending_totp_expires``): it
+    belongs to the session that showed it, and goes when the session does.
+    """
+
+    id: str
+    user: str
+    cookie_hash: str = attrs.field(repr=False)
+    bearer_hash: str = attrs.field(repr=False)
+    roles: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    logins: tuple[str, ...] = attrs.field(converter=_strings, default=())
+    created: float = 0.0
+    last_active: float = 0.0
+    #: The absolute end: no renewal goes past it.
+    expires: float = 0.0
+    pending_totp_secret: str | None = attrs.field(default=None, repr=False)
+    pending_totp_expires: float = 0.0
+
+
+@attrs.frozen
+class LiveSession:
+    """A live session as the auth service keeps it: the record its proxy
+    registered, and when the auth service last heard of it (its own clock)."""
+
+    session: ActiveSession
+    heard: float

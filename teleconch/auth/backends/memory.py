@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from teleconch.auth.backends.memory_sessions import MemorySessions, SessionData
 from teleconch.auth.store import (
     AlreadyExists,
     NotFound,
@@ -87,9 +88,10 @@ class _Data:
     proxies: dict[str, ProxyInfo] = attrs.Factory(dict)
     identities: dict[str, JoinedIdentity] = attrs.Factory(dict)
     streams: dict[str, _Stream] = attrs.Factory(dict)
+    sessions: SessionData = attrs.Factory(SessionData)
 
 
-class MemoryStore:
+class MemoryStore(MemorySessions):
     """The Store on dicts.  Not for production: it forgets on exit."""
 
     def __init__(self) -> None:
@@ -101,6 +103,14 @@ class MemoryStore:
         if not self._open:
             raise StoreError("the store is not open")
         return self._data
+
+    @property
+    def _users(self) -> dict[str, User]:
+        return self._d.users
+
+    @property
+    def _sessions(self) -> SessionData:
+        return self._d.sessions
 
     async def open(self) -> None:
         if self._open:
@@ -142,6 +152,7 @@ class MemoryStore:
 
     async def delete_user(self, name: str) -> bool:
         await self.delete_user_tokens(name)
+        self._d.sessions.drop_user(name)
         return self._d.users.pop(name, None) is not None
 
     async def advance_totp_counter(self, name: str, counter: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 from twisted.internet.interfaces import IReactorFromThreads
@@ -31,7 +31,8 @@ from teleconch.auth.backends.sqlite_schema import (
     dump,
     migrate,
 )
-from teleconch.auth.store import AlreadyExists, NotFound, StoreError
+from teleconch.auth.backends.sqlite_sessions import SQLiteSessions
+from teleconch.auth.store import AlreadyExists, NotFound, Store, StoreError
 from teleconch.auth.types import (
     AuditEvent,
     JoinedIdentity,
@@ -74,8 +75,11 @@ _FIND_NODE = (
 )
 
 
-class SQLiteStore:
-    """The Store on one SQLite file, worked on by a one-thread pool."""
+class SQLiteStore(SQLiteSessions):
+    """The Store on one SQLite file, worked on by a one-thread pool.
+
+    Sessions and self-service account changes are in ``sqlite_sessions``.
+    """
 
     def __init__(self, path: str, reactor: IReactorFromThreads) -> None:
         self.path = path
@@ -192,6 +196,7 @@ class SQLiteStore:
     async def delete_user(self, name: str) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             with c:
+                # Its web sessions go too (ON DELETE CASCADE).
                 c.execute("DELETE FROM tokens WHERE user = ?", (name,))
                 return (
                     c.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
@@ -462,3 +467,7 @@ class SQLiteStore:
         # The chunks go with it (ON DELETE CASCADE).
         sql = "DELETE FROM streams WHERE stream_id = ?"
         return await self._write(sql, (stream_id,)) > 0
+
+
+if TYPE_CHECKING:  # mypy proves the class implements the whole protocol
+    _: Store = SQLiteStore("", cast(IReactorFromThreads, None))

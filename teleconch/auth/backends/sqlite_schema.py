@@ -23,6 +23,7 @@ from teleconch.auth.types import (
     StreamInfo,
     Token,
     User,
+    WebSession,
 )
 
 _R = TypeVar("_R", bound=attrs.AttrsInstance)
@@ -83,6 +84,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             start INTEGER NOT NULL, data BLOB NOT NULL,
             PRIMARY KEY (stream_id, start))""",
     ),
+    (
+        # Web sessions: the hashes of the cookie and the bearer token, never
+        # the secrets; found by the cookie's.  They go with their user.
+        """CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            cookie_hash TEXT NOT NULL UNIQUE, bearer_hash TEXT NOT NULL,
+            roles TEXT NOT NULL, logins TEXT NOT NULL, created REAL NOT NULL,
+            last_active REAL NOT NULL, expires REAL NOT NULL,
+            pending_totp_secret TEXT, pending_totp_expires REAL NOT NULL)""",
+        "CREATE INDEX web_sessions_user ON web_sessions (user)",
+        "CREATE INDEX web_sessions_expires ON web_sessions (expires)",
+        # Live sessions: the record a proxy registered, as JSON, and when the
+        # auth service last heard of it.
+        """CREATE TABLE live_sessions (
+            id TEXT PRIMARY KEY, proxy TEXT NOT NULL, created REAL NOT NULL,
+            heard REAL NOT NULL, record TEXT NOT NULL)""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -142,6 +161,7 @@ NODES = Table("nodes", Node, json=("labels",))
 PROXIES = Table("proxies", ProxyInfo)
 IDENTITIES = Table("identities", JoinedIdentity, json=("principals",))
 STREAMS = Table("streams", StreamInfo, json=("meta",), bools=("complete",))
+WEB_SESSIONS = Table("web_sessions", WebSession, json=("roles", "logins"))
 
 
 def create_private(path: str) -> None:
