@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
@@ -23,7 +24,7 @@ from teleconch.auth.rbac import (
     expand_logins,
 )
 from teleconch.auth.store import Store
-from teleconch.auth.types import HostSigner
+from teleconch.auth.types import HostSigner, Role
 from teleconch.auth.validation import is_ip
 from teleconch.ca import (
     STANDARD_USER_EXTENSIONS,
@@ -37,6 +38,20 @@ from teleconch.ca import (
 #: Teleport; user certificates are the short-lived ones.
 HOST_CERT_TTL = 10 * 365 * 86400
 NO_LOGIN_PREFIX = "-teleconch-nologin-"
+
+
+def session_ttl_limit(roles: Sequence[Role]) -> int:
+    """The longest a user certificate or a web session of these roles lives:
+    the shortest ``max_session_ttl`` among them, at most 12 hours."""
+    return min([MAX_CERT_TTL, *(r.max_session_ttl for r in roles)])
+
+
+def user_public_key(pub_key: str) -> SSHCertPublicKeyTypes:
+    """The key a user certificate is asked for, or BadParameter saying why not."""
+    try:
+        return parse_public_key(pub_key)
+    except BadPublicKey as e:
+        raise api.BadParameter(str(e)) from None
 
 
 class Certificates:
@@ -107,47 +122,20 @@ class Certificates:
         ttl: int,
         client_addr: str,
     ) -> IssuedCertificate:
-        try:
-            key = parse_public_key(pub_key)
-        except BadPublicKey as e:
-            raise api.BadParameter(str(e)) from None
+        key = user_public_key(pub_key)
         account = await self._logins.check_login(user, password, otp_token, client_addr)
         roles = await self.store.get_roles(account.roles)
-        principals = expand_logins(roles, account.logins) or [
-            f"{NO_LOGIN_PREFIX}{uuid.uuid4()}"
-        ]
-        limit = min([MAX_CERT_TTL, *(r.max_session_ttl for r in roles)])
+        limit = session_ttl_limit(roles)
         ttl = max(MIN_CERT_TTL, min(ttl if ttl > 0 else MAX_CERT_TTL, limit))
         now = int(self._now())
-        extensions = dict(STANDARD_USER_EXTENSIONS)
-        extensions[ROLES_EXTENSION] = json.dumps(
-            {"version": "v1", "roles": [r.name for r in roles]}, separators=(",", ":")
-        ).encode()
-        extensions[TRAITS_EXTENSION] = json.dumps(
-            {"logins": list(account.logins)}, separators=(",", ":")
-        ).encode()
-        cert = self._user_ca.sign_user_certificate(
-            key,
-            key_id=account.name,
-            principals=principals,
-            valid_after=now - 60,
-            valid_before=now + ttl,
-            extensions=extensions,
-        )
         await self.audit(
             "user.login",
             user=account.name,
             client_addr=client_addr,
             method="password+otp",
         )
-        await self.audit(
-            "cert.create",
-            user=account.name,
-            client_addr=client_addr,
-            ttl=ttl,
-            principals=principals,
-            roles=[r.name for r in roles],
-            key=fingerprint(key),
+        cert = await self.issue_user_certificate(
+            key, account.name, roles, account.logins, now + ttl, client_addr
         )
         signers = (
             HostSigner(
@@ -156,6 +144,51 @@ class Certificates:
             ),
         )
         return IssuedCertificate(account.name, cert, now + ttl, signers)
+
+    async def issue_user_certificate(
+        self,
+        key: SSHCertPublicKeyTypes,
+        user: str,
+        roles: Sequence[Role],
+        logins: Sequence[str],
+        valid_before: int,
+        client_addr: str,
+        **audit_fields: Any,
+    ) -> str:
+        """The one way a user certificate is made (``teleconch login`` and web
+        sessions alike): principals from the roles, the roles and the user's
+        logins in extensions, valid from a minute ago (clock skew) to
+        ``valid_before``; audited as ``cert.create``."""
+        principals = expand_logins(roles, logins) or [
+            f"{NO_LOGIN_PREFIX}{uuid.uuid4()}"
+        ]
+        now = int(self._now())
+        extensions = dict(STANDARD_USER_EXTENSIONS)
+        extensions[ROLES_EXTENSION] = json.dumps(
+            {"version": "v1", "roles": [r.name for r in roles]}, separators=(",", ":")
+        ).encode()
+        extensions[TRAITS_EXTENSION] = json.dumps(
+            {"logins": list(logins)}, separators=(",", ":")
+        ).encode()
+        cert = self._user_ca.sign_user_certificate(
+            key,
+            key_id=user,
+            principals=principals,
+            valid_after=now - 60,
+            valid_before=valid_before,
+            extensions=extensions,
+        )
+        await self.audit(
+            "cert.create",
+            user=user,
+            client_addr=client_addr,
+            ttl=valid_before - now,
+            principals=principals,
+            roles=[r.name for r in roles],
+            key=fingerprint(key),
+            **audit_fields,
+        )
+        return cert
 
     # --- host certificates -----------------------------------------------------
 

@@ -148,11 +148,13 @@ class Logins:
 
     # --- login ---------------------------------------------------------------
 
-    async def _fail_login(self, name: str, client_addr: str, reason: str) -> NoReturn:
+    async def _fail_login(
+        self, name: str, client_addr: str, reason: str, event: str = "user.login"
+    ) -> NoReturn:
         now = self._now()
         await self.store.add_login_failure(name, now)
         await self.audit(
-            "user.login",
+            event,
             user=name,
             success=False,
             client_addr=client_addr,
@@ -181,12 +183,39 @@ class Logins:
         )
 
     async def check_login(
-        self, name: str, password: str, otp_token: str, client_addr: str
+        self,
+        name: str,
+        password: str,
+        otp_token: str,
+        client_addr: str,
+        event: str = "user.login",
     ) -> User:
-        """Password and one-time code, with lock-out; the one door for people."""
+        """Password and one-time code, with lock-out; the one door for people.
+
+        ``event`` names what a refusal is audited as: a login, or an account
+        change that asks for the same proof (its failures count the same).
+        """
+        return await self._guarded(name, password, otp_token, client_addr, event)
+
+    async def check_password(
+        self, name: str, password: str, client_addr: str, event: str
+    ) -> User:
+        """The password alone, with the same lock-out: for a person already
+        logged in with a code who confirms an act with their password.  A
+        success here does not forget earlier failures; only a full login does."""
+        return await self._guarded(name, password, None, client_addr, event)
+
+    async def _guarded(
+        self,
+        name: str,
+        password: str,
+        otp_token: str | None,
+        client_addr: str,
+        event: str,
+    ) -> User:
         if not is_user_name(name):
             await self.audit(
-                "user.login",
+                event,
                 user=name,
                 success=False,
                 client_addr=client_addr,
@@ -199,7 +228,7 @@ class Logins:
         until = await self.store.get_lock(name)
         if until is not None and until > now:
             await self.audit(
-                "user.login",
+                event,
                 user=name,
                 success=False,
                 client_addr=client_addr,
@@ -208,7 +237,7 @@ class Logins:
             raise api.LockedOut(self._locked_message(until))
         if name in self._checking:
             await self.audit(
-                "user.login",
+                event,
                 user=name,
                 success=False,
                 client_addr=client_addr,
@@ -219,12 +248,17 @@ class Logins:
             )
         self._checking.add(name)
         try:
-            return await self._check(name, password, otp_token, client_addr)
+            return await self._check(name, password, otp_token, client_addr, event)
         finally:
             self._checking.discard(name)
 
     async def _check(
-        self, name: str, password: str, otp_token: str, client_addr: str
+        self,
+        name: str,
+        password: str,
+        otp_token: str | None,
+        client_addr: str,
+        event: str,
     ) -> User:
         user = await self.store.get_user(name)
         active = user is not None and user.status == "active"
@@ -236,11 +270,15 @@ class Logins:
                 if user is None
                 else ("sign-up not completed" if not active else "wrong password")
             )
-            await self._fail_login(name, client_addr, reason)
+            await self._fail_login(name, client_addr, reason, event)
+        if otp_token is None:
+            return user
         counter = totp.match(user.totp_secret, otp_token, self._now())
         if counter is None:
-            await self._fail_login(name, client_addr, "wrong one-time code")
+            await self._fail_login(name, client_addr, "wrong one-time code", event)
         elif not await self.store.advance_totp_counter(name, counter):
-            await self._fail_login(name, client_addr, "one-time code already used")
+            await self._fail_login(
+                name, client_addr, "one-time code already used", event
+            )
         await self.store.clear_login_failures(name)
         return user
