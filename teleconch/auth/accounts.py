@@ -15,6 +15,7 @@ from teleconch.auth.store import AlreadyExists, Store
 from teleconch.auth.tokens import Tokens
 from teleconch.auth.types import Role, RoleSpec, User, UserEntry
 from teleconch.auth.validation import LOGIN, USER_NAME_RULE, is_user_name
+from teleconch.auth.websessions import WebSessions
 from teleconch.text import printable
 
 
@@ -22,12 +23,18 @@ class Accounts:
     """Users and roles, as an administrator changes them."""
 
     def __init__(
-        self, store: Store, clock: IReactorTime, log: AuditLog, tokens: Tokens
+        self,
+        store: Store,
+        clock: IReactorTime,
+        log: AuditLog,
+        tokens: Tokens,
+        web_sessions: WebSessions,
     ) -> None:
         self.store = store
         self._clock = clock
         self.audit = log.audit
         self._tokens = tokens
+        self._web_sessions = web_sessions
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -79,6 +86,7 @@ class Accounts:
         if user is None:
             raise api.NotFoundError(f"no user {name!r}")
         await self.store.delete_user_tokens(name)
+        await self._web_sessions.end_user_sessions(name, reason="user reset")
         await self.store.clear_login_failures(name)
         await self.store.set_lock(name, 0)
         invite = await self._tokens.new_invite(name, "reset")
@@ -119,6 +127,7 @@ class Accounts:
         return out
 
     async def delete_user(self, name: str) -> None:
+        # The store deletes the user's web sessions with them.
         if not await self.store.delete_user(name):
             raise api.NotFoundError(f"no user {name!r}")
         await self.audit("user.delete", user=name)

@@ -217,6 +217,17 @@ serve(api.DeleteNode, S.delete_node)
 serve(api.SignHostCertificate, S.sign_host_certificate)
 serve(api.JoinOpenSSHNode, S.join_openssh_node)
 serve(api.RenewNodeCertificate, S.renew_node_certificate)
+serve(api.CreateWebSession, S.create_web_session)
+serve(api.AuthenticateWebSession, S.authenticate_web_session)
+serve(api.SignWebSessionKey, S.sign_web_session_key)
+serve(api.RenewWebSession, S.renew_web_session)
+serve(api.DeleteWebSession, S.delete_web_session)
+serve(api.ChangePassword, S.change_password)
+serve(api.StartAuthenticatorEnrolment, S.start_authenticator_enrolment)
+serve(api.ConfirmAuthenticatorEnrolment, S.confirm_authenticator_enrolment)
+serve(api.UpsertActiveSession, S.upsert_active_session, caller=True)
+serve(api.EndActiveSession, S.end_active_session, caller=True)
+serve(api.ListActiveSessions, S.list_active_sessions)
 del S
 
 

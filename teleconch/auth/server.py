@@ -2,12 +2,12 @@
 
 A thin facade: the rules live one concern per module (``rbac``, ``login``,
 ``tokens``, ``joining``, ``nodejoin``, ``certs``, ``nodes``, ``accounts``,
-``audit``) and this class composes them over one store and one clock.  Its
-methods are the Auth API's: each answers one command of
-``teleconch.auth.protocol`` with its request's fields as arguments and its
-response record (or, for a response of one field, that field's value).  It
-knows nothing of AMP or TLS: ``teleconch.auth.api`` binds commands to these
-methods.
+``websessions``, ``selfservice``, ``live``, ``audit``) and this class
+composes them over one store and one clock.  Its methods are the Auth API's:
+each answers one command of ``teleconch.auth.protocol`` with its request's
+fields as arguments and its response record (or, for a response of one
+field, that field's value).  It knows nothing of AMP or TLS:
+``teleconch.auth.api`` binds commands to these methods.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from teleconch.auth.attest import Attested
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.certs import Certificates
 from teleconch.auth.joining import Registrar
+from teleconch.auth.live import LiveSessions
 from teleconch.auth.login import Logins, Passwords
 from teleconch.auth.nodes import Nodes, Proxies
 from teleconch.auth.protocol import (
@@ -41,9 +42,11 @@ from teleconch.auth.protocol import (
     JoinToken,
 )
 from teleconch.auth.rbac import BUILTIN_ROLES
+from teleconch.auth.selfservice import AccountChanges
 from teleconch.auth.store import Store
 from teleconch.auth.tokens import Tokens
 from teleconch.auth.types import (
+    ActiveSession,
     AuditEvent,
     Node,
     Role,
@@ -52,6 +55,7 @@ from teleconch.auth.types import (
     User,
     UserEntry,
 )
+from teleconch.auth.websessions import WebSessions
 from teleconch.ca import SSHCertificateAuthority
 from teleconch.pki import TLSAuthority, TLSIdentity
 
@@ -94,15 +98,10 @@ class AuthServer:
         self.proxies = Proxies(store, clock, default_public_addr)
         self.nodes = Nodes(store, clock, self.log)
         self.tokens = Tokens(store, clock, self.log, tls_ca, auth_addr, self.proxies)
+        passwords = Passwords(threads, bcrypt_rounds)
         self.logins = Logins(
-            store,
-            clock,
-            self.log,
-            Passwords(threads, bcrypt_rounds),
-            self.tokens,
-            cluster_name,
+            store, clock, self.log, passwords, self.tokens, cluster_name
         )
-        self.accounts = Accounts(store, clock, self.log, self.tokens)
         self.certs = Certificates(
             store,
             clock,
@@ -113,6 +112,12 @@ class AuthServer:
             host_ca,
             node_cert_ttl,
         )
+        self.web_sessions = WebSessions(store, clock, self.log, self.logins, self.certs)
+        self.account_changes = AccountChanges(
+            clock, self.log, self.logins, passwords, self.web_sessions, cluster_name
+        )
+        self.accounts = Accounts(store, clock, self.log, self.tokens, self.web_sessions)
+        self.live_sessions = LiveSessions(store, clock, self.log)
         self.registrar = Registrar(
             store, clock, self.log, cluster_name, tls_ca, host_ca, default_public_addr
         )
@@ -245,6 +250,95 @@ class AuthServer:
 
     async def authenticate_ssh_user(self, **kw: Any) -> IssuedCertificate:
         return await self.certs.authenticate_ssh_user(**kw)
+
+    # --- web sessions and the changes people make to their accounts ----------
+
+    async def create_web_session(
+        self, user: str, password: str, otp_token: str, pub_key: str, client_addr: str
+    ) -> api.NewWebSession:
+        return await self.web_sessions.create(
+            user=user,
+            password=password,
+            otp_token=otp_token,
+            pub_key=pub_key,
+            client_addr=client_addr,
+        )
+
+    async def authenticate_web_session(
+        self, cookie: str, bearer: str, idle_timeout: int
+    ) -> api.WebSessionInfo:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        return await self.web_sessions.authenticate(creds)
+
+    async def sign_web_session_key(
+        self, cookie: str, bearer: str, idle_timeout: int, pub_key: str
+    ) -> api.WebSessionCertificate:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        return await self.web_sessions.sign_key(creds, pub_key)
+
+    async def renew_web_session(
+        self, cookie: str, bearer: str, idle_timeout: int
+    ) -> api.RenewedWebSession:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        return await self.web_sessions.renew(creds)
+
+    async def delete_web_session(
+        self, cookie: str, bearer: str, idle_timeout: int, client_addr: str
+    ) -> None:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        await self.web_sessions.delete(creds, client_addr)
+
+    async def change_password(
+        self,
+        cookie: str,
+        bearer: str,
+        idle_timeout: int,
+        old_password: str,
+        otp_token: str,
+        new_password: str,
+        client_addr: str,
+    ) -> None:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        await self.account_changes.change_password(
+            creds, old_password, otp_token, new_password, client_addr
+        )
+
+    async def start_authenticator_enrolment(
+        self,
+        cookie: str,
+        bearer: str,
+        idle_timeout: int,
+        password: str,
+        client_addr: str,
+    ) -> api.PendingAuthenticator:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        return await self.account_changes.start_enrolment(creds, password, client_addr)
+
+    async def confirm_authenticator_enrolment(
+        self,
+        cookie: str,
+        bearer: str,
+        idle_timeout: int,
+        otp_token: str,
+        client_addr: str,
+    ) -> None:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        await self.account_changes.confirm_enrolment(creds, otp_token, client_addr)
+
+    # --- live sessions the proxies hold --------------------------------------
+
+    async def upsert_active_session(
+        self, caller: Identity, session: ActiveSession
+    ) -> None:
+        await self.live_sessions.upsert(caller.name, session)
+
+    async def end_active_session(
+        self, caller: Identity, id: str, exit_code: int | None, reason: str
+    ) -> None:
+        await self.live_sessions.end(caller.name, id, exit_code, reason)
+
+    async def list_active_sessions(self) -> list[ActiveSession]:
+        return await self.live_sessions.current()
 
     # --- nodes and host certificates -----------------------------------------
 
