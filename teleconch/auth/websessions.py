@@ -173,19 +173,21 @@ class WebSessions:
         now = self._now()
         session = await self.store.get_web_session(token_hash(creds.cookie))
         if session is None:
-            await self._refused("unknown or ended session", None, "")
+            # Not audited here: no session, no user, nothing the proxy's own
+            # audit of the refused request lacks, and a stranger's random
+            # cookies must not each write a row.
             raise api.SessionExpired(
                 f"your web session has ended or is unknown: {LOG_IN_AGAIN}"
             )
         verdict = judge(session, creds.bearer, now, creds.idle_timeout)
         if verdict is Verdict.MISMATCH:
-            await self._refused(verdict.value, session, session.user)
+            await self._refused(verdict.value, session)
             raise api.SessionExpired(
                 f"this request does not carry your web session's token: {LOG_IN_AGAIN}"
             )
         if verdict is not Verdict.LIVE:
             await self.store.delete_web_session(session.id)
-            await self._refused(verdict.value, session, session.user)
+            await self._refused(verdict.value, session)
             if verdict is Verdict.IDLE:
                 raise api.SessionExpired(
                     f"your web session ended after {_minutes(creds.idle_timeout)} "
@@ -201,15 +203,13 @@ class WebSessions:
             session = attrs.evolve(session, last_active=now)
         return session
 
-    async def _refused(
-        self, reason: str, session: WebSession | None, user: str
-    ) -> None:
+    async def _refused(self, reason: str, session: WebSession) -> None:
         await self.audit(
             "web.session.refused",
-            user=user,
+            user=session.user,
             success=False,
             reason=reason,
-            session_id=session.id if session is not None else "",
+            session_id=session.id,
         )
 
     async def authenticate(self, creds: api.WebCredentials) -> api.WebSessionInfo:
@@ -246,7 +246,7 @@ class WebSessions:
             token_hash(fresh.bearer),
         )
         if not renewed:  # another request renewed it or ended it meanwhile
-            await self._refused("renewed or ended meanwhile", session, session.user)
+            await self._refused("renewed or ended meanwhile", session)
             raise api.SessionExpired(
                 f"your web session was renewed or ended by another request: "
                 f"{LOG_IN_AGAIN}"
