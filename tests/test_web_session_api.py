@@ -12,6 +12,10 @@ secrets) and answering with the typed records of
 ``WebChannel`` does when a request's headers are in (before its body is
 read), then to the resource the site routes it to; so the refusals decided
 on the headers are the ones a real connection gets.
+
+The last test is an interop test: a real cluster and a second proxy joined
+to it, over real TLS, to show that a web session lives in the auth service
+and not in the proxy that made it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any, TypeVar, cast
 
 import attrs
 import pytest
+import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -45,6 +51,8 @@ from teleconch.web.static_files import (
     StaticFiles,
     read_vendor_files,
 )
+from tests import webclient
+from tests.harness import current_code, sign_up, start_cluster
 
 T = TypeVar("T")
 
@@ -218,7 +226,10 @@ class ThroughChannel(Resource):
     def render(self, request: Request) -> Any:
         assert request.content is not None
         request.head = (request.method, request.uri)  # type: ignore[attr-defined]
+        # When the headers are in, Twisted has not parsed the cookies yet.
+        cookies, request.received_cookies = request.received_cookies, {}
         refusal = self._site.admit(request, len(request.content.getvalue()))
+        request.received_cookies = cookies
         resource = self._site.getResourceFor(request)
         if refusal is not None:
             resource = ErrorResource(refusal.status, str(refusal))
@@ -393,6 +404,17 @@ def test_logins_are_rate_limited_per_address_before_the_auth_service_is_asked(
     assert [e["status"] for e in web.agent.events] == [429]
     web.clock.advance(5)
     assert web.request("POST", "/v1/webapi/sessions", LOGIN).code == 200
+
+
+def test_an_auth_service_older_than_the_proxy_is_a_502_saying_to_upgrade_it(
+    web: Web,
+) -> None:
+    """A command the auth service does not know (an upgrade half done) is
+    not an internal error of the proxy: a 502 saying what to do."""
+    web.agent.refusal = amp.UnhandledCommand(b"UNHANDLED", "Unhandled Command")
+    response = web.request("POST", "/v1/webapi/sessions", LOGIN)
+    assert response.code == 502
+    assert "upgrade" in web.json(response)["error"]["message"]
 
 
 def test_a_login_body_that_is_not_json_is_a_415(web: Web) -> None:
@@ -821,3 +843,63 @@ def test_missing_xterm_files_are_named_and_stand_ins_say_to_run_npm_ci(
     assert json.dumps(XTERM_MISSING) in module
     assert "export class Terminal" in module and "teleconchXtermMissing" in module
     assert "export class FitAddon" in files["vendor/xterm/addon-fit.mjs"].body.decode()
+
+
+# --- any proxy serves any session (interop) ----------------------------------------
+
+
+@pytest.mark.interop
+@pytest_twisted.ensureDeferred
+async def test_a_web_session_made_at_one_proxy_is_served_by_another(
+    tmp_path: Path,
+) -> None:
+    """A cluster (auth service and a proxy) and a second proxy joined by
+    token: a login at the first lists the nodes at the second, with the
+    same cookie and bearer; a logout at the first is seen at the second."""
+    first = await start_cluster(tmp_path / "first")
+    try:
+        admin = first.admin_agent()
+        token = await admin.create_token("proxy", 600)
+        second = await start_cluster(
+            tmp_path / "second",
+            {
+                "teleconch": {
+                    "nodename": "proxy2",
+                    "auth_servers": [str(first.auth_addr)],
+                    "auth_token": token.token,
+                    "ca_pin": token.ca_pin,
+                },
+                "auth_service": {"enabled": False},
+            },
+            clock=first.clock,
+        )
+        try:
+            await admin.upsert_node("web1", "127.0.0.1:2201", {"env": "dev"})
+            alice = await sign_up(first, logins=("alice",))
+            code = current_code(alice.totp_secret, first.clock)
+            secrets = await webclient.log_in(
+                first.web_addr, "alice", alice.password, code
+            )
+            nodes_path = "/v1/webapi/sites/test.example/nodes"
+
+            there = await webclient.call(
+                second.web_addr, "GET", nodes_path, None, secrets
+            )
+            assert there.code == 200, there.body
+            assert [n["hostname"] for n in there.body["items"]] == ["web1"]
+            assert there.body["items"][0]["logins"] == ["alice"]
+
+            out = await webclient.call(
+                first.web_addr, "DELETE", "/v1/webapi/sessions", None, secrets
+            )
+            assert out.code == 200, out.body
+            assert out.cookie() == ""
+            after = await webclient.call(
+                second.web_addr, "GET", nodes_path, None, secrets
+            )
+            assert after.code == 401
+            assert "log in again" in after.body["error"]["message"]
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()

@@ -294,6 +294,18 @@ def failure_payload(request: Request, failure: Failure) -> tuple[int, dict[str, 
         )
         message = "the auth service is unreachable; try again shortly"
         return 503, {"error": {"message": message}}
+    if isinstance(e, amp.UnhandledCommand):
+        # A proxy newer than its auth service (an upgrade half done).
+        log.warn(
+            "the auth service does not know the command answering {path}: {error}",
+            path=path,
+            error=str(e),
+        )
+        message = (
+            "the auth service does not support this request: it is older than this "
+            "proxy; the administrator should upgrade it"
+        )
+        return 502, {"error": {"message": message}}
     if isinstance(e, amp.UnknownRemoteError):
         # The auth service failed on its side and logged why; say where to look.
         log.warn("the auth service failed answering {path}", path=path)

@@ -128,8 +128,11 @@ async function confirmEnrolment(event) {
   });
 }
 
-if (requireSession()) {
+const held = requireSession();
+if (held) {
   mountHeader('account');
+  // For password managers: whose password these forms are about.
+  for (const input of document.querySelectorAll('.account-name')) input.value = held.user || '';
   $('password-form').addEventListener('submit', changePassword);
   $('mfa-start').addEventListener('submit', startEnrolment);
   $('mfa-confirm').addEventListener('submit', confirmEnrolment);

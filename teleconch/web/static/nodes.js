@@ -23,7 +23,9 @@ function row(node) {
   const labels = element('td');
   for (const tag of node.tags) labels.append(element('span', { class: 'label' }, labelText(tag)));
   tr.append(labels);
-  const logins = element('td', { class: 'logins' });
+  const cell = element('td');
+  const logins = element('div', { class: 'logins' });
+  cell.append(logins);
   for (const login of node.logins) {
     const href = `/web/console/${encodeURIComponent(node.hostname)}/${encodeURIComponent(login)}`;
     logins.append(element('a', {
@@ -31,7 +33,7 @@ function row(node) {
       'aria-label': `${login}@${node.hostname}`,
     }, login));
   }
-  tr.append(logins);
+  tr.append(cell);
   return tr;
 }
 
