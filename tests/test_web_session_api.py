@@ -13,9 +13,10 @@ secrets) and answering with the typed records of
 read), then to the resource the site routes it to; so the refusals decided
 on the headers are the ones a real connection gets.
 
-The last test is an interop test: a real cluster and a second proxy joined
-to it, over real TLS, to show that a web session lives in the auth service
-and not in the proxy that made it.
+The last two tests are interop tests: a real cluster and a second proxy
+joined to it, over real TLS, to show that a web session lives in the auth
+service and not in the proxy that made it; and a proxy started without
+xterm.js installed.
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ import attrs
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from twisted.web.client import Agent
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+import teleconch.proxy.service
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent
 from teleconch.auth.types import INTERNAL_LOGINS, ActiveSession, Node, Party, Role
+from teleconch.client.webapi import _Insecure, _read_body
 from teleconch.web.http import ErrorResource
 from teleconch.web.keys import WebSessionKeys
 from teleconch.web.pages import HOME, safe_next
@@ -903,3 +909,31 @@ async def test_a_web_session_made_at_one_proxy_is_served_by_another(
             await second.stop()
     finally:
         await first.stop()
+
+
+@pytest.mark.interop
+@pytest_twisted.ensureDeferred
+async def test_a_proxy_without_xterm_installed_warns_once_and_serves_stand_ins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No node_modules: one warning at start-up saying to run npm ci, and
+    the console's module is a stand-in carrying that message."""
+    monkeypatch.setattr(teleconch.proxy.service, "NODE_MODULES", tmp_path / "none")
+    with capturedLogs() as events:
+        cluster = await start_cluster(tmp_path / "data")
+    try:
+        warnings = [formatEvent(e) for e in events if "npm ci" in formatEvent(e)]
+        assert len(warnings) == 1, warnings
+        assert "npm ci in teleconch/web" in warnings[0]
+        assert "vendor/xterm/xterm.mjs" in warnings[0]
+        agent = Agent(reactor, contextFactory=_Insecure())
+        url = f"https://{cluster.web_addr}/web/static/vendor/xterm/xterm.mjs"
+        response = await agent.request(b"GET", url.encode())
+        body = (await _read_body(response)).decode()
+        assert response.code == 200
+        assert response.headers.getRawHeaders(b"content-type") == [
+            b"text/javascript; charset=utf-8"
+        ]
+        assert XTERM_MISSING in json.loads(body.split("=", 1)[1].split(";\n")[0])
+    finally:
+        await cluster.stop()
