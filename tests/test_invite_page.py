@@ -112,7 +112,7 @@ async def _shown_secret(page: Page) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_person_signs_up_in_the_browser(
-    chromium: BrowserThread, cluster: Cluster, tmp_path: Path
+    chromium: BrowserThread, cluster: Cluster, artefacts: Path
 ) -> None:
     """The invite link shows a QR code and secret; the form makes a working account."""
     url, _token, secret = await _invite(cluster)
@@ -132,7 +132,7 @@ async def test_a_person_signs_up_in_the_browser(
             qr_src = await qr.get_attribute("src") or ""
             qr_box = await qr.bounding_box()
             shown = await _shown_secret(page)
-            await page.screenshot(path=tmp_path / "invite.png", full_page=True)
+            await page.screenshot(path=artefacts / "invite.png", full_page=True)
             await _fill(page, PASSWORD, PASSWORD, codes(shown))
             command = await _expect_done(page)
             # Words of the command split across lines would not paste right.
@@ -140,7 +140,7 @@ async def test_a_person_signs_up_in_the_browser(
                 _WORDS_SPLIT_ACROSS_LINES, "login-command"
             )
             form_gone = await page.locator("#signup").count() == 0
-            await page.screenshot(path=tmp_path / "done.png", full_page=True)
+            await page.screenshot(path=artefacts / "done.png", full_page=True)
             return {
                 "welcome": welcome,
                 "qr_visible": qr_visible,
@@ -246,7 +246,7 @@ async def test_a_wrong_code_shows_the_servers_message(
 
 @pytest_twisted.ensureDeferred
 async def test_an_expired_invite_says_to_ask_for_a_new_one(
-    chromium: BrowserThread, cluster: Cluster, tmp_path: Path
+    chromium: BrowserThread, cluster: Cluster, artefacts: Path
 ) -> None:
     """An hour later the link explains what to do instead of showing a form."""
     url, _token, _secret = await _invite(cluster)
@@ -256,7 +256,7 @@ async def test_an_expired_invite_says_to_ask_for_a_new_one(
         async with open_page(browser) as (page, _log):
             await _open_invite(page, url)
             await page.wait_for_selector("#error", state="visible")
-            await page.screenshot(path=tmp_path / "expired.png", full_page=True)
+            await page.screenshot(path=artefacts / "expired.png", full_page=True)
             return {
                 "error": await page.text_content("#error"),
                 "signup_visible": await page.locator("#signup").is_visible(),

@@ -32,7 +32,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from teleconch.auth import protocol as api
 from teleconch.client.webapi import _Insecure, _read_body
-from teleconch.web.site import JSONResource, RateLimiter
+from teleconch.web.jsonapi import JSONResource, RateLimiter
 from tests.harness import Cluster, start_cluster
 
 

@@ -202,7 +202,8 @@ def test_static_directories_are_never_listed() -> None:
 
 
 def test_unknown_paths_at_any_depth_get_our_json_404() -> None:
-    """No path reaches Twisted's HTML error pages or a redirect."""
+    """No path reaches Twisted's HTML error pages or a redirect (but /web
+    itself, which goes to the home page: tests/test_web_session_api.py)."""
     s = site()
     for path in [
         "//etc/passwd",
@@ -210,7 +211,7 @@ def test_unknown_paths_at_any_depth_get_our_json_404() -> None:
         "/web/static/../../etc/passwd",
         "/web/static/%2e%2e/site.py",
         "/web/static/style.css/x",
-        "/web",
+        "/web/nowhere",
         "/v1",
         "/v1/webapi",
         "/v1/webapi/users",

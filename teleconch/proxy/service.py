@@ -34,9 +34,17 @@ from teleconch.startup import (
     listening_address,
     local_address,
 )
-from teleconch.web.http import WebSite
-from teleconch.web.site import WebConfig, make_site
-from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
+from teleconch.web.keys import WebSessionKeys
+from teleconch.web.site import ProxySite, WebConfig, make_site
+from teleconch.web.static_files import (
+    NODE_MODULES,
+    STATIC_DIR,
+    XTERM_MISSING,
+    StaticFile,
+    StaticFiles,
+    read_static_files,
+    read_vendor_files,
+)
 
 log = Logger()
 
@@ -87,7 +95,10 @@ class ProxyService(StartingService):
         self._join_source = join_source
         self.agent: AuthAgent | None = None
         self.web_address: cfg.HostPort | None = None
-        self.web_site: WebSite | None = None
+        self.web_site: ProxySite | None = None
+        #: The web sessions' keys and certificates, shared by the web API (which
+        #: fills it at login) and the web terminal (which reaches nodes with it).
+        self.web_keys = WebSessionKeys(self.clock)
         self.ssh_address: cfg.HostPort | None = None
         self.web_listening = ""
         self.ssh_listening = ""
@@ -159,6 +170,11 @@ class ProxyService(StartingService):
         )
         return source, identity
 
+    @staticmethod
+    def _web_files() -> tuple[dict[str, StaticFile], list[str]]:
+        vendor, missing = read_vendor_files(NODE_MODULES)
+        return {**read_static_files(STATIC_DIR), **vendor}, missing
+
     def _ssh_host_identity(self) -> tuple[ed25519.Ed25519PrivateKey, str]:
         return self._ssh_host_key(), self.files.ssh_host_cert.read_text().strip()
 
@@ -222,15 +238,27 @@ class ProxyService(StartingService):
             certificate=pc.original,
             raiseMinimumTo=None,
         )
+        files, missing = await self._in_thread(self._web_files)
+        if missing:
+            log.warn(
+                "{problem} (missing under {where}: {files}); the web terminal "
+                "will say so",
+                problem=XTERM_MISSING,
+                where=str(NODE_MODULES),
+                files=", ".join(missing),
+            )
         site = make_site(
             self.agent,
             WebConfig(
                 cluster_name=info.cluster_name,
                 proxy_ssh_addr=str(self.ssh_public_addr),
+                idle_timeout=s.proxy.web_idle_timeout,
             ),
             self.reactor,
-            StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
+            StaticFiles(files),
             max_connections_per_address=s.proxy.max_web_connections_per_address,
+            router=router,
+            keys=self.web_keys,
         )
         self.web_site = site
         port = await self._listen(
@@ -260,4 +288,6 @@ class ProxyService(StartingService):
     async def _stop(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
+        if self.web_site is not None:
+            self.web_site.stop()
         await super()._stop()

@@ -345,7 +345,7 @@ def _path_cases() -> list[Case]:
         b"/v1/webapi/users/invite/%2e%2e%2f%2e%2e",
         b"/v1/webapi/nothing-here",
         b"/v1/",
-        b"/web/",
+        b"/web/no-such-page/",  # /web/ itself goes to the home page (a 302)
         b"/;jsessionid=1",
         b"/?" + b"q=" * 5000,
     ]
