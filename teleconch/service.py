@@ -71,7 +71,7 @@ class TeleconchService(MultiService):
         if self.proxy is not None:
             p = self.proxy
             lines.append(
-                f"  web API, sign-up pages: https://{p.public_addr}  "
+                f"  web UI:                 https://{p.public_addr}/web/login  "
                 f"(listening on {p.web_listening})"
             )
             lines.append(
