@@ -33,7 +33,7 @@ class Rig:
     def __init__(self, registry: FakeRegistry | None = None) -> None:
         self.clock = Clock()
         self.registry = registry or FakeRegistry()
-        self.sessions = Sessions()
+        self.sessions = Sessions(self.clock)
         self.hub = SessionHub(
             clock=self.clock,
             registry=self.registry,
@@ -278,14 +278,17 @@ def test_a_registry_failure_is_logged_and_the_session_goes_on() -> None:
     assert rig.registry.kinds() == ["upsert", "upsert"]
 
 
-def test_ending_every_session_closes_each_node_side() -> None:
-    """`Sessions.end_all` (the proxy stopping) ends each hub with its reason."""
-    sessions = Sessions()
+def test_ending_every_session_closes_each_node_side_and_waits_for_the_ends() -> None:
+    """`Sessions.end_all` (the proxy stopping) ends each hub, and returns once
+    each end has reached the auth service."""
+    clock = Clock()
+    sessions = Sessions(clock)
+    registry = FakeRegistry()
     shells = []
     for n in range(2):
         hub = SessionHub(
-            clock=Clock(),
-            registry=FakeRegistry(),
+            clock=clock,
+            registry=registry,
             record=session_record(id=f"s{n}"),
             on_end=sessions.remove,
         )
@@ -298,8 +301,29 @@ def test_ending_every_session_closes_each_node_side() -> None:
             return shells[-1]
 
         Deferred.fromCoroutine(hub.start(opener))
-    sessions.end_all("the proxy is stopping")
-    assert all(s.closed for s in shells)
+    done = Deferred.fromCoroutine(sessions.end_all("the proxy is stopping"))
+    assert all(s.closed for s in shells) and not done.called
     for shell in shells:
         shell.exit()
-    assert len(sessions) == 0
+    assert done.called and len(sessions) == 0
+    ends = [args for kind, args in registry.calls if kind == "end"]
+    assert ends == [
+        ("s0", None, "the proxy is stopping"),
+        ("s1", None, "the proxy is stopping"),
+    ]
+
+
+def test_ending_every_session_gives_up_on_a_node_that_never_closes() -> None:
+    clock = Clock()
+    sessions = Sessions(clock)
+    hub = SessionHub(clock=clock, registry=FakeRegistry(), record=session_record())
+    hub.join(FakeParty())
+    sessions.add(hub)
+
+    async def opener(events: ShellEvents) -> FakeShell:
+        return FakeShell(events)
+
+    Deferred.fromCoroutine(hub.start(opener))
+    done = Deferred.fromCoroutine(sessions.end_all("stopping", wait=5))
+    clock.advance(5)
+    assert done.called

@@ -27,6 +27,7 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.routing import Router
+from teleconch.proxy.sessions import Sessions
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
 from teleconch.startup import (
     StartingService,
@@ -35,8 +36,10 @@ from teleconch.startup import (
     local_address,
 )
 from teleconch.web.http import WebSite
+from teleconch.web.keys import WebSessionKeys
 from teleconch.web.site import WebConfig, make_site
 from teleconch.web.static_files import STATIC_DIR, StaticFiles, read_static_files
+from teleconch.web.terminal import make_terminal
 
 log = Logger()
 
@@ -93,6 +96,10 @@ class ProxyService(StartingService):
         self.ssh_listening = ""
         self.router: Router | None = None
         self.ssh_factory: ProxySSHFactory | None = None
+        #: The web sessions' keys (filled at web login, used by the terminal),
+        #: and the terminal sessions this proxy holds.
+        self.web_keys = WebSessionKeys(self.clock)
+        self.terminal_sessions = Sessions(reactor)
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
@@ -231,6 +238,17 @@ class ProxyService(StartingService):
             self.reactor,
             StaticFiles(await self._in_thread(read_static_files, STATIC_DIR)),
             max_connections_per_address=s.proxy.max_web_connections_per_address,
+            terminal=make_terminal(
+                reactor=self.reactor,
+                clock=self.clock,
+                agent=self.agent,
+                router=router,
+                keys=self.web_keys,
+                sessions=self.terminal_sessions,
+                proxy_name=s.teleconch.nodename,
+                idle_timeout=s.proxy.web_idle_timeout,
+                public_addr=lambda: str(self.public_addr),
+            ),
         )
         self.web_site = site
         port = await self._listen(
@@ -260,4 +278,5 @@ class ProxyService(StartingService):
     async def _stop(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
+        await self.terminal_sessions.end_all("the proxy is stopping")
         await super()._stop()

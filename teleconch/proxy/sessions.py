@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -342,6 +342,13 @@ class SessionHub:
             )
         self._finished(ending)
 
+    async def settled(self) -> None:
+        """Once the session has ended and the auth service has been told."""
+        await self.ended
+        done: Deferred[None] = Deferred()
+        self._calls.addBoth(lambda _: done.callback(None))
+        await done
+
     def _finished(self, ending: Ending) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
@@ -411,7 +418,8 @@ class SessionHub:
 class Sessions:
     """The hubs this proxy holds now, by session id (joining will look here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
         self._hubs: dict[str, SessionHub] = {}
 
     def add(self, hub: SessionHub) -> None:
@@ -430,7 +438,17 @@ class Sessions:
     def __iter__(self) -> Iterator[SessionHub]:
         return iter(list(self._hubs.values()))
 
-    def end_all(self, reason: str) -> None:
-        """End every session (the proxy is stopping)."""
+    async def end_all(self, reason: str, wait: float = 5.0) -> None:
+        """End every session (the proxy is stopping), and wait, up to
+        ``wait`` seconds, for each to end and its end to be registered."""
+        waits = []
         for hub in self:
             hub.end(reason)
+            waits.append(Deferred.fromCoroutine(hub.settled()))
+        if waits:
+            everything = gatherResults(waits, consumeErrors=True)
+            await everything.addTimeout(wait, self._clock).addErrback(
+                lambda f: log.warn(
+                    "sessions did not all end in time: {e}", e=str(f.value)
+                )
+            )

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from twisted.conch.error import ConchError
 from twisted.internet import error as ierror
 from twisted.internet.defer import TimeoutError as LoginTimedOut
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from teleconch.auth import protocol as api
@@ -142,6 +143,7 @@ class WebTerminals:
         self,
         *,
         reactor: Any,
+        clock: IReactorTime | None = None,
         agent: TerminalAgent,
         router: Router,
         keys: WebSessionKeys,
@@ -150,6 +152,8 @@ class WebTerminals:
         connect: Connect = connect_ssh,
     ) -> None:
         self._reactor = reactor
+        #: Session times (created, last active) are on the cluster's clock.
+        self._clock: IReactorTime = clock or reactor
         self._agent = agent
         self._router = router
         self._keys = keys
@@ -180,9 +184,9 @@ class WebTerminals:
             grant, client_addr, server_id, 22, login, "web"
         )
         target = route.target
-        now = self._reactor.seconds()
+        now = self._clock.seconds()
         hub = SessionHub(
-            clock=self._reactor,
+            clock=self._clock,
             registry=self._agent,
             record=ActiveSession(
                 id=str(uuid.uuid4()),

@@ -423,6 +423,8 @@ def make_site(
     limiter: RateLimiter | None = None,
     max_connections_per_address: int = 64,
     renew_limiter: RateLimiter | None = None,
+    *,
+    terminal: Resource | None = None,
 ) -> WebSite:
     limiter = limiter or RateLimiter(clock)
     # Renewals are signed by a node's own key (nothing to guess), and many
@@ -442,6 +444,18 @@ def make_site(
     host.putChild(b"ca", HostCAResource(agent, config))
     host.putChild(b"credentials", HostCredentialsResource(agent, limiter))
     host.putChild(b"renew", HostRenewResource(agent, renew_limiter))
+
+    # The web terminal: its socket, and the page that opens it.
+    sites, cluster = _Dir(), _Dir()
+    webapi.putChild(b"sites", sites)
+    sites.putChild(config.cluster_name.encode(), cluster)
+    cluster.putChild(
+        b"connect",
+        terminal
+        or ErrorResource(503, "the web terminal is not available on this proxy"),
+    )
+    if static.has("console.html"):
+        web.putChild(b"console", _Page(static.file("console.html").body))
 
     root.putChild(b"web", web)
     web.putChild(b"invite", _Page(static.file("invite.html").body))

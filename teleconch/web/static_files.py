@@ -69,6 +69,9 @@ class StaticFiles(Resource):
     def file(self, name: str) -> StaticFile:
         return self._files[name]
 
+    def has(self, name: str) -> bool:
+        return name in self._files
+
     def render(self, request: Request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             return error_body(request, 405, "method not allowed")

@@ -37,8 +37,12 @@ from zope.interface import implementer
 
 from teleconch.addresses import parse_host_port
 from teleconch.auth.guard import RefusalAudit
+from teleconch.proxy.routing import Router
+from teleconch.proxy.sessions import Sessions
+from teleconch.proxy.websession_ssh import WebTerminals
 from teleconch.web import terminal_messages as msg
 from teleconch.web.http import client_host, error_body
+from teleconch.web.keys import WebSessionKeys
 from teleconch.web.terminal_party import (
     BrowserParty,
     TerminalServices,
@@ -264,6 +268,38 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+def make_terminal(
+    *,
+    reactor: Any,
+    clock: IReactorTime,
+    agent: Any,
+    router: Router,
+    keys: WebSessionKeys,
+    sessions: Sessions,
+    proxy_name: str,
+    idle_timeout: int,
+    public_addr: Callable[[], str],
+) -> TerminalResource:
+    """The ``connect`` route of a proxy, with everything its sockets share."""
+    terminals = WebTerminals(
+        reactor=reactor,
+        clock=clock,
+        agent=agent,
+        router=router,
+        keys=keys,
+        sessions=sessions,
+        proxy_name=proxy_name,
+    )
+    services = TerminalServices(
+        clock=clock,
+        agent=agent,
+        terminals=terminals,
+        idle_timeout=idle_timeout,
+        audit=refusal_audit(clock, agent.emit_event),
+    )
+    return TerminalResource(services, public_addr)
 
 
 def refusal_audit(
