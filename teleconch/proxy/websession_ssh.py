@@ -122,6 +122,12 @@ class WebShell:
         self._events.shell_ended(status)
 
 
+def _text(e: BaseException) -> str:
+    """An error's message (a ConchError's ``str`` is its argument tuple)."""
+    value = getattr(e, "value", None) if isinstance(e, ConchError) else None
+    return value if isinstance(value, str) else str(e)
+
+
 def _connect_error(e: BaseException) -> str:
     for kind, text in (
         (ierror.ConnectionRefusedError, "connection refused"),
@@ -133,7 +139,7 @@ def _connect_error(e: BaseException) -> str:
     ):
         if isinstance(e, kind):
             return text
-    return str(e) or type(e).__name__
+    return _text(e) or type(e).__name__
 
 
 class WebTerminals:
@@ -247,8 +253,8 @@ class WebTerminals:
         except Exception as e:
             conn.close()
             raise ShellOpenFailed(
-                f"{target.name} refused a terminal for {record.login}: {e}",
-                f"shell refused: {e}",
+                f"{target.name} refused a terminal for {record.login}: {_text(e)}",
+                f"shell refused: {_text(e)}",
             ) from e
         return WebShell(conn, channel, events)
 
@@ -272,13 +278,14 @@ class WebTerminals:
             )
         except HostKeyRefused as e:
             raise ShellOpenFailed(
-                f"{e}. An administrator can give the node a host certificate with "
-                f"`teleconch-ctl auth sign --host {host_name}`",
+                f"cannot open a terminal: {_text(e)}. An administrator can give the "
+                f"node a host certificate with `teleconch-ctl auth sign --host {host_name}`",
                 "host certificate refused",
             ) from e
         except LoginRefused as e:
             raise ShellOpenFailed(
-                f"{target.name} refused the login {login!r}: {e}", "login refused"
+                f"{target.name} refused the login {login!r}: {_text(e)}",
+                "login refused",
             ) from e
         except (
             ConchError,
