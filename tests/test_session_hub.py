@@ -15,9 +15,9 @@ from twisted.internet.task import Clock
 
 from teleconch.auth.protocol import SESSION_HEARTBEAT
 from teleconch.auth.types import Party
+from teleconch.proxy.session_registration import CHANGE_DELAY
 from teleconch.proxy.sessions import (
     _MOVES,
-    CHANGE_DELAY,
     HubState,
     SessionHub,
     SessionOver,

@@ -592,7 +592,9 @@ class Browser(WebSocketClientProtocol):
         self.closed_with = (code, reason)
 
 
-def _connect(rig: Rig, origin: str = ORIGIN) -> tuple[Browser, iosim.IOPump, WebSite]:
+def _connect(
+    rig: Rig, origin: str = ORIGIN
+) -> tuple[Browser, iosim.IOPump, WebSite, iosim.FakeTransport]:
     site = WebSite(_tree(rig), rig.clock, PeerCounter(4))
     url = "ws://proxy.example:3080/connect?params=" + quote(json.dumps(PARAMS))
     factory = WebSocketClientFactory(
@@ -604,14 +606,14 @@ def _connect(rig: Rig, origin: str = ORIGIN) -> tuple[Browser, iosim.IOPump, Web
     server_io = iosim.FakeTransport(server, isServer=True)
     client_io = iosim.FakeTransport(client, isServer=False)
     pump = iosim.connect(server, server_io, client, client_io, clock=rig.clock)
-    return client, pump, site
+    return client, pump, site, server_io
 
 
 def test_a_real_websocket_carries_the_session_bytes_and_exit_status() -> None:
     """The thin protocol over the real Site: token, session frame, binary both
     ways, the exit status, a normal close, and the HTTP connection given back."""
     rig = Rig()
-    browser, pump, site = _connect(rig)
+    browser, pump, site, _socket = _connect(rig)
     pump.flush()
     assert browser.texts[0]["type"] == "session", browser.texts
     assert site.connections.total == 1
@@ -631,7 +633,7 @@ def test_a_real_websocket_carries_the_session_bytes_and_exit_status() -> None:
 
 def test_a_real_websocket_from_a_foreign_origin_gets_a_403() -> None:
     rig = Rig()
-    browser, pump, site = _connect(rig, origin="https://evil.example")
+    browser, pump, site, _socket = _connect(rig, origin="https://evil.example")
     pump.flush()
     assert browser.texts == [] and rig.terminals.opened == []
     assert browser.closed_with is not None
@@ -641,10 +643,29 @@ def test_a_real_websocket_from_a_foreign_origin_gets_a_403() -> None:
 
 def test_a_real_websocket_closed_by_the_browser_ends_the_session() -> None:
     rig = Rig()
-    browser, pump, site = _connect(rig)
+    browser, pump, site, _socket = _connect(rig)
     pump.flush()
     browser.sendClose(1000)
     pump.flush()
     shell = rig.terminals.shells[0]
     assert shell.closed
     assert site.connections.total == 0
+
+
+def test_a_real_websocket_whose_socket_backs_up_stops_the_nodes_window() -> None:
+    """The protocol is the socket's producer: the transport pausing it (its send
+    buffer full) holds the node's window shut until it resumes."""
+    rig = Rig()
+    browser, pump, _site, socket = _connect(rig)
+    pump.flush()
+    shell = rig.terminals.shells[0]
+    assert socket.producer is not None and socket.streamingProducer
+    socket.producer.pauseProducing()
+    shell.events.shell_output(b"x" * 1000)
+    pump.flush()
+    assert shell.consumed_total == 0
+    browser.sendMessage(json.dumps({"type": "ack", "bytes": 1000}).encode())
+    pump.flush()
+    assert shell.consumed_total == 0  # acknowledged, but the socket is still full
+    socket.producer.resumeProducing()
+    assert shell.consumed_total == 1000

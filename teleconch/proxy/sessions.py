@@ -12,11 +12,11 @@ party can take (`SessionParty.wants_output`).  A party that falls behind (a
 browser that has not acknowledged, a socket that backs up) keeps the window
 shut, so the node's output waits in the node, not in this process.
 
-While it lives the hub is registered with the auth service
-(`upsert_active_session`: at start, shortly after a resize or a party
-change, and every SESSION_HEARTBEAT seconds), so any proxy of the cluster
-lists it; it ends with `end_active_session` (exit status and reason).  The
-auth service audits both, as ``session.start`` and ``session.end``.
+While it lives the hub is registered with the auth service (at start, after
+each change, every heartbeat: `teleconch.proxy.session_registration`), so
+any proxy of the cluster lists it; its end is registered with the exit
+status and the reason.  The auth service audits both, as ``session.start``
+and ``session.end``.
 
 Life (`HubState`): STARTING (the node side is opening; input, resizes and
 early output are held) -> RUNNING -> ENDING (the proxy closes the node: the
@@ -32,20 +32,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from teleconch.auth.protocol import SESSION_HEARTBEAT
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.conch.session import ExitStatus
+from teleconch.proxy.session_registration import Registration, Registry
 
 log = Logger()
 
-#: A change (resize, party) is registered this long after it, coalesced.
-CHANGE_DELAY = 1.0
 #: Input typed before the node side is open is held, up to this much.
 MAX_HELD_INPUT = 64 * 1024
 
@@ -140,16 +136,6 @@ class SessionParty(Protocol):
     def session_ended(self, ending: Ending) -> None: ...
 
 
-class Registry(Protocol):
-    """Where live sessions are registered: the auth service, through the AuthAgent."""
-
-    async def upsert_active_session(self, session: ActiveSession) -> None: ...
-
-    async def end_active_session(
-        self, id: str, exit_code: int | None, reason: str
-    ) -> None: ...
-
-
 Opener = Callable[[ShellEvents], Awaitable[NodeShell]]
 
 
@@ -184,10 +170,7 @@ class SessionHub:
         self._early_output: list[bytes] = []
         self._owed = 0  # output bytes not yet given back to the node's window
         self._reason: str | None = None  # why the proxy is ending it
-        self._registered = False
-        self._calls: Deferred[None] = succeed(None)  # registry calls, in order
-        self._heartbeat: LoopingCall | None = None
-        self._change: IDelayedCall | None = None
+        self._registration = Registration(clock, registry, lambda: self.record)
         #: Fires with the `Ending` once the session is over.
         self.ended: Deferred[Ending] = Deferred()
 
@@ -228,7 +211,7 @@ class SessionHub:
         party.attached(self)
         if self._state is HubState.RUNNING:
             party.session_started(self.record)
-            self._changed()
+            self._registration.changed()
 
     def leave(self, party: SessionParty, reason: str) -> None:
         if self._parties.pop(party.record.id, None) is None:
@@ -236,7 +219,7 @@ class SessionHub:
         if not self._parties:
             self.end(reason)
         else:
-            self._changed()
+            self._registration.changed()
             self._maybe_reopen()  # the one that left may have held the window
 
     def end(self, reason: str) -> None:
@@ -274,7 +257,7 @@ class SessionHub:
         if self._state is HubState.RUNNING:
             assert self._shell is not None
             self._shell.resize(cols, rows)
-            self._changed()
+            self._registration.changed()
 
     def ready(self) -> None:
         """A party can take output again: maybe re-open the node's window."""
@@ -300,10 +283,7 @@ class SessionHub:
         self._move(HubState.RUNNING)
         if (self._record.cols, self._record.rows) != size:
             shell.resize(self._record.cols, self._record.rows)
-        self._register()
-        self._heartbeat = LoopingCall(self._register)
-        self._heartbeat.clock = self._clock
-        self._heartbeat.start(SESSION_HEARTBEAT, now=False)
+        self._registration.start()
         for party in self.parties:
             party.session_started(self.record)
         held, self._held_input, self._held_len = self._held_input, [], 0
@@ -334,27 +314,15 @@ class SessionHub:
         parties, self._parties = self.parties, {}
         for party in parties:
             party.session_ended(ending)
-        if self._registered:
-            self._enqueue(
-                lambda: self._registry.end_active_session(
-                    self.id, ending.exit_code, ending.reason
-                )
-            )
         self._finished(ending)
 
     async def settled(self) -> None:
         """Once the session has ended and the auth service has been told."""
         await self.ended
-        done: Deferred[None] = Deferred()
-        self._calls.addBoth(lambda _: done.callback(None))
-        await done
+        await self._registration.settled()
 
     def _finished(self, ending: Ending) -> None:
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
-        if self._change is not None and self._change.active():
-            self._change.cancel()
-        self._change = None
+        self._registration.end(ending.exit_code, ending.reason)
         log.info(
             "session {id} of {user} on {login}@{node} ended: {reason}",
             id=self.id,
@@ -378,41 +346,6 @@ class SessionHub:
             n, self._owed = self._owed, 0
             assert self._shell is not None
             self._shell.consumed(n)
-
-    # -- registration with the auth service -------------------------------
-
-    def _register(self) -> None:
-        if self._state is not HubState.RUNNING:
-            return
-        self._registered = True
-        record = self.record
-        self._enqueue(lambda: self._registry.upsert_active_session(record))
-
-    def _changed(self) -> None:
-        if self._state is HubState.RUNNING and self._change is None:
-            self._change = self._clock.callLater(CHANGE_DELAY, self._change_due)
-
-    def _change_due(self) -> None:
-        self._change = None
-        self._register()
-
-    def _enqueue(self, call: Callable[[], Awaitable[None]]) -> None:
-        """Registry calls go one after another, so an end never precedes an upsert."""
-
-        async def run() -> None:
-            await call()
-
-        def failed(f: Failure) -> None:
-            log.warn(
-                "session {id}: the auth service did not take its registration: {error}",
-                id=self.id,
-                error=f.getErrorMessage(),
-            )
-
-        def next_call(_: object) -> Deferred[None]:
-            return Deferred.fromCoroutine(run()).addErrback(failed)
-
-        self._calls.addCallback(next_call)
 
 
 class Sessions:
