@@ -91,7 +91,10 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         assert self.upgrade is not None
-        self._socket().registerProducer(_Backpressure(self), True)
+        try:
+            self._socket().registerProducer(_Backpressure(self), True)
+        except RuntimeError:  # a producer is there already: acks alone pace it
+            log.warn("web terminal: the socket has a producer already")
         self.party = BrowserParty(self.factory.services, self, self.upgrade)
         self.party.opened()
 
