@@ -27,6 +27,7 @@ from teleconch.pki import (
     self_signed_certificate,
 )
 from teleconch.proxy.routing import Router
+from teleconch.proxy.sessions import Sessions
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
 from teleconch.startup import (
     StartingService,
@@ -45,6 +46,7 @@ from teleconch.web.static_files import (
     read_static_files,
     read_vendor_files,
 )
+from teleconch.web.terminal import make_terminal
 
 log = Logger()
 
@@ -104,6 +106,8 @@ class ProxyService(StartingService):
         self.ssh_listening = ""
         self.router: Router | None = None
         self.ssh_factory: ProxySSHFactory | None = None
+        #: The terminal sessions this proxy holds.
+        self.terminal_sessions = Sessions(reactor)
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
@@ -259,6 +263,17 @@ class ProxyService(StartingService):
             max_connections_per_address=s.proxy.max_web_connections_per_address,
             router=router,
             keys=self.web_keys,
+            terminal=make_terminal(
+                reactor=self.reactor,
+                clock=self.clock,
+                agent=self.agent,
+                router=router,
+                keys=self.web_keys,
+                sessions=self.terminal_sessions,
+                proxy_name=s.teleconch.nodename,
+                idle_timeout=s.proxy.web_idle_timeout,
+                public_addr=lambda: str(self.public_addr),
+            ),
         )
         self.web_site = site
         port = await self._listen(
@@ -288,6 +303,7 @@ class ProxyService(StartingService):
     async def _stop(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
+        await self.terminal_sessions.end_all("the proxy is stopping")
         if self.web_site is not None:
             self.web_site.stop()
         await super()._stop()

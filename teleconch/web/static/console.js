@@ -1,0 +1,230 @@
+// The console page, /web/console/<node>/<login>: one terminal on a node,
+// over the proxy's WebSocket (teleconch/web/terminal.py).
+//
+// - The bearer token is the socket's first frame, never in the URL.
+// - Terminal bytes are binary frames both ways, handed to xterm.js as
+//   Uint8Array (it decodes UTF-8 across frames); control messages are JSON.
+// - Flow control: once xterm.js has processed output (its write callback),
+//   the page acknowledges it with {"type": "ack", "bytes": n}; the proxy
+//   stops reading the node while too much is unacknowledged.
+// - The terminal follows the window's size (fit addon) and tells the proxy.
+
+import { installConstructableStyles } from '/web/static/console-csp.js';
+import { Terminal } from '/web/static/vendor/xterm/xterm.mjs';
+import { FitAddon } from '/web/static/vendor/xterm/addon-fit.mjs';
+import {
+  clusterName, mountHeader, sentence, session, toLogin,
+} from '/web/static/app.js';
+
+// An ack goes once this much is processed, or this long after the first
+// unacknowledged byte was.
+const ACK_BYTES = 32 * 1024;
+const ACK_DELAY_MS = 20;
+// Close codes the proxy uses (terminal_messages.py): log in again.
+const CLOSE_LOGIN = 4001;
+
+const where = document.getElementById('where');
+const statusLine = document.getElementById('status');
+const reconnectButton = document.getElementById('reconnect');
+const box = document.getElementById('terminal');
+
+function say(text, problem) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle('problem', Boolean(problem));
+}
+
+function target() {
+  const parts = location.pathname.split('/').filter(Boolean); // web console node login
+  if (parts.length !== 4 || parts[0] !== 'web' || parts[1] !== 'console') return null;
+  try {
+    return { node: decodeURIComponent(parts[2]), login: decodeURIComponent(parts[3]) };
+  } catch (e) {
+    return null;
+  }
+}
+
+class Console {
+  constructor(term, fit, node, login, cluster) {
+    this.term = term;
+    this.fit = fit;
+    this.node = node;
+    this.login = login;
+    this.cluster = cluster;
+    this.socket = null;
+    this.pendingAck = 0;
+    this.ackTimer = null;
+    this.encoder = new TextEncoder();
+    term.onData((data) => this.send(this.encoder.encode(data)));
+    term.onBinary((data) => this.send(Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff)));
+    term.onResize(({ cols, rows }) => this.control({ type: 'resize', cols, rows }));
+    reconnectButton.addEventListener('click', () => this.reconnect());
+  }
+
+  url() {
+    const params = JSON.stringify({
+      server_id: this.node,
+      login: this.login,
+      term: { w: this.term.cols, h: this.term.rows },
+    });
+    const cluster = encodeURIComponent(this.cluster);
+    return `wss://${location.host}/v1/webapi/sites/${cluster}/connect?params=` +
+      encodeURIComponent(params);
+  }
+
+  connect() {
+    const held = session();
+    if (!held) {
+      toLogin();
+      return;
+    }
+    this.ended = null; // what the proxy said before closing: exit or error
+    this.pendingAck = 0;
+    say(`Connecting to ${this.login}@${this.node}…`);
+    reconnectButton.hidden = true;
+    const socket = new WebSocket(this.url());
+    socket.binaryType = 'arraybuffer';
+    this.socket = socket;
+    socket.addEventListener('open', () => socket.send(JSON.stringify({ token: held.token })));
+    socket.addEventListener('message', (event) => {
+      if (socket !== this.socket) return;
+      if (typeof event.data === 'string') this.onControl(event.data);
+      else this.onOutput(new Uint8Array(event.data));
+    });
+    socket.addEventListener('close', (event) => {
+      if (socket === this.socket) this.onClose(event);
+    });
+  }
+
+  onOutput(bytes) {
+    this.term.write(bytes, () => this.processed(bytes.length));
+  }
+
+  processed(n) {
+    this.pendingAck += n;
+    if (this.pendingAck >= ACK_BYTES) {
+      this.flushAck();
+    } else if (this.ackTimer === null) {
+      this.ackTimer = setTimeout(() => this.flushAck(), ACK_DELAY_MS);
+    }
+  }
+
+  flushAck() {
+    if (this.ackTimer !== null) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = null;
+    }
+    if (this.pendingAck > 0) {
+      const bytes = this.pendingAck;
+      this.pendingAck = 0;
+      this.control({ type: 'ack', bytes });
+    }
+  }
+
+  onControl(text) {
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch (e) {
+      return;
+    }
+    if (message.type === 'session') {
+      this.sessionId = message.id;
+      say(`Connected to ${message.login}@${message.node}.`);
+      this.term.focus();
+    } else if (message.type === 'exit') {
+      this.ended = message;
+    } else if (message.type === 'error') {
+      this.ended = message;
+    }
+  }
+
+  onClose(event) {
+    if (this.ackTimer !== null) clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    this.socket = null;
+    const ended = this.ended;
+    if (event.code === CLOSE_LOGIN) {
+      toLogin();
+      return;
+    }
+    if (ended && ended.type === 'exit') {
+      const how = ended.status !== null && ended.status !== undefined
+        ? `The shell exited with status ${ended.status}.`
+        : sentence(ended.message || 'the session ended');
+      say(how, ended.status !== 0);
+    } else if (ended && ended.type === 'error') {
+      say(sentence(ended.message), true);
+    } else {
+      say('The connection to the proxy was lost.', true);
+    }
+    reconnectButton.hidden = false;
+    reconnectButton.focus();
+  }
+
+  send(bytes) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(bytes);
+  }
+
+  control(message) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(message));
+    }
+  }
+
+  reconnect() {
+    this.term.reset();
+    this.connect();
+  }
+}
+
+async function main() {
+  const found = target();
+  if (!found) {
+    say('This page opens a node: /web/console/<node>/<login>. Choose one on the Nodes page.', true);
+    return;
+  }
+  const { node, login } = found;
+  document.title = `${login}@${node}`;
+  where.textContent = `${login}@${node}`;
+  if (!session()) {
+    toLogin();
+    return;
+  }
+  mountHeader('');
+  if (globalThis.teleconchXtermMissing) {
+    say(sentence(globalThis.teleconchXtermMissing), true);
+    return;
+  }
+  installConstructableStyles(document);
+  const term = new Terminal({
+    cursorBlink: true,
+    fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace',
+    fontSize: 14,
+    scrollback: 5000,
+  });
+  const fit = new FitAddon();
+  term.loadAddon(fit);
+  term.open(box);
+  fit.fit();
+  let pending = false;
+  window.addEventListener('resize', () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      fit.fit();
+    });
+  });
+  let cluster;
+  try {
+    cluster = await clusterName();
+  } catch (e) {
+    say(e.message || String(e), true);
+    return;
+  }
+  const console_ = new Console(term, fit, node, login, cluster);
+  window.teleconchConsole = console_; // for tests and the curious
+  console_.connect();
+}
+
+main();
