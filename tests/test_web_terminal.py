@@ -298,8 +298,9 @@ async def test_yes_for_seconds_keeps_the_proxy_flat_and_ctrl_c_stops_it(
     chromium: BrowserThread, node: Node, artefacts: Path
 ) -> None:
     """``yes`` flat out for several seconds: the proxy's memory (this process)
-    grows by under 32 MB, the page answers, and Ctrl-C stops it: the next
-    command is answered."""
+    grows by under 32 MB, the page keeps answering, and Ctrl-C stops it: the
+    next command is answered.  How fast is bench_web.py's to measure, not an
+    assertion here; the figures are printed for ``-s`` runs."""
     path = "/web/console/web1/root"
     found: dict[str, Any] = {}
 
@@ -334,8 +335,6 @@ async def test_yes_for_seconds_keeps_the_proxy_flat_and_ctrl_c_stops_it(
     await chromium.run(flow)
     print(f"yes: {found}")  # the figures, for -s runs
     assert found["growth"] < RSS_GROWTH_LIMIT, found
-    assert found["slowest"] < 1.0, found
-    assert found["after_ctrl_c"] < 3.0, found
 
 
 @pytest_twisted.ensureDeferred

@@ -52,8 +52,11 @@ log = Logger()
 
 TERM = "xterm-256color"
 #: The node's window on a web terminal channel: what it may send before the
-#: proxy has forwarded (and the parties taken) any of it.
-WINDOW = 512 * 1024
+#: proxy has forwarded (and the parties taken) any of it.  Small, because what
+#: is in flight when the person presses Ctrl-C still has to be drawn: with
+#: the 256 KiB a browser may leave unacknowledged, 512 KiB here kept ``yes``
+#: scrolling for 4 s after Ctrl-C in Chromium; 128 KiB, about 1 s.
+WINDOW = 128 * 1024
 #: Seconds to reach a node and log in.
 LOGIN_TIMEOUT = 20.0
 
