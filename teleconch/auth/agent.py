@@ -8,7 +8,7 @@ its identity there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -342,6 +342,33 @@ class AuthAgent(MultiService):
 
     async def list_active_sessions(self) -> tuple[ActiveSession, ...]:
         return (await self.call(api.ListActiveSessions, EMPTY)).sessions
+
+    async def recording_mode(self) -> str:
+        return (await self.call(api.GetRecordingMode, EMPTY)).mode
+
+    async def start_recording(
+        self, id: str, meta: Mapping[str, Any]
+    ) -> api.RecordingState:
+        return await self.call(api.StartRecording, api.RecordingStart(id, meta))
+
+    async def append_recording(self, id: str, offset: int, frame: bytes) -> int:
+        request = api.RecordingFrame(id, offset, frame)
+        return (await self.call(api.AppendRecording, request)).size
+
+    async def complete_recording(self, id: str, duration_ms: int) -> int:
+        request = api.RecordingEnd(id, duration_ms)
+        return (await self.call(api.CompleteRecording, request)).size
+
+    async def list_recordings(self) -> tuple[api.RecordingEntry, ...]:
+        return (await self.call(api.ListRecordings, EMPTY)).recordings
+
+    async def read_recording(
+        self, id: str, start: int, length: int
+    ) -> api.RecordingBytes:
+        return await self.call(api.ReadRecording, api.RecordingRange(id, start, length))
+
+    async def delete_recording(self, id: str) -> None:
+        await self.call(api.DeleteRecording, api.Name(id))
 
     async def search_events(
         self,

@@ -228,6 +228,13 @@ serve(api.ConfirmAuthenticatorEnrolment, S.confirm_authenticator_enrolment)
 serve(api.UpsertActiveSession, S.upsert_active_session, caller=True)
 serve(api.EndActiveSession, S.end_active_session, caller=True)
 serve(api.ListActiveSessions, S.list_active_sessions)
+serve(api.GetRecordingMode, S.recording_mode)
+serve(api.StartRecording, S.start_recording, caller=True)
+serve(api.AppendRecording, S.append_recording, caller=True)
+serve(api.CompleteRecording, S.complete_recording, caller=True)
+serve(api.ListRecordings, S.list_recordings)
+serve(api.ReadRecording, S.read_recording)
+serve(api.DeleteRecording, S.delete_recording)
 del S
 
 

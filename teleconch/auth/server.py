@@ -2,7 +2,7 @@
 
 A thin facade: the rules live one concern per module (``rbac``, ``login``,
 ``tokens``, ``joining``, ``nodejoin``, ``certs``, ``nodes``, ``accounts``,
-``websessions``, ``selfservice``, ``live``, ``audit``) and this class
+``websessions``, ``selfservice``, ``live``, ``recordings``, ``audit``) and this class
 composes them over one store and one clock.  Its methods are the Auth API's:
 each answers one command of ``teleconch.auth.protocol`` with its request's
 fields as arguments and its response record (or, for a response of one
@@ -42,6 +42,7 @@ from teleconch.auth.protocol import (
     JoinToken,
 )
 from teleconch.auth.rbac import BUILTIN_ROLES
+from teleconch.auth.recordings import Recordings
 from teleconch.auth.selfservice import AccountChanges
 from teleconch.auth.store import Store
 from teleconch.auth.tokens import Tokens
@@ -86,6 +87,7 @@ class AuthServer:
         bcrypt_rounds: int = 12,
         tls_identity: TLSIdentity | None = None,
         node_cert_ttl: int = 30 * 86400,
+        session_recording: str = "node",
     ) -> None:
         self._clock = clock
         self.store = store
@@ -118,6 +120,7 @@ class AuthServer:
         )
         self.accounts = Accounts(store, clock, self.log, self.tokens, self.web_sessions)
         self.live_sessions = LiveSessions(store, clock, self.log)
+        self.recordings = Recordings(store, clock, self.log, session_recording)
         self.registrar = Registrar(
             store, clock, self.log, cluster_name, tls_ca, host_ca, default_public_addr
         )
@@ -339,6 +342,37 @@ class AuthServer:
 
     async def list_active_sessions(self) -> list[ActiveSession]:
         return await self.live_sessions.current()
+
+    # --- session recordings ------------------------------------------------
+
+    def recording_mode(self) -> str:
+        return self.recordings.mode
+
+    async def start_recording(
+        self, caller: Identity, id: str, meta: Mapping[str, Any]
+    ) -> api.RecordingState:
+        return await self.recordings.start(caller.name, id, meta)
+
+    async def append_recording(
+        self, caller: Identity, id: str, offset: int, frame: bytes
+    ) -> int:
+        return await self.recordings.append(caller.name, id, offset, frame)
+
+    async def complete_recording(
+        self, caller: Identity, id: str, duration_ms: int
+    ) -> int:
+        return await self.recordings.complete(caller.name, id, duration_ms)
+
+    async def list_recordings(self) -> list[api.RecordingEntry]:
+        return await self.recordings.list()
+
+    async def read_recording(
+        self, id: str, start: int, length: int
+    ) -> api.RecordingBytes:
+        return await self.recordings.read(id, start, length)
+
+    async def delete_recording(self, name: str) -> None:
+        await self.recordings.delete(name)
 
     # --- nodes and host certificates -----------------------------------------
 

@@ -126,6 +126,7 @@ class AuthService(StartingService):
             bcrypt_rounds=self.bcrypt_rounds,
             tls_identity=identity,
             node_cert_ttl=s.auth.node_cert_ttl,
+            session_recording=s.auth.session_recording,
         )
         await self.server.start()
         factory = TLSMemoryBIOFactory(
