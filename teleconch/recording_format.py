@@ -158,10 +158,16 @@ def decode_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
 # --- exports
 
 
-def asciicast(events: Iterable[Event]) -> Iterator[str]:
-    """asciicast v2: a header line, then ``[seconds, "o"|"r", data]`` lines."""
-    decoder = None
-    for event in events:
+class Asciicast:
+    """asciicast v2, an event at a time: a header line (from session.start),
+    then ``[seconds, "o", text]`` and ``[seconds, "r", "COLSxROWS"]`` lines.
+    Output is decoded as UTF-8 across print events (a character split
+    between two stays whole)."""
+
+    def __init__(self) -> None:
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    def feed(self, event: Event) -> Iterator[str]:
         if event.kind == "session.start":
             f = event.fields
             header = {
@@ -172,17 +178,24 @@ def asciicast(events: Iterable[Event]) -> Iterator[str]:
                 "title": f"{f.get('login', '')}@{f.get('node', '')}",
                 "env": {"TERM": "xterm-256color"},
             }
+            self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
             yield json.dumps(header)
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        elif decoder is None:
+        elif self._decoder is None:
             raise BadRecording("the recording does not start with session.start")
         elif event.kind == "print":
-            text = decoder.decode(event.data)
+            text = self._decoder.decode(event.data)
             if text:
                 yield json.dumps([event.ms / 1000, "o", text])
         elif event.kind == "resize":
             size = f"{event.fields['cols']}x{event.fields['rows']}"
             yield json.dumps([event.ms / 1000, "r", size])
+
+
+def asciicast(events: Iterable[Event]) -> Iterator[str]:
+    """A whole recording's events as asciicast v2 lines."""
+    cast = Asciicast()
+    for event in events:
+        yield from cast.feed(event)
 
 
 def text(events: Iterable[Event]) -> Iterator[bytes]:

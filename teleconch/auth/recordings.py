@@ -122,7 +122,11 @@ class Recordings:
         info = await self._owned(proxy, id)
         if info.complete:
             return info.size
-        await self._index(id, max(0, duration_ms), info.size)
+        n = await self._entries(id)
+        last = (await self._entry(id, n - 1))[0] if n else 0
+        # a proxy that restarted mid-session does not know the duration
+        duration_ms = max(duration_ms, last)
+        await self._index(id, duration_ms, info.size)
         size = await self.store.complete_stream(id)
         await self.store.complete_stream(id + INDEX_SUFFIX)
         await self.audit(

@@ -414,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(run=events_ls)
+
+    from teleconch.client import ctl_recordings  # it uses this module's helpers
+
+    ctl_recordings.add_commands(
+        group("recordings", "list, export and remove recordings")
+    )
     return parser
 
 

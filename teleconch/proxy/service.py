@@ -9,8 +9,10 @@ from typing import Any
 import attrs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -26,9 +28,12 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
+from teleconch.proxy.recorder import Recorders, RecordingMode
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
+from teleconch.proxy.spool import InThread, Spool
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
+from teleconch.proxy.uploader import Uploader
 from teleconch.startup import (
     StartingService,
     advertised_address,
@@ -112,6 +117,10 @@ class ProxyService(StartingService):
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
         self._heartbeat: LoopingCall | None = None
+        #: Web terminal sessions' recordings, spooled here until uploaded.
+        self.spool = Spool(Path(settings.data_dir) / "recordings")
+        self.uploader: Uploader | None = None
+        self.recorders: Recorders | None = None
 
     def _ssh_host_key(self) -> ed25519.Ed25519PrivateKey:
         path = self.files.ssh_host_key
@@ -209,6 +218,7 @@ class ProxyService(StartingService):
         self.agent.setName("auth_agent")
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
+        self._start_recording(self.agent)
         host_key, host_cert = await self._in_thread(self._ssh_host_identity)
         self.router = router = Router(
             self.agent,
@@ -273,6 +283,7 @@ class ProxyService(StartingService):
                 proxy_name=s.teleconch.nodename,
                 idle_timeout=s.proxy.web_idle_timeout,
                 public_addr=lambda: str(self.public_addr),
+                recorders=self.recorders,
             ),
         )
         self.web_site = site
@@ -293,6 +304,41 @@ class ProxyService(StartingService):
             lambda f: log.failure("heartbeat loop stopped", f)
         )
 
+    def _start_recording(self, agent: AuthAgent) -> None:
+        """The uploader (it finishes what an earlier run left in the spool)
+        and the recorders of new web terminal sessions."""
+
+        def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            pool = self.reactor.getThreadPool()
+            return deferToThreadPool(self.reactor, pool, f, *args)
+
+        run: InThread = in_thread
+        self.uploader = uploader = Uploader(
+            clock=self.reactor, agent=agent, spool=self.spool, in_thread=run
+        )
+        self.recorders = Recorders(
+            clock=self.reactor,
+            spool=self.spool,
+            in_thread=run,
+            mode=RecordingMode(self.reactor, agent.recording_mode),
+            on_closed=uploader.wake,
+        )
+        uploader.start()
+
+    async def _finish_recordings(self, wait: float = 5.0) -> None:
+        """Let the ended sessions' recorders write their last frames, and try
+        one last upload; what is not uploaded stays in the spool for the next run."""
+        if self.recorders is None or self.uploader is None:
+            return
+        self.uploader.stop()
+        closing = [r.closed for r in self.recorders.active]
+        if closing:
+            everything = gatherResults(closing, consumeErrors=True)
+            await everything.addTimeout(wait, self.reactor).addErrback(lambda f: None)
+        self.uploader.wake()
+        last = Deferred.fromCoroutine(self.uploader.settled())
+        await last.addTimeout(wait, self.reactor).addErrback(lambda f: None)
+
     async def _beat(self) -> None:
         assert self.agent is not None
         try:
@@ -304,6 +350,7 @@ class ProxyService(StartingService):
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         await self.terminal_sessions.end_all("the proxy is stopping")
+        await self._finish_recordings()
         if self.web_site is not None:
             self.web_site.stop()
         await super()._stop()

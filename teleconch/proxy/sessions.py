@@ -5,7 +5,9 @@ channel with a PTY, opened by whoever starts the hub) and fans its output
 out to the session's parties.  Today a session has one, the browser that
 opened it (`teleconch.web.terminal_party.BrowserParty`); a recorder and
 joining parties (the recording issue) attach here the same way, so the hub
-never assumes there is only one.
+never assumes there is only one.  A recorder is a `SessionTap`: it sees the
+start, the output, the resizes and the end, but is no party (it neither
+holds the window nor keeps the session alive).
 
 Flow control: the node's SSH window is given back only for bytes every
 party can take (`SessionParty.wants_output`).  A party that falls behind (a
@@ -28,7 +30,7 @@ the open fails; STARTING -> ENDING when every party leaves during the open.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -136,6 +138,20 @@ class SessionParty(Protocol):
     def session_ended(self, ending: Ending) -> None: ...
 
 
+class SessionTap(Protocol):
+    """Something that sees a session without being a party of it (the
+    recorder, `teleconch.proxy.recorder`): it never holds the window and
+    never keeps a session alive."""
+
+    def started(self, session: ActiveSession) -> None: ...
+
+    def output(self, data: bytes) -> None: ...
+
+    def resized(self, cols: int, rows: int) -> None: ...
+
+    def ended(self, ending: Ending) -> None: ...
+
+
 Opener = Callable[[ShellEvents], Awaitable[NodeShell]]
 
 
@@ -157,8 +173,10 @@ class SessionHub:
         registry: Registry,
         record: ActiveSession,
         on_end: Callable[[SessionHub], None] | None = None,
+        taps: Sequence[SessionTap] = (),
     ) -> None:
         self._clock = clock
+        self._taps = tuple(taps)
         self._registry = registry
         self._record = record
         self._on_end = on_end
@@ -258,6 +276,8 @@ class SessionHub:
             assert self._shell is not None
             self._shell.resize(cols, rows)
             self._registration.changed()
+            for tap in self._taps:
+                tap.resized(cols, rows)
 
     def ready(self) -> None:
         """A party can take output again: maybe re-open the node's window."""
@@ -284,6 +304,8 @@ class SessionHub:
         if (self._record.cols, self._record.rows) != size:
             shell.resize(self._record.cols, self._record.rows)
         self._registration.start()
+        for tap in self._taps:
+            tap.started(self.record)
         for party in self.parties:
             party.session_started(self.record)
         held, self._held_input, self._held_len = self._held_input, [], 0
@@ -314,6 +336,8 @@ class SessionHub:
         parties, self._parties = self.parties, {}
         for party in parties:
             party.session_ended(ending)
+        for tap in self._taps:
+            tap.ended(ending)
         self._finished(ending)
 
     async def settled(self) -> None:
@@ -336,6 +360,8 @@ class SessionHub:
             self._on_end(self)
 
     def _fan_out(self, data: bytes) -> None:
+        for tap in self._taps:
+            tap.output(data)
         for party in self.parties:
             party.output(data)
 

@@ -44,6 +44,7 @@ from teleconch.conch.client import (
 )
 from teleconch.conch.hostcert import HostKeyRefused
 from teleconch.conch.session import ExitStatus
+from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Grant, Route, Router, Target
 from teleconch.proxy.sessions import SessionHub, SessionParty, Sessions, ShellEvents
 from teleconch.web.keys import SessionKey, WebSessionKeys
@@ -159,8 +160,11 @@ class WebTerminals:
         sessions: Sessions,
         proxy_name: str,
         connect: Connect = connect_ssh,
+        recorders: Recorders | None = None,
     ) -> None:
         self._reactor = reactor
+        #: Records each new session (`teleconch.proxy.recorder`); None: never.
+        self._recorders = recorders
         #: Session times (created, last active) are on the cluster's clock.
         self._clock: IReactorTime = clock or reactor
         self._agent = agent
@@ -193,6 +197,9 @@ class WebTerminals:
             grant, client_addr, server_id, 22, login, "web"
         )
         target = route.target
+        recorder = None
+        if self._recorders is not None:
+            recorder = await self._recorders.recorder(client_addr)
         now = self._clock.seconds()
         hub = SessionHub(
             clock=self._clock,
@@ -211,6 +218,7 @@ class WebTerminals:
                 rows=rows,
             ),
             on_end=self.sessions.remove,
+            taps=(recorder,) if recorder is not None else (),
         )
         hub.join(party)
         self.sessions.add(hub)
@@ -221,6 +229,8 @@ class WebTerminals:
         try:
             await hub.start(opener)
         except Exception as e:
+            if recorder is not None:
+                recorder.never_started()
             reason = e.reason if isinstance(e, ShellOpenFailed) else type(e).__name__
             self._router.audit_close(route)(0, 0, reason, False)
             raise

@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from teleconch.addresses import parse_host_port
 from teleconch.auth.guard import RefusalAudit
+from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
 from teleconch.proxy.websession_ssh import WebTerminals
@@ -284,6 +285,7 @@ def make_terminal(
     proxy_name: str,
     idle_timeout: int,
     public_addr: Callable[[], str],
+    recorders: Recorders | None = None,
 ) -> TerminalResource:
     """The ``connect`` route of a proxy, with everything its sockets share."""
     terminals = WebTerminals(
@@ -294,6 +296,7 @@ def make_terminal(
         keys=keys,
         sessions=sessions,
         proxy_name=proxy_name,
+        recorders=recorders,
     )
     services = TerminalServices(
         clock=clock,

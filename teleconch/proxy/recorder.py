@@ -1,0 +1,261 @@
+"""The recorder: a session's start, output, resizes and end, to the spool as it goes.
+
+A `Recorder` is a `SessionTap` of one hub.  It turns what it sees into
+`teleconch.recording_format` records, batches them (up to `MAX_BATCH`
+bytes, or `FLUSH_EVERY` seconds), and hands each batch to a thread that
+compresses it into a frame and appends it to the spool file
+(`teleconch.proxy.spool`): the reactor never writes a file and the session
+never waits on the disk or the auth service.  Writes are chained, one at a
+time, in order.  Then the uploader (`teleconch.proxy.uploader`) takes it.
+
+Life (`RecorderState`): WAITING (made; the node side is opening) ->
+RECORDING (``started``) -> CLOSING (``ended``: the last batch and the
+``.done`` marker are being written) -> CLOSED.  WAITING -> CLOSED when the
+session never started (nothing was written).
+
+Whether to record at all is the cluster's ``auth_service.session_recording``,
+which `RecordingMode` asks the auth service for, at most every
+`MODE_MAX_AGE` seconds (new sessions follow a change within that).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from teleconch.auth.types import ActiveSession
+from teleconch.proxy.sessions import Ending
+from teleconch.proxy.spool import InThread, Spool
+from teleconch.recording_format import MAX_BATCH, MAX_PRINT, encode_frame, encode_record
+
+log = Logger()
+
+FLUSH_EVERY = 1.0
+MODE_MAX_AGE = 10.0
+MODE_TIMEOUT = 2.0
+
+
+class RecorderState(enum.Enum):
+    WAITING = "waiting"
+    RECORDING = "recording"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_R = RecorderState
+_MOVES: dict[RecorderState, frozenset[RecorderState]] = {
+    _R.WAITING: frozenset({_R.RECORDING, _R.CLOSED}),
+    _R.RECORDING: frozenset({_R.CLOSING}),
+    _R.CLOSING: frozenset({_R.CLOSED}),
+    _R.CLOSED: frozenset(),
+}
+
+
+class Recorder:
+    """Records one session into the spool."""
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        spool: Spool,
+        in_thread: InThread,
+        client_addr: str,
+        on_closed: Callable[[str], None] = lambda sid: None,
+    ) -> None:
+        self._clock = clock
+        self._spool = spool
+        self._in_thread = in_thread
+        self._client_addr = client_addr
+        self._on_closed = on_closed
+        self.state = RecorderState.WAITING
+        self.sid = ""
+        self._t0 = 0.0
+        self._offset = 0  # output bytes recorded
+        self._batch = bytearray()
+        self._batch_ms = 0
+        self._timer: IDelayedCall | None = None
+        self._tail: Deferred[Any] = succeed(None)
+        #: Fires once the recording is all in the spool (or was never begun).
+        self.closed: Deferred[None] = Deferred()
+
+    def _move(self, to: RecorderState) -> None:
+        if to not in _MOVES[self.state]:
+            raise AssertionError(f"recorder cannot go {self.state.value} -> {to.value}")
+        self.state = to
+
+    def _ms(self) -> int:
+        return max(0, int((self._clock.seconds() - self._t0) * 1000))
+
+    # -- SessionTap -------------------------------------------------------
+
+    def started(self, session: ActiveSession) -> None:
+        self._move(RecorderState.RECORDING)
+        self.sid = session.id
+        self._t0 = self._clock.seconds()
+        self._spool.writing.add(self.sid)
+        meta = {
+            "user": session.user,
+            "login": session.login,
+            "node": session.node,
+            "client_addr": self._client_addr,
+            "cols": session.cols,
+            "rows": session.rows,
+            "start": self._t0,
+        }
+        self._chain(self._spool.begin, self.sid, meta)
+        fields: dict[str, Any] = {k: v for k, v in meta.items() if k != "start"}
+        self._add(
+            encode_record("session.start", 0, id=session.id, time=self._t0, **fields)
+        )
+
+    def output(self, data: bytes) -> None:
+        if self.state is not RecorderState.RECORDING:
+            return
+        ms = self._ms()
+        for at in range(0, len(data), MAX_PRINT):
+            piece = data[at : at + MAX_PRINT]
+            self._add(encode_record("print", ms, piece, offset=self._offset))
+            self._offset += len(piece)
+
+    def resized(self, cols: int, rows: int) -> None:
+        if self.state is RecorderState.RECORDING:
+            self._add(encode_record("resize", self._ms(), cols=cols, rows=rows))
+
+    def ended(self, ending: Ending) -> None:
+        if self.state is RecorderState.WAITING:
+            self.never_started()
+            return
+        if self.state is not RecorderState.RECORDING:
+            return
+        ms = self._ms()
+        self._add(
+            encode_record(
+                "session.end", ms, exit_code=ending.exit_code, reason=ending.reason
+            )
+        )
+        self._move(RecorderState.CLOSING)
+        self._flush()
+        self._chain(self._spool.finish, self.sid, ms)
+        self._tail.addBoth(self._closed)
+
+    def never_started(self) -> None:
+        """The session could not be opened: nothing to record."""
+        if self.state is RecorderState.WAITING:
+            self._move(RecorderState.CLOSED)
+            self.closed.callback(None)
+
+    # -- batches to the spool ---------------------------------------------
+
+    def _add(self, record: bytes) -> None:
+        if self._batch and len(self._batch) + len(record) > MAX_BATCH:
+            self._flush()
+        if not self._batch:
+            self._batch_ms = self._ms()
+            if self._timer is None and self.state is RecorderState.RECORDING:
+                self._timer = self._clock.callLater(FLUSH_EVERY, self._flush)
+        self._batch += record
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._batch:
+            return
+        records, self._batch = bytes(self._batch), bytearray()
+        ms = self._batch_ms
+
+        def write() -> None:
+            self._spool.append(self.sid, encode_frame(ms, records))
+
+        self._chain(write)
+
+    def _chain(self, f: Callable[..., Any], *args: Any) -> None:
+        def run(_: Any) -> Deferred[Any]:
+            return self._in_thread(f, *args)
+
+        def failed(failure: Any) -> None:
+            log.failure(
+                "recording {sid}: the spool write failed", failure, sid=self.sid
+            )
+
+        self._tail.addCallback(run).addErrback(failed)
+
+    def _closed(self, _: Any) -> None:
+        self._move(RecorderState.CLOSED)
+        self._spool.writing.discard(self.sid)
+        self._on_closed(self.sid)
+        self.closed.callback(None)
+
+
+class RecordingMode:
+    """The cluster's recording mode, asked of the auth service at most every
+    `MODE_MAX_AGE` seconds; the last answer (at first `node`) when it does
+    not answer in `MODE_TIMEOUT`."""
+
+    def __init__(self, clock: IReactorTime, fetch: Callable[[], Awaitable[str]]):
+        self._clock = clock
+        self._fetch = fetch
+        self._mode = "node"
+        self._asked: float | None = None
+
+    async def current(self) -> str:
+        now = self._clock.seconds()
+        if self._asked is not None and now - self._asked < MODE_MAX_AGE:
+            return self._mode
+        self._asked = now
+        try:
+            d = Deferred.fromCoroutine(_awaited(self._fetch()))
+            self._mode = await d.addTimeout(MODE_TIMEOUT, self._clock)
+        except Exception as e:
+            log.warn(
+                "could not ask the auth service for the recording mode ({error}): "
+                "keeping {mode!r}",
+                error=str(e) or type(e).__name__,
+                mode=self._mode,
+            )
+        return self._mode
+
+
+async def _awaited(value: Awaitable[str]) -> str:
+    return await value
+
+
+class Recorders:
+    """Makes a recorder for each new web terminal session, unless the mode is `off`."""
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        spool: Spool,
+        in_thread: InThread,
+        mode: RecordingMode,
+        on_closed: Callable[[str], None],
+    ) -> None:
+        self._clock = clock
+        self._spool = spool
+        self._in_thread = in_thread
+        self._mode = mode
+        self._on_closed = on_closed
+        self.active: set[Recorder] = set()
+
+    async def recorder(self, client_addr: str) -> Recorder | None:
+        if await self._mode.current() == "off":
+            return None
+        rec = Recorder(
+            clock=self._clock,
+            spool=self._spool,
+            in_thread=self._in_thread,
+            client_addr=client_addr,
+            on_closed=self._on_closed,
+        )
+        self.active.add(rec)
+        rec.closed.addBoth(lambda _: self.active.discard(rec))
+        return rec
