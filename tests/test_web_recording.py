@@ -1,0 +1,104 @@
+"""A web terminal session is recorded, uploaded, listed and exported.
+
+Interop: the cluster in this process, Debian's OpenSSH sshd as the node,
+Debian's Chromium (Playwright) typing in the web terminal, the real
+``teleconch-ctl`` and ``asciinema`` 2.4.0 (``asciinema cat``) as programs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from playwright.async_api import Browser
+
+from tests.browser import BrowserThread, open_page
+from tests.harness import run, wait_for_events
+from tests.test_web_terminal import (
+    Node,
+    a_node,
+    log_in_to_console,
+    type_line,
+    wait_connected,
+    wait_for_line,
+)
+
+pytestmark = pytest.mark.interop
+
+
+@pytest_twisted.async_yield_fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with a_node(tmp_path) as n:
+        yield n
+
+
+def _ctl(node: Node, *argv: str) -> list[str]:
+    cluster = node.cluster
+    return ["teleconch-ctl", "--data-dir", str(cluster.data_dir), "--auth-server",
+            str(cluster.auth_addr), "recordings", *argv]  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_output_of_a_web_terminal_session_is_in_its_asciicast_export(
+    chromium: BrowserThread, node: Node, tmp_path: Path
+) -> None:
+    """``echo`` in the browser's terminal, then ``exit 4``: the recording is
+    uploaded (session.upload audited), listed complete by ``teleconch-ctl
+    recordings ls``, and its ``export --format asciicast`` is asciicast v2
+    that ``asciinema cat`` plays back with the echo's output; ``rm``
+    removes it."""
+    seen: dict[str, str] = {}
+
+    async def session(browser: Browser) -> None:
+        async with open_page(browser) as (page, _log):
+            await log_in_to_console(page, node, "/web/console/web1/root")
+            await wait_connected(page)
+            await type_line(page, "echo recorded-$((6*7))")
+            await wait_for_line(page, "recorded-42")
+            seen["id"] = await page.evaluate("window.teleconchConsole.sessionId")
+            await type_line(page, "exit 4")
+            await page.wait_for_function(
+                "() => document.getElementById('status').textContent.includes('4')"
+            )
+
+    await chromium.run(session)
+    sid = seen["id"]
+    (upload,) = await wait_for_events(node.cluster, "session.upload")
+    assert upload.fields["session_id"] == sid and upload.user == node.alice.name
+
+    r = await run(_ctl(node, "ls", "--format", "json"))
+    assert r.code == 0, r.err
+    (listed,) = json.loads(r.out)
+    assert listed["id"] == sid and listed["complete"] is True
+    assert (listed["user"], listed["node"], listed["login"]) == (
+        node.alice.name, "web1", "root",
+    )  # fmt: skip
+    assert listed["duration_ms"] > 0 and listed["size"] > 0
+
+    r = await run(_ctl(node, "export", sid, "--format", "asciicast"))
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    header = json.loads(lines[0])
+    assert header["version"] == 2 and header["width"] > 0 and header["height"] > 0
+    times = [json.loads(line)[0] for line in lines[1:]]
+    assert times == sorted(times)
+    cast = tmp_path / "session.cast"
+    cast.write_text(r.out)
+    played = await run(["asciinema", "cat", str(cast)])
+    assert played.code == 0, played.err
+    assert "recorded-42" in played.out
+
+    r = await run(_ctl(node, "export", sid, "--format", "json"))
+    events = [json.loads(line) for line in r.out.splitlines()]
+    assert (
+        events[0]["event"] == "session.start" and events[-1]["event"] == "session.end"
+    )
+    assert events[-1]["exit_code"] == 4
+
+    r = await run(_ctl(node, "rm", sid))
+    assert r.code == 0, r.err
+    r = await run(_ctl(node, "export", sid))
+    assert r.code == 1 and "no recording" in r.err
