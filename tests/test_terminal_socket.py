@@ -30,6 +30,7 @@ from teleconch.proxy.sessions import HubState
 from teleconch.proxy.websession_ssh import ShellOpenFailed, WebShell
 from teleconch.web import terminal_messages as msg
 from teleconch.web.http import PeerCounter, WebSite
+from teleconch.web.keys import WebSessionKeys
 from teleconch.web.terminal import (
     AUDIT_BURST,
     AUDIT_PER_SECOND,
@@ -38,8 +39,8 @@ from teleconch.web.terminal import (
     refusal_audit,
 )
 from teleconch.web.terminal_party import (
+    CHECK_EVERY,
     FIRST_FRAME_SECONDS,
-    TOUCH_EVERY,
     UNACKED_LIMIT,
     BrowserParty,
     SocketState,
@@ -70,12 +71,14 @@ class Rig:
         self.agent = FakeAgent()
         self.terminals = FakeTerminals(self.clock)
         self.audited: list[tuple[str, dict[str, Any]]] = []
+        self.keys = WebSessionKeys(self.clock)
         self.services = TerminalServices(
             clock=self.clock,
             agent=self.agent,
             terminals=self.terminals,
             idle_timeout=1800,
             audit=lambda host, fields: self.audited.append((host, fields)),
+            keys=self.keys,
         )
 
     def socket(self) -> tuple[BrowserParty, FakeWire]:
@@ -421,30 +424,51 @@ def test_input_waits_while_the_nodes_window_is_full() -> None:
 # -- the web session's life ----------------------------------------------------
 
 
-def test_terminal_input_renews_the_web_session_at_most_once_a_minute() -> None:
+def test_terminal_input_checks_the_web_session_at_most_once_a_second() -> None:
+    """Typing is activity and a chance to learn of a logout: one check a second,
+    coalesced, and none without input."""
     rig = Rig()
     party, _wire, _shell = rig.open_socket()
     assert len(rig.agent.seen) == 1
     for _ in range(10):
-        rig.clock.advance(5)
+        rig.clock.advance(CHECK_EVERY / 20)
         party.message(b"x", True)
-    assert len(rig.agent.seen) == 1  # 50 s: not yet
-    rig.clock.advance(TOUCH_EVERY - 50)
-    party.message(b"x", True)
-    party.message(b"y", True)
+    assert len(rig.agent.seen) == 1  # half a second of typing: one check due
+    rig.clock.advance(CHECK_EVERY)
     assert len(rig.agent.seen) == 2
-    rig.clock.advance(TOUCH_EVERY * 5)  # no input, no renewal
+    rig.clock.advance(CHECK_EVERY * 300)  # no input, no check
     assert len(rig.agent.seen) == 2
 
 
 def test_a_web_session_ended_elsewhere_closes_the_terminal_at_the_next_input() -> None:
+    """A logout at another proxy: the next keystroke, however soon after the
+    last check, ends the terminal within a second (it used to take a minute)."""
     rig = Rig()
     party, wire, shell = rig.open_socket()
+    rig.clock.advance(5)
     rig.agent.refusal = api.SessionExpired("you have logged out; log in again")
-    rig.clock.advance(TOUCH_EVERY)
     party.message(b"x", True)
+    rig.clock.advance(CHECK_EVERY)
     assert wire.closes == [(msg.CLOSE_LOGIN, "you have logged out; log in again")]
     assert shell.closed
+
+
+def test_logging_out_at_this_proxy_closes_that_sessions_terminals_at_once() -> None:
+    """A logout forgets the web session's key here: its terminals end with no
+    input needed (a quiet `tail -f` would otherwise run on until the session's
+    end), and a terminal of another web session is untouched."""
+    rig = Rig()
+    party, wire, shell = rig.open_socket()
+    rig.agent.info = web_session(id="web-2")
+    other, other_wire, other_shell = rig.open_socket()
+    rig.keys.forget("web-1")
+    assert wire.closes and wire.closes[0][0] == msg.CLOSE_LOGIN
+    assert "log" in wire.of_type("error")[0]["message"]
+    assert shell.closed and party.state is SocketState.CLOSING
+    assert other_wire.closes == [] and not other_shell.closed
+    party.closed()
+    rig.keys.forget("web-1")  # a second forget finds nobody watching
+    assert other.state is SocketState.OPEN
 
 
 def test_the_terminal_closes_when_the_web_session_reaches_its_end() -> None:
