@@ -490,15 +490,33 @@ def _tree(rig: Rig) -> Resource:
     return root
 
 
-def _get(rig: Rig, headers: dict[str, str], params: Any = PARAMS) -> tuple[int, Any]:
-    query = "" if params is None else "?params=" + quote(json.dumps(params))
+HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def _get(
+    rig: Rig,
+    headers: dict[str, str],
+    params: Any = PARAMS,
+    handshake: dict[str, str] = HANDSHAKE,
+    seen: dict[str, Any] | None = None,
+    query: str | None = None,
+) -> tuple[int, Any]:
+    if query is None:
+        query = "" if params is None else "?params=" + quote(json.dumps(params))
 
     async def go() -> tuple[int, Any]:
         treq: Any = StubTreq(_tree(rig))
         response = await treq.get(
             f"https://proxy.example:3080/connect{query}",
-            headers={"Upgrade": "websocket", "Connection": "Upgrade", **headers},
+            headers={**handshake, **headers},
         )
+        if seen is not None:
+            seen["headers"] = response.headers
         return response.code, json.loads(await treq.content(response))
 
     d = ensureDeferred(go())
@@ -509,6 +527,32 @@ def _get(rig: Rig, headers: dict[str, str], params: Any = PARAMS) -> tuple[int, 
 
 
 GOOD_HEADERS = {"Origin": ORIGIN, "Cookie": "__Host-session=cookie-secret"}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "reason"),
+    [
+        ({"Connection": "keep-alive"}, 400, "no connection upgrade"),
+        ({"Sec-WebSocket-Version": "8"}, 426, "websocket version"),
+        ({"Sec-WebSocket-Version": None}, 426, "websocket version"),
+        ({"Sec-WebSocket-Key": None}, 400, "bad websocket key"),
+        ({"Sec-WebSocket-Key": "c2hvcnQ="}, 400, "bad websocket key"),
+        ({"Sec-WebSocket-Key": "!!not base64!!"}, 400, "bad websocket key"),
+    ],
+)
+def test_a_broken_websocket_handshake_gets_a_json_refusal_not_autobahns_empty_400(
+    change: dict[str, str | None], status: int, reason: str
+) -> None:
+    """Autobahn answers a bad handshake (or accepts the hybi-08 draft) with an
+    empty 400; the resource refuses it first, saying what is wrong, audited."""
+    rig = Rig()
+    handshake = {k: v for k, v in {**HANDSHAKE, **change}.items() if v is not None}
+    seen: dict[str, Any] = {}
+    got, body = _get(rig, GOOD_HEADERS, handshake=handshake, seen=seen)
+    assert got == status and body["error"]["message"]
+    assert rig.audited[0][1]["reason"] == reason
+    if status == 426:
+        assert seen["headers"].getRawHeaders("sec-websocket-version") == ["13"]
 
 
 @pytest.mark.parametrize(
@@ -557,6 +601,13 @@ def test_bad_terminal_params_are_refused_with_the_reason(params: Any) -> None:
     status, body = _get(rig, GOOD_HEADERS, params)
     assert status == 400
     assert body["error"]["message"].startswith("bad terminal request: ")
+
+
+def test_params_that_are_not_utf8_are_refused_without_pythons_codec_text() -> None:
+    rig = Rig()
+    status, body = _get(rig, GOOD_HEADERS, query="?params=%ff%fe")
+    assert status == 400
+    assert body["error"]["message"] == "bad terminal request: params is not UTF-8"
 
 
 def test_refused_terminals_are_audited_but_a_flood_is_not_a_flood_of_events() -> None:

@@ -21,6 +21,8 @@ and its idle timeout, which would otherwise cut a quiet terminal, is off.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
@@ -174,6 +176,7 @@ class TerminalFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
+            versions=[13],  # RFC 6455 only, not the drafts
             maxMessagePayloadSize=MAX_MESSAGE,
             maxFramePayloadSize=MAX_MESSAGE,
             perMessageCompressionAccept=lambda offers: None,
@@ -241,6 +244,7 @@ class TerminalResource(Resource):
                 "this URL is the web terminal's WebSocket: open a node from /web/nodes",
                 "not a websocket upgrade",
             )
+        self._check_handshake(request)
         origins = request.requestHeaders.getRawHeaders(b"origin") or []
         expected = allowed_origins(self._public_addr())
         if (
@@ -260,10 +264,49 @@ class TerminalResource(Resource):
             )
         raw = request.args.get(b"params", [None])[0]
         try:
-            term = msg.parse_params(raw.decode("utf-8") if raw is not None else None)
-        except (msg.BadMessage, UnicodeDecodeError) as e:
+            text = raw.decode("utf-8") if raw is not None else None
+        except UnicodeDecodeError:
+            raise _Refused(
+                400, "bad terminal request: params is not UTF-8", "bad params"
+            ) from None
+        try:
+            term = msg.parse_params(text)
+        except msg.BadMessage as e:
             raise _Refused(400, f"bad terminal request: {e}", "bad params") from None
         return Upgrade(cookie, term, client_host(request))
+
+    def _check_handshake(self, request: Request) -> None:
+        """RFC 6455 4.2.1's headers, refused here with a JSON error a person
+        can read (Autobahn's own refusal is an empty 400)."""
+        connection = (request.getHeader("connection") or "").lower()
+        if "upgrade" not in (t.strip() for t in connection.split(",")):
+            raise _Refused(
+                400,
+                "the upgrade needs Connection: Upgrade; open a node from /web/nodes",
+                "no connection upgrade",
+            )
+        if request.requestHeaders.getRawHeaders(b"sec-websocket-version") != [b"13"]:
+            request.setHeader(b"sec-websocket-version", b"13")
+            raise _Refused(
+                426,
+                "the terminal speaks WebSocket version 13 (RFC 6455); "
+                "use a current browser",
+                "websocket version",
+            )
+        keys = request.requestHeaders.getRawHeaders(b"sec-websocket-key") or []
+        try:
+            valid = (
+                len(keys) == 1 and len(base64.b64decode(keys[0], validate=True)) == 16
+            )
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise _Refused(
+                400,
+                "the upgrade needs one Sec-WebSocket-Key (16 bytes, base64); "
+                "open a node from /web/nodes",
+                "bad websocket key",
+            )
 
 
 class _Refused(Exception):
