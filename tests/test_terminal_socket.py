@@ -34,6 +34,8 @@ from teleconch.web.keys import WebSessionKeys
 from teleconch.web.terminal import (
     AUDIT_BURST,
     AUDIT_PER_SECOND,
+    PING_BURST,
+    PING_RATE,
     TerminalResource,
     allowed_origins,
     refusal_audit,
@@ -744,3 +746,24 @@ def test_a_real_websocket_whose_socket_backs_up_stops_the_nodes_window() -> None
     assert shell.consumed_total == 0  # acknowledged, but the socket is still full
     socket.producer.resumeProducing()
     assert shell.consumed_total == 1000
+
+
+def test_a_ping_flood_closes_the_socket_as_too_many_requests() -> None:
+    """Pings are answered (a load balancer's keep-alive), but a flood of them
+    (each a pong written back) is a 4429 close, audited, and the session ends."""
+    rig = Rig()
+    browser, pump, _site, _socket = _connect(rig)
+    pump.flush()
+    assert browser.texts[0]["type"] == "session"
+    for _ in range(PING_BURST):
+        browser.sendPing(b"keep-alive")
+    pump.flush()
+    assert browser.closed_with is None  # a burst is fine
+    rig.clock.advance(PING_BURST / PING_RATE)
+    for _ in range(PING_BURST * 50):
+        browser.sendPing(b"p" * 125)
+    pump.flush()
+    assert browser.closed_with is not None and browser.closed_with[0] == msg.CLOSE_FLOOD
+    assert "pings" in browser.texts[-1]["message"]
+    assert rig.terminals.shells[0].closed
+    assert [f["reason"] for _, f in rig.audited] == ["ping flood"]

@@ -58,9 +58,14 @@ SESSION_COOKIE = b"__Host-session"
 #: and how long a pong may take before the socket is dropped.
 PING_INTERVAL = 30
 PING_TIMEOUT = 30
+#: Pings a browser may send: a burst, then this many a second on average
+#: (each is answered with a pong; a flood of them is a 4429 close).
+PING_BURST = 20
+PING_RATE = 1.0
 #: The largest message the browser may send (a paste is cut into pieces).
 MAX_MESSAGE = 1024 * 1024
 #: Refused terminals audited per address: a burst, then a steady rate.
+PING_FLOOD = "the browser sent too many pings; reload the page"
 AUDIT_BURST = 10
 AUDIT_PER_SECOND = 0.2
 
@@ -87,6 +92,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     upgrade: Upgrade | None = None
     channel: Any = None  # the HTTP channel the upgrade came through
     party: BrowserParty | None = None
+    _ping_budget: tuple[float, float] | None = None  # (pings left, when)
 
     def onConnect(self, request: Any) -> None:
         return None  # accepted: the resource has checked the upgrade
@@ -103,6 +109,23 @@ class TerminalProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.party is not None:
             self.party.message(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer pings, up to PING_BURST and then PING_RATE a second."""
+        now = self.factory.services.clock.seconds()
+        if self._ping_budget is None:
+            self._ping_budget = (float(PING_BURST), now)
+        budget, then = self._ping_budget
+        budget = min(float(PING_BURST), budget + (now - then) * PING_RATE)
+        if budget < 1.0:
+            self._ping_budget = (budget, now)
+            if self.party is not None:
+                self.party.refuse(msg.CLOSE_FLOOD, PING_FLOOD, "ping flood")
+            else:
+                self.close(msg.CLOSE_FLOOD, PING_FLOOD)
+            return
+        self._ping_budget = (budget - 1.0, now)
+        super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.party is not None:
@@ -177,6 +200,9 @@ class TerminalFactory(WebSocketServerFactory):
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
             versions=[13],  # RFC 6455 only, not the drafts
+            # A frame the protocol forbids gets a close frame with its code
+            # (1002, 1007, 1009), so the page can say why; not a bare drop.
+            failByDrop=False,
             maxMessagePayloadSize=MAX_MESSAGE,
             maxFramePayloadSize=MAX_MESSAGE,
             perMessageCompressionAccept=lambda offers: None,
