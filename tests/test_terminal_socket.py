@@ -30,16 +30,19 @@ from teleconch.proxy.sessions import HubState
 from teleconch.proxy.websession_ssh import ShellOpenFailed, WebShell
 from teleconch.web import terminal_messages as msg
 from teleconch.web.http import PeerCounter, WebSite
+from teleconch.web.keys import WebSessionKeys
 from teleconch.web.terminal import (
     AUDIT_BURST,
     AUDIT_PER_SECOND,
+    PING_BURST,
+    PING_RATE,
     TerminalResource,
     allowed_origins,
     refusal_audit,
 )
 from teleconch.web.terminal_party import (
+    CHECK_EVERY,
     FIRST_FRAME_SECONDS,
-    TOUCH_EVERY,
     UNACKED_LIMIT,
     BrowserParty,
     SocketState,
@@ -70,12 +73,14 @@ class Rig:
         self.agent = FakeAgent()
         self.terminals = FakeTerminals(self.clock)
         self.audited: list[tuple[str, dict[str, Any]]] = []
+        self.keys = WebSessionKeys(self.clock)
         self.services = TerminalServices(
             clock=self.clock,
             agent=self.agent,
             terminals=self.terminals,
             idle_timeout=1800,
             audit=lambda host, fields: self.audited.append((host, fields)),
+            keys=self.keys,
         )
 
     def socket(self) -> tuple[BrowserParty, FakeWire]:
@@ -421,30 +426,51 @@ def test_input_waits_while_the_nodes_window_is_full() -> None:
 # -- the web session's life ----------------------------------------------------
 
 
-def test_terminal_input_renews_the_web_session_at_most_once_a_minute() -> None:
+def test_terminal_input_checks_the_web_session_at_most_once_a_second() -> None:
+    """Typing is activity and a chance to learn of a logout: one check a second,
+    coalesced, and none without input."""
     rig = Rig()
     party, _wire, _shell = rig.open_socket()
     assert len(rig.agent.seen) == 1
     for _ in range(10):
-        rig.clock.advance(5)
+        rig.clock.advance(CHECK_EVERY / 20)
         party.message(b"x", True)
-    assert len(rig.agent.seen) == 1  # 50 s: not yet
-    rig.clock.advance(TOUCH_EVERY - 50)
-    party.message(b"x", True)
-    party.message(b"y", True)
+    assert len(rig.agent.seen) == 1  # half a second of typing: one check due
+    rig.clock.advance(CHECK_EVERY)
     assert len(rig.agent.seen) == 2
-    rig.clock.advance(TOUCH_EVERY * 5)  # no input, no renewal
+    rig.clock.advance(CHECK_EVERY * 300)  # no input, no check
     assert len(rig.agent.seen) == 2
 
 
 def test_a_web_session_ended_elsewhere_closes_the_terminal_at_the_next_input() -> None:
+    """A logout at another proxy: the next keystroke, however soon after the
+    last check, ends the terminal within a second (it used to take a minute)."""
     rig = Rig()
     party, wire, shell = rig.open_socket()
+    rig.clock.advance(5)
     rig.agent.refusal = api.SessionExpired("you have logged out; log in again")
-    rig.clock.advance(TOUCH_EVERY)
     party.message(b"x", True)
+    rig.clock.advance(CHECK_EVERY)
     assert wire.closes == [(msg.CLOSE_LOGIN, "you have logged out; log in again")]
     assert shell.closed
+
+
+def test_logging_out_at_this_proxy_closes_that_sessions_terminals_at_once() -> None:
+    """A logout forgets the web session's key here: its terminals end with no
+    input needed (a quiet `tail -f` would otherwise run on until the session's
+    end), and a terminal of another web session is untouched."""
+    rig = Rig()
+    party, wire, shell = rig.open_socket()
+    rig.agent.info = web_session(id="web-2")
+    other, other_wire, other_shell = rig.open_socket()
+    rig.keys.forget("web-1")
+    assert wire.closes and wire.closes[0][0] == msg.CLOSE_LOGIN
+    assert "log" in wire.of_type("error")[0]["message"]
+    assert shell.closed and party.state is SocketState.CLOSING
+    assert other_wire.closes == [] and not other_shell.closed
+    party.closed()
+    rig.keys.forget("web-1")  # a second forget finds nobody watching
+    assert other.state is SocketState.OPEN
 
 
 def test_the_terminal_closes_when_the_web_session_reaches_its_end() -> None:
@@ -466,15 +492,33 @@ def _tree(rig: Rig) -> Resource:
     return root
 
 
-def _get(rig: Rig, headers: dict[str, str], params: Any = PARAMS) -> tuple[int, Any]:
-    query = "" if params is None else "?params=" + quote(json.dumps(params))
+HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def _get(
+    rig: Rig,
+    headers: dict[str, str],
+    params: Any = PARAMS,
+    handshake: dict[str, str] = HANDSHAKE,
+    seen: dict[str, Any] | None = None,
+    query: str | None = None,
+) -> tuple[int, Any]:
+    if query is None:
+        query = "" if params is None else "?params=" + quote(json.dumps(params))
 
     async def go() -> tuple[int, Any]:
         treq: Any = StubTreq(_tree(rig))
         response = await treq.get(
             f"https://proxy.example:3080/connect{query}",
-            headers={"Upgrade": "websocket", "Connection": "Upgrade", **headers},
+            headers={**handshake, **headers},
         )
+        if seen is not None:
+            seen["headers"] = response.headers
         return response.code, json.loads(await treq.content(response))
 
     d = ensureDeferred(go())
@@ -485,6 +529,32 @@ def _get(rig: Rig, headers: dict[str, str], params: Any = PARAMS) -> tuple[int, 
 
 
 GOOD_HEADERS = {"Origin": ORIGIN, "Cookie": "__Host-session=cookie-secret"}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "reason"),
+    [
+        ({"Connection": "keep-alive"}, 400, "no connection upgrade"),
+        ({"Sec-WebSocket-Version": "8"}, 426, "websocket version"),
+        ({"Sec-WebSocket-Version": None}, 426, "websocket version"),
+        ({"Sec-WebSocket-Key": None}, 400, "bad websocket key"),
+        ({"Sec-WebSocket-Key": "c2hvcnQ="}, 400, "bad websocket key"),
+        ({"Sec-WebSocket-Key": "!!not base64!!"}, 400, "bad websocket key"),
+    ],
+)
+def test_a_broken_websocket_handshake_gets_a_json_refusal_not_autobahns_empty_400(
+    change: dict[str, str | None], status: int, reason: str
+) -> None:
+    """Autobahn answers a bad handshake (or accepts the hybi-08 draft) with an
+    empty 400; the resource refuses it first, saying what is wrong, audited."""
+    rig = Rig()
+    handshake = {k: v for k, v in {**HANDSHAKE, **change}.items() if v is not None}
+    seen: dict[str, Any] = {}
+    got, body = _get(rig, GOOD_HEADERS, handshake=handshake, seen=seen)
+    assert got == status and body["error"]["message"]
+    assert rig.audited[0][1]["reason"] == reason
+    if status == 426:
+        assert seen["headers"].getRawHeaders("sec-websocket-version") == ["13"]
 
 
 @pytest.mark.parametrize(
@@ -533,6 +603,13 @@ def test_bad_terminal_params_are_refused_with_the_reason(params: Any) -> None:
     status, body = _get(rig, GOOD_HEADERS, params)
     assert status == 400
     assert body["error"]["message"].startswith("bad terminal request: ")
+
+
+def test_params_that_are_not_utf8_are_refused_without_pythons_codec_text() -> None:
+    rig = Rig()
+    status, body = _get(rig, GOOD_HEADERS, query="?params=%ff%fe")
+    assert status == 400
+    assert body["error"]["message"] == "bad terminal request: params is not UTF-8"
 
 
 def test_refused_terminals_are_audited_but_a_flood_is_not_a_flood_of_events() -> None:
@@ -669,3 +746,24 @@ def test_a_real_websocket_whose_socket_backs_up_stops_the_nodes_window() -> None
     assert shell.consumed_total == 0  # acknowledged, but the socket is still full
     socket.producer.resumeProducing()
     assert shell.consumed_total == 1000
+
+
+def test_a_ping_flood_closes_the_socket_as_too_many_requests() -> None:
+    """Pings are answered (a load balancer's keep-alive), but a flood of them
+    (each a pong written back) is a 4429 close, audited, and the session ends."""
+    rig = Rig()
+    browser, pump, _site, _socket = _connect(rig)
+    pump.flush()
+    assert browser.texts[0]["type"] == "session"
+    for _ in range(PING_BURST):
+        browser.sendPing(b"keep-alive")
+    pump.flush()
+    assert browser.closed_with is None  # a burst is fine
+    rig.clock.advance(PING_BURST / PING_RATE)
+    for _ in range(PING_BURST * 50):
+        browser.sendPing(b"p" * 125)
+    pump.flush()
+    assert browser.closed_with is not None and browser.closed_with[0] == msg.CLOSE_FLOOD
+    assert "pings" in browser.texts[-1]["message"]
+    assert rig.terminals.shells[0].closed
+    assert [f["reason"] for _, f in rig.audited] == ["ping flood"]

@@ -53,6 +53,7 @@ class WebSessionKeys:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._keys: dict[str, SessionKey] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     def put(self, session_id: str, key: SessionKey) -> None:
         if len(self._keys) >= PRUNE_AT:
@@ -71,7 +72,25 @@ class WebSessionKeys:
         return key
 
     def forget(self, session_id: str) -> None:
+        """The session has ended here (a logout): drop its key, and tell
+        whoever watches it (its terminals, which end at once)."""
         self._keys.pop(session_id, None)
+        for watcher in self._watchers.pop(session_id, []):
+            watcher()
+
+    def watch(self, session_id: str, ended: Callable[[], None]) -> Callable[[], None]:
+        """Call ``ended`` when the session is forgotten; returns the un-watch."""
+        watchers = self._watchers.setdefault(session_id, [])
+        watchers.append(ended)
+
+        def unwatch() -> None:
+            found = self._watchers.get(session_id, [])
+            if ended in found:
+                found.remove(ended)
+            if not found:
+                self._watchers.pop(session_id, None)
+
+        return unwatch
 
     async def key_for(self, session_id: str, sign: Signer) -> SessionKey:
         """The session's key, made and signed (by ``sign``) if this proxy has none."""

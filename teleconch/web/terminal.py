@@ -21,6 +21,8 @@ and its idle timeout, which would otherwise cut a quiet terminal, is off.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
@@ -57,9 +59,14 @@ SESSION_COOKIE = b"__Host-session"
 #: and how long a pong may take before the socket is dropped.
 PING_INTERVAL = 30
 PING_TIMEOUT = 30
+#: Pings a browser may send: a burst, then this many a second on average
+#: (each is answered with a pong; a flood of them is a 4429 close).
+PING_BURST = 20
+PING_RATE = 1.0
 #: The largest message the browser may send (a paste is cut into pieces).
 MAX_MESSAGE = 1024 * 1024
 #: Refused terminals audited per address: a burst, then a steady rate.
+PING_FLOOD = "the browser sent too many pings; reload the page"
 AUDIT_BURST = 10
 AUDIT_PER_SECOND = 0.2
 
@@ -86,6 +93,7 @@ class TerminalProtocol(WebSocketServerProtocol):
     upgrade: Upgrade | None = None
     channel: Any = None  # the HTTP channel the upgrade came through
     party: BrowserParty | None = None
+    _ping_budget: tuple[float, float] | None = None  # (pings left, when)
 
     def onConnect(self, request: Any) -> None:
         return None  # accepted: the resource has checked the upgrade
@@ -102,6 +110,23 @@ class TerminalProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.party is not None:
             self.party.message(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer pings, up to PING_BURST and then PING_RATE a second."""
+        now = self.factory.services.clock.seconds()
+        if self._ping_budget is None:
+            self._ping_budget = (float(PING_BURST), now)
+        budget, then = self._ping_budget
+        budget = min(float(PING_BURST), budget + (now - then) * PING_RATE)
+        if budget < 1.0:
+            self._ping_budget = (budget, now)
+            if self.party is not None:
+                self.party.refuse(msg.CLOSE_FLOOD, PING_FLOOD, "ping flood")
+            else:
+                self.close(msg.CLOSE_FLOOD, PING_FLOOD)
+            return
+        self._ping_budget = (budget - 1.0, now)
+        super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.party is not None:
@@ -175,6 +200,10 @@ class TerminalFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
+            versions=[13],  # RFC 6455 only, not the drafts
+            # A frame the protocol forbids gets a close frame with its code
+            # (1002, 1007, 1009), so the page can say why; not a bare drop.
+            failByDrop=False,
             maxMessagePayloadSize=MAX_MESSAGE,
             maxFramePayloadSize=MAX_MESSAGE,
             perMessageCompressionAccept=lambda offers: None,
@@ -242,6 +271,7 @@ class TerminalResource(Resource):
                 "this URL is the web terminal's WebSocket: open a node from /web/nodes",
                 "not a websocket upgrade",
             )
+        self._check_handshake(request)
         origins = request.requestHeaders.getRawHeaders(b"origin") or []
         expected = allowed_origins(self._public_addr())
         if (
@@ -261,10 +291,49 @@ class TerminalResource(Resource):
             )
         raw = request.args.get(b"params", [None])[0]
         try:
-            term = msg.parse_params(raw.decode("utf-8") if raw is not None else None)
-        except (msg.BadMessage, UnicodeDecodeError) as e:
+            text = raw.decode("utf-8") if raw is not None else None
+        except UnicodeDecodeError:
+            raise _Refused(
+                400, "bad terminal request: params is not UTF-8", "bad params"
+            ) from None
+        try:
+            term = msg.parse_params(text)
+        except msg.BadMessage as e:
             raise _Refused(400, f"bad terminal request: {e}", "bad params") from None
         return Upgrade(cookie, term, client_host(request))
+
+    def _check_handshake(self, request: Request) -> None:
+        """RFC 6455 4.2.1's headers, refused here with a JSON error a person
+        can read (Autobahn's own refusal is an empty 400)."""
+        connection = (request.getHeader("connection") or "").lower()
+        if "upgrade" not in (t.strip() for t in connection.split(",")):
+            raise _Refused(
+                400,
+                "the upgrade needs Connection: Upgrade; open a node from /web/nodes",
+                "no connection upgrade",
+            )
+        if request.requestHeaders.getRawHeaders(b"sec-websocket-version") != [b"13"]:
+            request.setHeader(b"sec-websocket-version", b"13")
+            raise _Refused(
+                426,
+                "the terminal speaks WebSocket version 13 (RFC 6455); "
+                "use a current browser",
+                "websocket version",
+            )
+        keys = request.requestHeaders.getRawHeaders(b"sec-websocket-key") or []
+        try:
+            valid = (
+                len(keys) == 1 and len(base64.b64decode(keys[0], validate=True)) == 16
+            )
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise _Refused(
+                400,
+                "the upgrade needs one Sec-WebSocket-Key (16 bytes, base64); "
+                "open a node from /web/nodes",
+                "bad websocket key",
+            )
 
 
 class _Refused(Exception):

@@ -35,6 +35,9 @@ MAX_TOKEN = 1024
 # Close codes: 1000 when the shell ended, private-use codes (4000-4999) for
 # the rest, shaped after the HTTP status that would say the same.
 CLOSE_NORMAL = 1000
+CLOSE_FLOOD = (
+    4429  # too many pings (HTTP 429; Autobahn lets apps send only 1000 or 4xxx)
+)
 CLOSE_LOGIN = 4001  # no valid token: log in again
 CLOSE_DENIED = 4003  # routing or RBAC refused the node or login
 CLOSE_MALFORMED = 4400  # a frame the protocol does not allow

@@ -43,6 +43,7 @@ from teleconch.proxy.routing import RoutingError
 from teleconch.proxy.sessions import Ending, SessionHub
 from teleconch.proxy.websession_ssh import ShellOpenFailed
 from teleconch.web import terminal_messages as msg
+from teleconch.web.keys import WebSessionKeys
 
 log = Logger()
 
@@ -50,14 +51,17 @@ log = Logger()
 FIRST_FRAME_SECONDS = 4.0
 #: Output sent but not acknowledged past which the node's window stays shut.
 UNACKED_LIMIT = 256 * 1024
-#: Terminal input renews the web session's idle timer at most this often.
-TOUCH_EVERY = 60.0
+#: Terminal input is checked with the auth service (it renews the web
+#: session's idle timer, and a logout at any proxy is learnt) at most this
+#: often: the check follows input within a second, coalesced.
+CHECK_EVERY = 1.0
 #: Input typed before the session is open is held, up to this much.
 MAX_EARLY_INPUT = 64 * 1024
 
 INTERNAL = "internal error; the administrator will find the details in the proxy's log"
 UNAVAILABLE = "the auth service is unreachable; try again shortly"
 ENDED = "your web session has reached its end; log in again"
+LOGGED_OUT = "you have logged out of this web session; log in again"
 
 
 class SocketState(enum.Enum):
@@ -139,6 +143,9 @@ class TerminalServices:
     terminals: Terminals
     idle_timeout: int
     audit: Audit
+    #: The proxy's web-session keys: a logout here forgets the session's
+    #: key, which ends its terminals at once.
+    keys: WebSessionKeys | None = None
 
 
 class BrowserParty:
@@ -162,7 +169,9 @@ class BrowserParty:
         self._early_len = 0
         self._unacked = 0
         self._socket_full = False
-        self._touched = 0.0
+        self._checked = 0.0
+        self._checking = False
+        self._unwatch: Callable[[], None] | None = None
         self._timers: dict[str, IDelayedCall] = {}
 
     @property
@@ -188,6 +197,9 @@ class BrowserParty:
         self._timers[name] = self._clock.callLater(max(0.0, delay), call)
 
     def _cancel_timers(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
         timers, self._timers = self._timers, {}
         for timer in timers.values():
             if timer.active():
@@ -254,9 +266,11 @@ class BrowserParty:
         if self._state is not SocketState.AUTHENTICATING:
             return  # the browser left meanwhile
         now = self._clock.seconds()
-        self._creds, self._touched = creds, now
+        self._creds, self._checked = creds, now
         self._record = attrs.evolve(self._record, user=info.user, last_active=now)
         self._timer("expiry", info.expires - now, self._session_over)
+        if s.keys is not None:
+            self._unwatch = s.keys.watch(info.id, self._logged_out)
         self._move(SocketState.CONNECTING)
         request = self._upgrade.request
         cols, rows = self._size
@@ -297,6 +311,10 @@ class BrowserParty:
     def _session_over(self) -> None:
         self._timers.pop("expiry", None)
         self.refuse(msg.CLOSE_LOGIN, ENDED, "web session past its end")
+
+    def _logged_out(self) -> None:
+        self._unwatch = None  # the keys have dropped their watchers
+        self.refuse(msg.CLOSE_LOGIN, LOGGED_OUT, "web session logged out")
 
     # -- SessionParty -----------------------------------------------------
 
@@ -352,10 +370,23 @@ class BrowserParty:
         now = self._clock.seconds()
         self._record = attrs.evolve(self._record, last_active=now)
         self._hub.input(self, data)
-        if self._state is SocketState.OPEN and now - self._touched >= TOUCH_EVERY:
-            self._touched = now
-            d = Deferred.fromCoroutine(self._touch())
-            d.addErrback(lambda f: log.failure("web terminal touch failed", f))
+        self._check_soon(now)
+
+    def _check_soon(self, now: float) -> None:
+        """Have the web session checked within CHECK_EVERY of this input."""
+        if (
+            self._state is not SocketState.OPEN
+            or self._checking
+            or "check" in self._timers
+        ):
+            return
+        self._timer("check", self._checked + CHECK_EVERY - now, self._check)
+
+    def _check(self) -> None:
+        self._timers.pop("check", None)
+        self._checking, self._checked = True, self._clock.seconds()
+        d = Deferred.fromCoroutine(self._touch())
+        d.addErrback(lambda f: log.failure("web terminal check failed", f))
 
     async def _touch(self) -> None:
         """Input is activity: renew the web session's idle timer (or learn it ended)."""
@@ -366,6 +397,8 @@ class BrowserParty:
             self.refuse(msg.CLOSE_LOGIN, str(e), "web session ended")
         except Exception as e:
             log.warn("web terminal: could not renew the web session: {e}", e=str(e))
+        finally:
+            self._checking = False
 
     def _control(self, payload: bytes) -> None:
         try:

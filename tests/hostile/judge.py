@@ -30,8 +30,11 @@ from tests.hostile.cases import (
 )
 
 # The brief's set, with 401/403: a well-formed but wrong login is refused so,
-# and 408 (RFC 9110 15.5.9): a head not complete by the server's deadline.
-HTTP_ERRORS = frozenset({400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 431})
+# 408 (RFC 9110 15.5.9): a head not complete by the server's deadline, and
+# 426 (RFC 9110 15.5.22): the terminal's URL asked for without an upgrade.
+HTTP_ERRORS = frozenset(
+    {400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 426, 431}
+)
 
 
 # --- SSH ---------------------------------------------------------------------

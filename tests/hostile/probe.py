@@ -35,6 +35,7 @@ from tests.hostile.cases import (
     Outcome,
     Result,
 )
+from tests.hostile.corpus_web import ORIGIN
 
 BUDGET = 5.0  # seconds a case may take before it counts as "not closed"
 IDLE_BUDGET = 15.0  # for idle cases: the server's own deadlines (10 s) must end them
@@ -204,7 +205,10 @@ async def replay_one(
         host, port = targets.ssh
         proto: Protocol = CraftingClient(case, once)
     else:
-        proto = RawProbe(case.data, judge.done_for(case), once)
+        data = case.data.replace(
+            ORIGIN, b"https://%s:%d" % (targets.web[0].encode(), targets.web[1])
+        )
+        proto = RawProbe(data, judge.done_for(case), once)
         if case.proto == PLAIN_TO_TLS:
             host, port = targets.auth if case.target == "auth" else targets.web
         else:
