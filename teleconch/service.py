@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from teleconch import config as cfg
-from teleconch.auth.agent import JoinSource
+from teleconch.auth.joinclient import JoinSource
 from teleconch.auth.service import AuthService
 from teleconch.proxy.service import ProxyService
 

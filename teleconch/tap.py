@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 
 from teleconch import config as cfg
 from teleconch.auth import protocol as api
-from teleconch.auth.agent import AuthUnavailable, JoinRefused
+from teleconch.auth.agent import AuthUnavailable
+from teleconch.auth.joinclient import JoinRefused
 from teleconch.logs import use_for_twistd
 from teleconch.service import TeleconchService
 from teleconch.startup import StartupError

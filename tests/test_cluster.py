@@ -28,7 +28,8 @@ from zope.interface import implementer
 
 from teleconch import totp
 from teleconch.auth import protocol as api
-from teleconch.auth.agent import AuthAgent, JoinRefused
+from teleconch.auth.agent import AuthAgent
+from teleconch.auth.joinclient import JoinRefused
 from teleconch.client.webapi import WebAPIError
 from teleconch.pki import TLSIdentity, anonymous_client_options
 from tests.harness import PASSWORD, Cluster, current_code, sign_up, start_cluster

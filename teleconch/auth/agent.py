@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import attrs
-from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -47,9 +45,6 @@ from teleconch.config import HostPort
 from teleconch.pki import (
     ROLE_AUTH,
     TLSIdentity,
-    anonymous_client_options,
-    ca_pin,
-    issued_by,
     peer_identity,
 )
 
@@ -84,7 +79,7 @@ class FailoverEndpoint:
         return Deferred.fromCoroutine(self._connect(factory))
 
 
-def _tls_endpoint(
+def tls_endpoint(
     reactor: Any, addr: HostPort, options: IOpenSSLClientConnectionCreator
 ) -> IStreamClientEndpoint:
     return wrapClientTLS(
@@ -141,7 +136,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-async def _call(
+async def call_command(
     reactor: IReactorTime,
     proto: amp.AMP,
     command: type[api.AuthCommand[Req, Resp]],
@@ -169,7 +164,7 @@ class AuthAgent(MultiService):
         self.auth_servers = tuple(auth_servers)
         options = identity.client_options()
         endpoint = FailoverEndpoint(
-            [_tls_endpoint(reactor, a, options) for a in auth_servers]
+            [tls_endpoint(reactor, a, options) for a in auth_servers]
         )
         self._client = ClientService(
             endpoint,
@@ -195,7 +190,7 @@ class AuthAgent(MultiService):
                 f"cannot reach the auth service at {where}: {e}; is it running, and "
                 "is this identity issued by its cluster?"
             ) from None
-        return await _call(self._reactor, proto, command, request)
+        return await call_command(self._reactor, proto, command, request)
 
     # --- the API, one thin typed method per command ----------------------
 
@@ -427,83 +422,3 @@ class AuthAgent(MultiService):
 
 def _creds(creds: api.WebCredentials) -> tuple[str, str, int]:
     return creds.cookie, creds.bearer, creds.idle_timeout
-
-
-# --- joining ---------------------------------------------------------------
-
-
-@attrs.frozen
-class JoinSource:
-    """Where a proxy joins: the auth servers, and a token and CA pin if it has none."""
-
-    auth_servers: tuple[HostPort, ...]
-    token: str | None = attrs.field(repr=False)
-    ca_pin: str | None
-
-
-#: A proxy's or node's join: what it sends, and what it gets.
-JoinRequest = api.JoinRequest
-JoinResponse = api.JoinResult
-
-
-class JoinRefused(Exception):
-    """The auth service would not let us join, or could not be trusted."""
-
-
-def _peer_cert_pem(proto: amp.AMP) -> bytes:
-    cert = proto.transport.getPeerCertificate()  # type: ignore[union-attr]
-    if cert is None:
-        raise JoinRefused("the auth server presented no TLS certificate")
-    return cert.to_cryptography().public_bytes(Encoding.PEM)
-
-
-async def join(
-    reactor: Any,
-    auth_servers: Sequence[HostPort],
-    pin: str | None,
-    request: JoinRequest,
-) -> JoinResponse:
-    """Trade a join token for an identity, trusting the auth server by its CA pin.
-
-    The token is sent only after the server's certificate is shown to be
-    issued by a CA with the expected pin; with no pin the CA is trusted on
-    first use, as Teleport does, and a warning says so.
-    """
-    endpoint = FailoverEndpoint(
-        [_tls_endpoint(reactor, a, anonymous_client_options()) for a in auth_servers]
-    )
-    where = ", ".join(str(a) for a in auth_servers)
-    try:
-        proto = await endpoint.connect(Factory.forProtocol(amp.AMP))
-    except Exception as e:
-        raise AuthUnavailable(
-            f"cannot reach the auth service at {where}: {e}"
-        ) from None
-    assert isinstance(proto, amp.AMP)
-    try:
-        info = await _call(reactor, proto, api.Ping, EMPTY)
-        leaf = _peer_cert_pem(proto)
-        cas = [bytes(c) for c in info.tls_ca_certs]
-        trusted = [ca for ca in cas if issued_by(leaf, ca)]
-        identity = peer_identity(proto.transport.getPeerCertificate())  # type: ignore[union-attr]
-        if not trusted or identity is None or identity[0] != ROLE_AUTH:
-            raise JoinRefused(f"{where} did not present an auth server certificate")
-        if pin is None:
-            log.warn(
-                "joining {where} without teleconch.ca_pin: trusting its CA {pin} on first "
-                "use; set ca_pin to the value `teleconch-ctl tokens add` prints",
-                where=where,
-                pin=ca_pin(trusted[0]),
-            )
-        elif not any(ca_pin(ca) == pin for ca in trusted):
-            raise JoinRefused(
-                f"the auth server at {where} has CA pin {ca_pin(trusted[0])}, not the "
-                f"configured {pin}: check teleconch.ca_pin, or that you dial the right "
-                "auth server"
-            )
-        try:
-            return await _call(reactor, proto, api.RegisterUsingToken, request)
-        except api.AuthAPIError as e:
-            raise JoinRefused(str(e)) from None
-    finally:
-        proto.transport.loseConnection()  # type: ignore[union-attr]

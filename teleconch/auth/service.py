@@ -11,9 +11,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from teleconch import config as cfg
-from teleconch.auth.agent import JoinSource
 from teleconch.auth.api import AuthAPIFactory
 from teleconch.auth.backends import open_store
+from teleconch.auth.joinclient import JoinSource
 from teleconch.auth.server import AuthServer
 from teleconch.auth.store import Store
 from teleconch.ca import SSHCertificateAuthority

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from teleconch import config as cfg
-from teleconch.auth.agent import AuthAgent, JoinRequest, JoinSource, join
+from teleconch.auth.agent import AuthAgent
+from teleconch.auth.joinclient import JoinRequest, JoinSource, join
 from teleconch.ca import public_key_line
 from teleconch.conch.limits import SSHLimits
 from teleconch.files import ensure_private_directory, write_private_file
