@@ -380,3 +380,37 @@ async def test_the_console_without_a_session_goes_to_the_login_page(
 
     url = await chromium.run(flow)
     assert url.endswith("/web/login?next=%2Fweb%2Fconsole%2Fweb1%2Froot")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_console_opened_at_another_address_than_the_public_one_says_so(
+    chromium: BrowserThread, node: Node, artefacts: Path
+) -> None:
+    """At ``localhost`` instead of the proxy's public address, the pages work but
+    the terminal socket is refused (its Origin is foreign); the browser hides
+    the refusal's answer from the page, so the page names the likely cause,
+    and the refusal is audited with its reason."""
+    base = f"https://localhost:{node.cluster.web_addr.port}"
+    path = "/web/console/web1/root"
+    codes = code_for(node.cluster)
+
+    async def flow(browser: Browser) -> str:
+        async with open_page(browser) as (page, _log):
+            await page.goto(base + path)
+            await page.wait_for_url(re.compile(r"/web/login\?next="))
+            await page.get_by_label("Username").fill(node.alice.name)
+            await page.get_by_label("Password").fill(node.alice.password)
+            await page.get_by_label("One-time code").fill(codes(node.alice.totp_secret))
+            await page.get_by_role("button", name="Log in").click()
+            await page.wait_for_url(re.compile(re.escape(path) + "$"))
+            await page.wait_for_function(
+                "() => document.getElementById('status').classList.contains('problem')"
+            )
+            await page.screenshot(path=str(artefacts / "console-foreign-origin.png"))
+            text: str = await page.text_content("#status") or ""
+            return text
+
+    status = await chromium.run(flow)
+    assert "proxy_service.public_addr" in status, status
+    events = await wait_for_events(node.cluster, "web.terminal.refused")
+    assert any(e.fields.get("reason") == "foreign origin" for e in events), events

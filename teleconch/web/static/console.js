@@ -84,7 +84,11 @@ class Console {
     const socket = new WebSocket(this.url());
     socket.binaryType = 'arraybuffer';
     this.socket = socket;
-    socket.addEventListener('open', () => socket.send(JSON.stringify({ token: held.token })));
+    this.opened = false;
+    socket.addEventListener('open', () => {
+      this.opened = true;
+      socket.send(JSON.stringify({ token: held.token }));
+    });
     socket.addEventListener('message', (event) => {
       if (socket !== this.socket) return;
       if (typeof event.data === 'string') this.onControl(event.data);
@@ -154,6 +158,13 @@ class Console {
       say(how, ended.status !== 0);
     } else if (ended && ended.type === 'error') {
       say(sentence(ended.message), true);
+    } else if (!this.opened) {
+      // The browser does not show a refused upgrade's answer to the page.
+      say('Could not open the terminal\'s connection: the proxy is unreachable, or ' +
+        'it refused this page because it was opened at another address than the ' +
+        'proxy\'s public one (proxy_service.public_addr). Open the web UI at that ' +
+        'address and try again (an administrator sees the reason with ' +
+        '`teleconch-ctl events ls --type web.terminal.refused`).', true);
     } else {
       say('The connection to the proxy was lost.', true);
     }
