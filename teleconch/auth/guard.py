@@ -13,17 +13,15 @@ make the auth service hold more than a box limit per connection:
 - It gives every connection a deadline for the TLS handshake, and an
   anonymous one a deadline for its whole business.
 - ``AddressSlots`` caps anonymous connections per address and in total.
-- ``RefusalAudit`` writes refused anonymous calls to the audit log at a
-  bounded rate per address, counting the ones it did not write one by one.
+- ``ConnectionGuard`` holds a ``teleconch.refusals.RefusalAudit`` for refused
+  anonymous calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -39,6 +37,7 @@ from zope.interface import implementer
 
 from teleconch.auth import protocol as api
 from teleconch.pki import peer_identity
+from teleconch.refusals import RefusalAudit, Writer
 
 log = Logger()
 
@@ -120,121 +119,6 @@ class AddressSlots:
         self._count -= 1
 
 
-Writer = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
-
-
-@attrs.define
-class _Bucket:
-    tokens: float
-    stamp: float
-    suppressed: int = 0
-    last: dict[str, Any] | None = None
-    flush: IDelayedCall | None = None
-
-
-class RefusalAudit:
-    """Audit rows for refused anonymous calls: per address, ``burst`` rows,
-    then ``per_second``.
-
-    A refusal that finds no token is not written; the next row from that
-    address (the next admitted refusal, or a flush once a token is back)
-    carries ``suppressed=N``: every refusal is one row or counted in one.
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        write: Writer,
-        burst: int,
-        per_second: float,
-        max_tracked: int = 4096,
-    ) -> None:
-        self._clock = clock
-        self._write_row = write
-        self._burst = float(burst)
-        self._rate = per_second
-        self._max_tracked = max_tracked
-        self._buckets: dict[str, _Bucket] = {}
-
-    def refused(self, host: str, fields: dict[str, Any]) -> Deferred[None]:
-        """Note one refusal; fires once its row, if any, is written."""
-        now = self._clock.seconds()
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            self._sweep(now)
-            bucket = self._buckets[host] = _Bucket(self._burst, now)
-        self._refill(bucket, now)
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            row = dict(fields)
-            if bucket.suppressed:
-                row["suppressed"] = bucket.suppressed
-            bucket.suppressed, bucket.last = 0, None
-            return self._write(row)
-        bucket.suppressed += 1
-        bucket.last = fields
-        if bucket.flush is None:
-            bucket.flush = self._clock.callLater(
-                (1 - bucket.tokens) / self._rate, self._flush, host
-            )
-        return succeed(None)
-
-    def stop(self) -> None:
-        """Cancel pending flushes, saying in one line what was not written."""
-        pending = [b for b in self._buckets.values() if b.suppressed]
-        for bucket in self._buckets.values():
-            if bucket.flush is not None and bucket.flush.active():
-                bucket.flush.cancel()
-        if pending:
-            log.warn(
-                "auth API: {count} refused anonymous calls from {addresses} "
-                "addresses were not audited before shutdown",
-                count=sum(b.suppressed for b in pending),
-                addresses=len(pending),
-            )
-        self._buckets.clear()
-
-    def _refill(self, bucket: _Bucket, now: float) -> None:
-        elapsed = max(0.0, now - bucket.stamp)
-        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
-        bucket.stamp = now
-
-    def _flush(self, host: str) -> None:
-        bucket = self._buckets[host]
-        bucket.flush = None
-        if not bucket.suppressed or bucket.last is None:
-            return
-        self._refill(bucket, self._clock.seconds())
-        if bucket.tokens < 1:
-            bucket.flush = self._clock.callLater(
-                (1 - bucket.tokens) / self._rate, self._flush, host
-            )
-            return
-        bucket.tokens -= 1
-        row = dict(bucket.last, suppressed=bucket.suppressed - 1)
-        bucket.suppressed, bucket.last = 0, None
-        self._write(row)
-
-    def _sweep(self, now: float) -> None:
-        """Forget addresses whose bucket is full again and owes no row."""
-        if len(self._buckets) < self._max_tracked:
-            return
-        for host, bucket in list(self._buckets.items()):
-            self._refill(bucket, now)
-            if not bucket.suppressed and bucket.tokens >= self._burst:
-                del self._buckets[host]
-
-    def _write(self, row: dict[str, Any]) -> Deferred[None]:
-        def failed(failure: Failure) -> None:
-            log.warn(
-                "auth API: could not audit a refusal {row}: {error}",
-                row=row,
-                error=failure.getErrorMessage(),
-            )
-
-        return Deferred.fromCoroutine(self._write_row(row)).addErrback(failed)
-
-
 class ConnectionGuard:
     """What all connections of one Auth API listener share."""
 
@@ -243,7 +127,11 @@ class ConnectionGuard:
         self.limits = limits
         self.slots = AddressSlots(limits.anonymous_per_address, limits.anonymous_total)
         self.refusals = RefusalAudit(
-            clock, write, limits.audit_burst, limits.audit_per_second
+            clock,
+            write,
+            limits.audit_burst,
+            limits.audit_per_second,
+            what="refused anonymous calls to the auth API",
         )
 
 

@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
-from teleconch.auth.guard import RefusalAudit
+from teleconch.refusals import RefusalAudit
 from teleconch.web.http import (
     MAX_BODY,
     TOO_LARGE,
@@ -107,7 +107,9 @@ class DenialAudit:
             user = str(row.pop("user", ""))
             await agent.emit_event(self.EVENT, user=user, success=False, **row)
 
-        self._audit = RefusalAudit(clock, write, burst, per_second)
+        self._audit = RefusalAudit(
+            clock, write, burst, per_second, what="refused web API requests"
+        )
 
     def refused(
         self, request: Request, method: bytes, error: HTTPError, user: str = ""

@@ -38,11 +38,11 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from teleconch.addresses import parse_host_port
-from teleconch.auth.guard import RefusalAudit
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
 from teleconch.proxy.websession_ssh import WebTerminals
+from teleconch.refusals import RefusalAudit
 from teleconch.web import terminal_messages as msg
 from teleconch.web.http import client_host, error_body
 from teleconch.web.keys import WebSessionKeys
@@ -387,7 +387,13 @@ def refusal_audit(
         user = str(fields.pop("user", ""))
         await emit("web.terminal.refused", user=user, success=False, **fields)
 
-    audit = RefusalAudit(clock, write, AUDIT_BURST, AUDIT_PER_SECOND)
+    audit = RefusalAudit(
+        clock,
+        write,
+        AUDIT_BURST,
+        AUDIT_PER_SECOND,
+        what="refused web terminal sockets",
+    )
 
     def refused(host: str, fields: dict[str, Any]) -> None:
         audit.refused(host, {**fields, "client_addr": host})
