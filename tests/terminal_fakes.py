@@ -175,6 +175,8 @@ class FakeAgent:
     info: api.WebSessionInfo = attrs.field(factory=web_session)
     refusal: Exception | None = None
     seen: list[api.WebCredentials] = attrs.field(factory=list)
+    #: Looks that are not activity (`check_web_session`).
+    looked: list[api.WebCredentials] = attrs.field(factory=list)
     #: When set, the next answer waits for it.
     hold: Deferred[None] | None = None
 
@@ -185,6 +187,12 @@ class FakeAgent:
         if self.hold is not None:
             hold, self.hold = self.hold, None
             await hold
+        if self.refusal is not None:
+            raise self.refusal
+        return self.info
+
+    async def check_web_session(self, creds: api.WebCredentials) -> api.WebSessionInfo:
+        self.looked.append(creds)
         if self.refusal is not None:
             raise self.refusal
         return self.info

@@ -43,6 +43,7 @@ from teleconch.web.terminal import (
 from teleconch.web.terminal_party import (
     CHECK_EVERY,
     FIRST_FRAME_SECONDS,
+    QUIET_CHECK_EVERY,
     UNACKED_LIMIT,
     BrowserParty,
     SocketState,
@@ -453,6 +454,27 @@ def test_a_web_session_ended_elsewhere_closes_the_terminal_at_the_next_input() -
     rig.clock.advance(CHECK_EVERY)
     assert wire.closes == [(msg.CLOSE_LOGIN, "you have logged out; log in again")]
     assert shell.closed
+
+
+def test_a_terminal_without_input_ends_when_its_web_session_goes_idle() -> None:
+    """A terminal that only shows output (``tail -f``) looks at its web session
+    once a minute, with the check that is not activity, and closes when the
+    auth service says the session went idle or ended elsewhere."""
+    rig = Rig()
+    _party, wire, shell = rig.open_socket()
+    authenticated = len(rig.agent.seen)
+    rig.clock.advance(QUIET_CHECK_EVERY)
+    assert len(rig.agent.looked) == 1 and wire.closes == []
+    rig.agent.refusal = api.SessionExpired(
+        "your web session ended after 30 minutes without activity; log in again"
+    )
+    rig.clock.advance(QUIET_CHECK_EVERY)
+    assert wire.closes and wire.closes[0][0] == msg.CLOSE_LOGIN
+    assert "without activity" in wire.of_type("error")[0]["message"]
+    assert shell.closed
+    assert len(rig.agent.seen) == authenticated  # no look counted as activity
+    rig.clock.advance(10 * QUIET_CHECK_EVERY)
+    assert len(rig.agent.looked) == 2  # and none after the close
 
 
 def test_logging_out_at_this_proxy_closes_that_sessions_terminals_at_once() -> None:

@@ -74,6 +74,9 @@ class Web:
     def check(self, c: api.WebCredentials) -> api.WebSessionInfo:
         return run(self.server.authenticate_web_session(**_fields(c)))
 
+    def look(self, c: api.WebCredentials) -> api.WebSessionInfo:
+        return run(self.server.check_web_session(**_fields(c)))
+
     def logout(self, c: api.WebCredentials) -> None:
         run(self.server.delete_web_session(**_fields(c), client_addr=ADDR))
 
@@ -303,6 +306,22 @@ def test_a_session_idle_for_the_timeout_ends_and_is_deleted(
         web.check(creds(new, idle=10 * IDLE))
     assert run(cluster.store.get_web_session(token_hash(new.cookie))) is None
     assert web.events("web.session.refused")[0].fields["reason"] == "idle too long"
+
+
+def test_a_look_at_a_session_is_not_activity(cluster: Cluster, web: Web) -> None:
+    """CheckWebSession (a quiet terminal's once-a-minute look) sees a live
+    session without renewing it: looks alone do not keep it from going idle,
+    and a look at an idle one ends it like any call."""
+    new = web.login()
+    created = web.look(creds(new)).last_active
+    for _ in range(IDLE // 60 - 1):
+        cluster.clock.advance(60)
+        assert web.look(creds(new)).last_active == created
+    cluster.clock.advance(60)
+    with pytest.raises(api.SessionExpired, match="without activity"):
+        web.look(creds(new))
+    with pytest.raises(api.SessionExpired):
+        web.check(creds(new))
 
 
 def test_the_idle_limit_is_the_asking_proxys(cluster: Cluster, web: Web) -> None:

@@ -282,6 +282,10 @@ class AuthAgent(MultiService):
     ) -> api.WebSessionInfo:
         return await self.call(api.AuthenticateWebSession, creds)
 
+    async def check_web_session(self, creds: api.WebCredentials) -> api.WebSessionInfo:
+        """The session, if live, without counting as activity."""
+        return await self.call(api.CheckWebSession, creds)
+
     async def sign_web_session_key(
         self, creds: api.WebCredentials, pub_key: str
     ) -> api.WebSessionCertificate:

@@ -273,6 +273,12 @@ class AuthServer:
         creds = api.WebCredentials(cookie, bearer, idle_timeout)
         return await self.web_sessions.authenticate(creds)
 
+    async def check_web_session(
+        self, cookie: str, bearer: str, idle_timeout: int
+    ) -> api.WebSessionInfo:
+        creds = api.WebCredentials(cookie, bearer, idle_timeout)
+        return await self.web_sessions.check(creds)
+
     async def sign_web_session_key(
         self, cookie: str, bearer: str, idle_timeout: int, pub_key: str
     ) -> api.WebSessionCertificate:

@@ -215,6 +215,10 @@ class WebSessions:
     async def authenticate(self, creds: api.WebCredentials) -> api.WebSessionInfo:
         return info_of(await self.live(creds))
 
+    async def check(self, creds: api.WebCredentials) -> api.WebSessionInfo:
+        """As `authenticate`, but a look, not activity."""
+        return info_of(await self.live(creds, touch=False))
+
     async def sign_key(
         self, creds: api.WebCredentials, pub_key: str
     ) -> api.WebSessionCertificate:

@@ -55,6 +55,10 @@ UNACKED_LIMIT = 256 * 1024
 #: session's idle timer, and a logout at any proxy is learnt) at most this
 #: often: the check follows input within a second, coalesced.
 CHECK_EVERY = 1.0
+#: A terminal looks at its web session this often, input or not (a look that
+#: is not activity), so one that only shows output still ends when the
+#: session goes idle or is ended at another proxy.
+QUIET_CHECK_EVERY = 60.0
 #: Input typed before the session is open is held, up to this much.
 MAX_EARLY_INPUT = 64 * 1024
 
@@ -100,6 +104,10 @@ class Wire(Protocol):
 
 class Authenticator(Protocol):
     async def authenticate_web_session(
+        self, creds: api.WebCredentials
+    ) -> api.WebSessionInfo: ...
+
+    async def check_web_session(
         self, creds: api.WebCredentials
     ) -> api.WebSessionInfo: ...
 
@@ -269,6 +277,7 @@ class BrowserParty:
         self._creds, self._checked = creds, now
         self._record = attrs.evolve(self._record, user=info.user, last_active=now)
         self._timer("expiry", info.expires - now, self._session_over)
+        self._timer("quiet", QUIET_CHECK_EVERY, self._quiet_check)
         if s.keys is not None:
             self._unwatch = s.keys.watch(info.id, self._logged_out)
         self._move(SocketState.CONNECTING)
@@ -387,6 +396,24 @@ class BrowserParty:
         self._checking, self._checked = True, self._clock.seconds()
         d = Deferred.fromCoroutine(self._touch())
         d.addErrback(lambda f: log.failure("web terminal check failed", f))
+
+    def _quiet_check(self) -> None:
+        self._timers.pop("quiet", None)
+        if self._state in (SocketState.CLOSING, SocketState.CLOSED):
+            return
+        self._timer("quiet", QUIET_CHECK_EVERY, self._quiet_check)
+        d = Deferred.fromCoroutine(self._look())
+        d.addErrback(lambda f: log.failure("web terminal quiet check failed", f))
+
+    async def _look(self) -> None:
+        """No input for a while: is the web session still live (not a touch)?"""
+        assert self._creds is not None
+        try:
+            await self._services.agent.check_web_session(self._creds)
+        except (api.SessionExpired, api.AuthenticationFailed) as e:
+            self.refuse(msg.CLOSE_LOGIN, str(e), "web session ended")
+        except Exception as e:
+            log.warn("web terminal: could not check the web session: {e}", e=str(e))
 
     async def _touch(self) -> None:
         """Input is activity: renew the web session's idle timer (or learn it ended)."""

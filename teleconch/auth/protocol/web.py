@@ -107,6 +107,15 @@ class AuthenticateWebSession(AuthCommand[WebCredentials, WebSessionInfo]):
     roles = frozenset({ROLE_PROXY})
 
 
+class CheckWebSession(AuthCommand[WebCredentials, WebSessionInfo]):
+    """The session these secrets name, if live, WITHOUT counting as activity:
+    a terminal that only shows output learns that its session went idle
+    (or was ended elsewhere) and closes.  Refusals as `AuthenticateWebSession`.
+    """
+
+    roles = frozenset({ROLE_PROXY})
+
+
 @attrs.frozen
 class WebSessionKey(WebCredentials):
     pub_key: str
