@@ -56,12 +56,18 @@ class WebSessionKeys:
         self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     def put(self, session_id: str, key: SessionKey) -> None:
+        """Keep ``key``; past PRUNE_AT keys, the expired go, then the oldest (a
+        dropped key costs its session one more signature, nothing else)."""
         if len(self._keys) >= PRUNE_AT:
             now = self._clock.seconds()
-            self._keys = {
-                k: v for k, v in self._keys.items() if v.valid_before - MARGIN > now
-            }
+            live = [
+                (k, v) for k, v in self._keys.items() if v.valid_before - MARGIN > now
+            ]
+            self._keys = dict(live[-(PRUNE_AT - 1) :])  # the newest, room for one
         self._keys[session_id] = key
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
     def get(self, session_id: str) -> SessionKey | None:
         """The session's key, unless its certificate is (nearly) past its end."""
