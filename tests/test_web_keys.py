@@ -23,8 +23,8 @@ def test_the_keys_stay_bounded_dropping_the_expired_then_the_oldest() -> None:
         keys.put(f"s{i}", key)
     clock.advance(60)
     keys.put("new", key)
-    assert len(keys) == PRUNE_AT and keys.get("expired") is None
+    assert keys.count() == PRUNE_AT and keys.get("expired") is None
     keys.put("newer", key)
-    assert len(keys) == PRUNE_AT
+    assert keys.count() == PRUNE_AT
     assert keys.get("s0") is None  # the oldest went
     assert keys.get("s1") is key and keys.get("newer") is key

@@ -66,7 +66,8 @@ class WebSessionKeys:
             self._keys = dict(live[-(PRUNE_AT - 1) :])  # the newest, room for one
         self._keys[session_id] = key
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """Keys held (not ``__len__``: an empty cache must not be falsy)."""
         return len(self._keys)
 
     def get(self, session_id: str) -> SessionKey | None:
