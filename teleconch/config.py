@@ -65,6 +65,9 @@ class AuthSettings:
     cluster_name: str
     session_recording: str = "node"
     proxy_checks_host_keys: bool = True
+    #: Whether what people type is recorded too (as Teleport's ``enhanced_recording``
+    #: is not: input is off unless asked for).
+    record_input: bool = False
     #: Lifetime of the host certificate a node gets from `teleconch join openssh`.
     node_cert_ttl: int = 30 * 86400
 
@@ -293,6 +296,7 @@ _AUTH_KEYS = {
     "cluster_name",
     "session_recording",
     "proxy_checks_host_keys",
+    "record_input",
     "node_cert_ttl",
 }
 _PROXY_KEYS = {
@@ -365,6 +369,7 @@ def parse(
         proxy_checks_host_keys=_get(
             a, "auth_service", "proxy_checks_host_keys", _bool, True
         ),
+        record_input=_get(a, "auth_service", "record_input", _bool, False),
         node_cert_ttl=_get(
             a, "auth_service", "node_cert_ttl", _node_cert_ttl, 30 * 86400
         ),

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from teleconch.auth import protocol as api
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.conch.session import ExitStatus
-from teleconch.proxy.sessions import Ending, SessionHub, ShellEvents
+from teleconch.proxy.sessions import Ending, HubHandle, SessionHub, ShellEvents
 
 NOW = 1_000_000.0
 
@@ -102,13 +102,13 @@ class FakeParty:
 
     record: Party = attrs.field(factory=lambda: Party("party-1", "alice", "10.0.0.9"))
     wants: bool = True
-    hub: SessionHub | None = None
+    hub: HubHandle | None = None
     started: list[ActiveSession] = attrs.field(factory=list)
     received: list[bytes] = attrs.field(factory=list)
     blocked: list[bool] = attrs.field(factory=list)
     endings: list[Ending] = attrs.field(factory=list)
 
-    def attached(self, hub: SessionHub) -> None:
+    def attached(self, hub: HubHandle) -> None:
         self.hub = hub
 
     def session_started(self, session: ActiveSession) -> None:

@@ -24,8 +24,13 @@ from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.recordings import Recordings
 from teleconch.conch.session import ExitStatus
 from teleconch.proxy import recorder as rec
-from teleconch.proxy.recorder import Recorder, Recorders, RecorderState, RecordingMode
+from teleconch.proxy.recorder import Recorder, Recorders, RecorderState
 from teleconch.proxy.sessions import SessionHub, ShellEvents
+from teleconch.proxy.settings import (
+    SETTINGS_MAX_AGE,
+    SETTINGS_TIMEOUT,
+    ClusterSettingsCache,
+)
 from teleconch.proxy.spool import Spool
 from teleconch.proxy.uploader import Uploader, UploaderState
 from tests.terminal_fakes import NOW, FakeParty, FakeRegistry, FakeShell, session_record
@@ -101,13 +106,13 @@ class Rig:
             clock=self.clock,
             spool=self.spool,
             in_thread=inline,
-            mode=RecordingMode(self.clock, self.mode),
+            settings=ClusterSettingsCache(self.clock, self.settings),
             on_closed=self.uploader.wake,
         )
         self.cluster_mode = "node"
 
-    async def mode(self) -> str:
-        return self.cluster_mode
+    async def settings(self) -> api.ClusterSettings:
+        return api.ClusterSettings(session_recording=self.cluster_mode)
 
     def recorder(self) -> Recorder | None:
         return done(Deferred.fromCoroutine(self.recorders.recorder("10.0.0.9:5555")))
@@ -243,15 +248,15 @@ def test_mode_off_records_nothing_and_the_mode_is_asked_at_most_every_ten_second
     rig = Rig(tmp_path)
     asked: list[float] = []
 
-    async def mode() -> str:
+    async def settings() -> api.ClusterSettings:
         asked.append(rig.clock.seconds())
-        return rig.cluster_mode
+        return api.ClusterSettings(session_recording=rig.cluster_mode)
 
-    rig.recorders._mode = RecordingMode(rig.clock, mode)
+    rig.recorders._settings = ClusterSettingsCache(rig.clock, settings)
     assert rig.recorder() is not None
     rig.cluster_mode = "off"
     assert rig.recorder() is not None  # the answer is 0 s old
-    rig.clock.advance(rec.MODE_MAX_AGE)
+    rig.clock.advance(SETTINGS_MAX_AGE)
     assert rig.recorder() is None
     assert len(asked) == 2
 
@@ -261,13 +266,13 @@ def test_an_auth_service_that_does_not_answer_keeps_the_last_mode(
 ) -> None:
     rig = Rig(tmp_path)
 
-    async def never() -> str:
+    async def never() -> api.ClusterSettings:
         return await Deferred()
 
-    mode = RecordingMode(rig.clock, never)
-    d = Deferred.fromCoroutine(mode.current())
-    rig.clock.advance(rec.MODE_TIMEOUT)
-    assert done(d) == "node"
+    cache = ClusterSettingsCache(rig.clock, never)
+    d = Deferred.fromCoroutine(cache.current())
+    rig.clock.advance(SETTINGS_TIMEOUT)
+    assert done(d).session_recording == "node"
 
 
 def test_a_session_that_never_opens_leaves_nothing_in_the_spool(

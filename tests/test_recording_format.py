@@ -60,4 +60,4 @@ def test_proxies_upload_recordings_and_only_admins_read_or_remove_them() -> None
         assert upload.roles == {ROLE_PROXY}
     for admin in (api.ListRecordings, api.ReadRecording, api.DeleteRecording):
         assert admin.roles == {ROLE_ADMIN}
-    assert api.GetRecordingMode.roles == {ROLE_ADMIN, ROLE_PROXY}
+    assert api.GetClusterSettings.roles == {ROLE_ADMIN, ROLE_PROXY}

@@ -342,8 +342,8 @@ class AuthAgent(MultiService):
     async def list_active_sessions(self) -> tuple[ActiveSession, ...]:
         return (await self.call(api.ListActiveSessions, EMPTY)).sessions
 
-    async def recording_mode(self) -> str:
-        return (await self.call(api.GetRecordingMode, EMPTY)).mode
+    async def cluster_settings(self) -> api.ClusterSettings:
+        return await self.call(api.GetClusterSettings, EMPTY)
 
     async def start_recording(
         self, id: str, meta: Mapping[str, Any]

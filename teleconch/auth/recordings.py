@@ -65,14 +65,10 @@ def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 class Recordings:
     """Starting, appending to, completing, listing, reading, deleting recordings."""
 
-    def __init__(
-        self, store: Store, clock: IReactorTime, log: AuditLog, mode: str = "node"
-    ) -> None:
+    def __init__(self, store: Store, clock: IReactorTime, log: AuditLog) -> None:
         self.store = store
         self._clock = clock
         self.audit = log.audit
-        #: ``auth_service.session_recording``: what the proxies follow.
-        self.mode = mode
 
     async def _owned(self, proxy: str, id: str) -> StreamInfo:
         _check_id(id)

@@ -87,7 +87,7 @@ class AuthServer:
         bcrypt_rounds: int = 12,
         tls_identity: TLSIdentity | None = None,
         node_cert_ttl: int = 30 * 86400,
-        session_recording: str = "node",
+        settings: api.ClusterSettings | None = None,
     ) -> None:
         self._clock = clock
         self.store = store
@@ -120,7 +120,9 @@ class AuthServer:
         )
         self.accounts = Accounts(store, clock, self.log, self.tokens, self.web_sessions)
         self.live_sessions = LiveSessions(store, clock, self.log)
-        self.recordings = Recordings(store, clock, self.log, session_recording)
+        self.recordings = Recordings(store, clock, self.log)
+        #: What the config says; ``teleconch-ctl cluster set`` will override it.
+        self.settings = settings or api.ClusterSettings()
         self.registrar = Registrar(
             store, clock, self.log, cluster_name, tls_ca, host_ca, default_public_addr
         )
@@ -351,8 +353,8 @@ class AuthServer:
 
     # --- session recordings ------------------------------------------------
 
-    def recording_mode(self) -> str:
-        return self.recordings.mode
+    async def cluster_settings(self) -> api.ClusterSettings:
+        return self.settings
 
     async def start_recording(
         self, caller: Identity, id: str, meta: Mapping[str, Any]

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from teleconch import config as cfg
+from teleconch.auth import protocol as api
 from teleconch.auth.api import AuthAPIFactory
 from teleconch.auth.backends import open_store
 from teleconch.auth.joinclient import JoinSource
@@ -126,7 +127,11 @@ class AuthService(StartingService):
             bcrypt_rounds=self.bcrypt_rounds,
             tls_identity=identity,
             node_cert_ttl=s.auth.node_cert_ttl,
-            session_recording=s.auth.session_recording,
+            settings=api.ClusterSettings(
+                session_recording=s.auth.session_recording,
+                record_input=s.auth.record_input,
+                proxy_checks_host_keys=s.auth.proxy_checks_host_keys,
+            ),
         )
         await self.server.start()
         factory = TLSMemoryBIOFactory(

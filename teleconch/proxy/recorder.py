@@ -13,15 +13,15 @@ RECORDING (``started``) -> CLOSING (``ended``: the last batch and the
 ``.done`` marker are being written) -> CLOSED.  WAITING -> CLOSED when the
 session never started (nothing was written).
 
-Whether to record at all is the cluster's ``auth_service.session_recording``,
-which `RecordingMode` asks the auth service for, at most every
-`MODE_MAX_AGE` seconds (new sessions follow a change within that).
+Whether to record at all is the cluster's ``session_recording``, which
+`teleconch.proxy.settings.ClusterSettingsCache` asks the auth service for, at
+most every `SETTINGS_MAX_AGE` seconds (new sessions follow a change within that).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,14 +30,13 @@ from twisted.logger import Logger
 
 from teleconch.auth.types import ActiveSession
 from teleconch.proxy.sessions import Ending
+from teleconch.proxy.settings import ClusterSettingsCache
 from teleconch.proxy.spool import InThread, Spool
 from teleconch.recording_format import MAX_BATCH, MAX_PRINT, encode_frame, encode_record
 
 log = Logger()
 
 FLUSH_EVERY = 1.0
-MODE_MAX_AGE = 10.0
-MODE_TIMEOUT = 2.0
 
 
 class RecorderState(enum.Enum):
@@ -194,39 +193,6 @@ class Recorder:
         self.closed.callback(None)
 
 
-class RecordingMode:
-    """The cluster's recording mode, asked of the auth service at most every
-    `MODE_MAX_AGE` seconds; the last answer (at first `node`) when it does
-    not answer in `MODE_TIMEOUT`."""
-
-    def __init__(self, clock: IReactorTime, fetch: Callable[[], Awaitable[str]]):
-        self._clock = clock
-        self._fetch = fetch
-        self._mode = "node"
-        self._asked: float | None = None
-
-    async def current(self) -> str:
-        now = self._clock.seconds()
-        if self._asked is not None and now - self._asked < MODE_MAX_AGE:
-            return self._mode
-        self._asked = now
-        try:
-            d = Deferred.fromCoroutine(_awaited(self._fetch()))
-            self._mode = await d.addTimeout(MODE_TIMEOUT, self._clock)
-        except Exception as e:
-            log.warn(
-                "could not ask the auth service for the recording mode ({error}): "
-                "keeping {mode!r}",
-                error=str(e) or type(e).__name__,
-                mode=self._mode,
-            )
-        return self._mode
-
-
-async def _awaited(value: Awaitable[str]) -> str:
-    return await value
-
-
 class Recorders:
     """Makes a recorder for each new web terminal session, unless the mode is `off`."""
 
@@ -236,18 +202,18 @@ class Recorders:
         clock: IReactorTime,
         spool: Spool,
         in_thread: InThread,
-        mode: RecordingMode,
+        settings: ClusterSettingsCache,
         on_closed: Callable[[str], None],
     ) -> None:
         self._clock = clock
         self._spool = spool
         self._in_thread = in_thread
-        self._mode = mode
+        self._settings = settings
         self._on_closed = on_closed
         self.active: set[Recorder] = set()
 
     async def recorder(self, client_addr: str) -> Recorder | None:
-        if await self._mode.current() == "off":
+        if (await self._settings.current()).session_recording == "off":
             return None
         rec = Recorder(
             clock=self._clock,

@@ -29,9 +29,10 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
-from teleconch.proxy.recorder import Recorders, RecordingMode
+from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
+from teleconch.proxy.settings import ClusterSettingsCache
 from teleconch.proxy.spool import InThread, Spool
 from teleconch.proxy.ssh import ProxyPolicy, ProxySSHFactory, make_factory
 from teleconch.proxy.uploader import Uploader
@@ -122,6 +123,8 @@ class ProxyService(StartingService):
         self.spool = Spool(Path(settings.data_dir) / "recordings")
         self.uploader: Uploader | None = None
         self.recorders: Recorders | None = None
+        #: The cluster's recording settings, as the auth service says (once joined).
+        self.cluster_settings: ClusterSettingsCache | None = None
 
     def _ssh_host_key(self) -> ed25519.Ed25519PrivateKey:
         path = self.files.ssh_host_key
@@ -314,6 +317,9 @@ class ProxyService(StartingService):
             return deferToThreadPool(self.reactor, pool, f, *args)
 
         run: InThread = in_thread
+        self.cluster_settings = ClusterSettingsCache(
+            self.reactor, agent.cluster_settings
+        )
         self.uploader = uploader = Uploader(
             clock=self.reactor, agent=agent, spool=self.spool, in_thread=run
         )
@@ -321,7 +327,7 @@ class ProxyService(StartingService):
             clock=self.reactor,
             spool=self.spool,
             in_thread=run,
-            mode=RecordingMode(self.reactor, agent.recording_mode),
+            settings=self.cluster_settings,
             on_closed=uploader.wake,
         )
         uploader.start()

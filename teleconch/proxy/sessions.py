@@ -110,13 +110,33 @@ class ShellEvents(Protocol):
     def shell_ended(self, status: ExitStatus | None) -> None: ...
 
 
+class HubHandle(Protocol):
+    """What a party calls on the session it is in: a `SessionHub` here, or a
+    session held by another proxy and joined through it (proxy peering), which
+    offers the same calls."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def record(self) -> ActiveSession: ...
+
+    def input(self, party: SessionParty, data: bytes) -> None: ...
+
+    def resize(self, party: SessionParty, cols: int, rows: int) -> None: ...
+
+    def leave(self, party: SessionParty, reason: str) -> None: ...
+
+    def ready(self) -> None: ...
+
+
 class SessionParty(Protocol):
     """Someone attached to a session: the browser today, later a recorder or a joiner."""
 
     @property
     def record(self) -> Party: ...
 
-    def attached(self, hub: SessionHub) -> None:
+    def attached(self, hub: HubHandle) -> None:
         """The party joined ``hub`` (it may send input and resizes to it now)."""
         ...
 

@@ -40,7 +40,7 @@ from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.proxy.routing import RoutingError
-from teleconch.proxy.sessions import Ending, SessionHub
+from teleconch.proxy.sessions import Ending, HubHandle, SessionHub
 from teleconch.proxy.websession_ssh import ShellOpenFailed
 from teleconch.web import terminal_messages as msg
 from teleconch.web.keys import WebSessionKeys
@@ -172,7 +172,7 @@ class BrowserParty:
             id=str(uuid.uuid4()), user="", remote_addr=upgrade.client_addr
         )
         self._creds: api.WebCredentials | None = None
-        self._hub: SessionHub | None = None
+        self._hub: HubHandle | None = None
         self._early: list[bytes] = []
         self._early_len = 0
         self._unacked = 0
@@ -327,7 +327,7 @@ class BrowserParty:
 
     # -- SessionParty -----------------------------------------------------
 
-    def attached(self, hub: SessionHub) -> None:
+    def attached(self, hub: HubHandle) -> None:
         self._hub = hub
         if self._state in (SocketState.CLOSING, SocketState.CLOSED):
             self._leave("the browser closed the terminal")

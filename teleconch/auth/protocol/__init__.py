@@ -8,7 +8,7 @@ caller's role comes from its TLS client certificate; a caller without one is
 ``ANONYMOUS`` and may only ping and join.
 
 The commands live one area per module of this package (``cluster``, ``web``,
-``nodes``, ``recordings``), and every name is here: callers import the Auth
+``nodes``, ``recordings``, ``settings``), and every name is here: callers import the Auth
 API from this one place (``from teleconch.auth import protocol as api``).
 """
 
@@ -16,4 +16,5 @@ from teleconch.auth.protocol.cluster import *  # noqa: F403
 from teleconch.auth.protocol.common import *  # noqa: F403
 from teleconch.auth.protocol.nodes import *  # noqa: F403
 from teleconch.auth.protocol.recordings import *  # noqa: F403
+from teleconch.auth.protocol.settings import *  # noqa: F403
 from teleconch.auth.protocol.web import *  # noqa: F403

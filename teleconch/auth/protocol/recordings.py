@@ -18,18 +18,6 @@ from teleconch.pki import ROLE_ADMIN, ROLE_PROXY
 
 
 @attrs.frozen
-class RecordingMode:
-    #: `node` or `proxy`: web terminal sessions are recorded; `off`: not.
-    mode: str
-
-
-class GetRecordingMode(AuthCommand[Empty, RecordingMode]):
-    """The cluster's ``auth_service.session_recording``, which proxies follow."""
-
-    roles = frozenset({ROLE_ADMIN, ROLE_PROXY})
-
-
-@attrs.frozen
 class RecordingStart:
     id: str
     #: What the recording is of: user, login, node, client_addr, cols, rows, start.
