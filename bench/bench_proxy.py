@@ -264,6 +264,7 @@ def start_cluster(rig: Rig) -> tuple[int, int]:
                 "proxy_service": {
                     "listen_addr": "127.0.0.1:0",
                     "web_listen_addr": "127.0.0.1:0",
+                    "peer_listen_addr": "127.0.0.1:0",
                     "public_addr": "127.0.0.1",
                 },
             }

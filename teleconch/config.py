@@ -27,6 +27,8 @@ from teleconch.logs import SEVERITIES, LogSettings
 AUTH_PORT = 3025
 PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
+#: Proxy peering (Teleport's 3021): proxies reach each other's sessions here.
+PROXY_PEER_PORT = 3021
 DEFAULT_DATA_DIR = "teleconch-data"
 SESSION_RECORDING_MODES = ("node", "proxy", "off")
 STORAGE_TYPES = ("sqlite", "postgresql")
@@ -80,6 +82,10 @@ class ProxySettings:
     #: How people reach the listeners; port 0 means the port they are bound to.
     public_addr: HostPort
     ssh_public_addr: HostPort
+    #: Proxy peering: where other proxies of the cluster join sessions held here
+    #: (mutual TLS, cluster identities), and the address they are told.
+    peer_listen_addr: str = f"0.0.0.0:{PROXY_PEER_PORT}"
+    peer_public_addr: HostPort = HostPort("", 0)
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     allow_unregistered_nodes: bool = False
@@ -305,6 +311,8 @@ _PROXY_KEYS = {
     "web_listen_addr",
     "public_addr",
     "ssh_public_addr",
+    "peer_listen_addr",
+    "peer_public_addr",
     "https_cert_file",
     "https_key_file",
     "allow_unregistered_nodes",
@@ -385,6 +393,15 @@ def parse(
             HostPort(nodename, 0),
         )
 
+    # The all-in-one (no config at all) has no peers: its peer listener stays
+    # on loopback, on any free port.
+    peer_listen = _get(
+        p,
+        "proxy_service",
+        "peer_listen_addr",
+        _listen,
+        "127.0.0.1:0" if not raw else f"0.0.0.0:{PROXY_PEER_PORT}",
+    )
     proxy = ProxySettings(
         enabled=_get(p, "proxy_service", "enabled", _bool, True),
         listen_addr=_get(
@@ -401,6 +418,14 @@ def parse(
             "ssh_public_addr",
             lambda v: parse_host_port(_str(v), 0),
             HostPort(addr("public_addr").host, 0),
+        ),
+        peer_listen_addr=peer_listen,
+        peer_public_addr=_get(
+            p,
+            "proxy_service",
+            "peer_public_addr",
+            lambda v: parse_host_port(_str(v), 0),
+            HostPort(_advertised_host(peer_listen, addr("public_addr").host), 0),
         ),
         https_cert_file=_get(p, "proxy_service", "https_cert_file", _file, None),
         https_key_file=_get(p, "proxy_service", "https_key_file", _file, None),
@@ -421,6 +446,19 @@ def parse(
     settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)
     _check_consistency(settings)
     return settings
+
+
+def _advertised_host(listen_addr: str, public_host: str) -> str:
+    """The host other proxies are told: the listen address's, unless it is a
+    wildcard or not TCP (then the proxy's public host, as for the other listeners)."""
+    m = re.match(r"^tcp6?:\d+(?::interface=(.*))?$", listen_addr)
+    if m:
+        host = (m.group(1) or "").replace("\\:", ":")
+    elif re.match(r"^(unix|systemd):", listen_addr):
+        host = ""
+    else:
+        host = parse_host_port(listen_addr).host
+    return public_host if host in ("", "0.0.0.0", "::") else host
 
 
 #: Recognised keys whose feature has not landed: refused rather than ignored.

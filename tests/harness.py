@@ -58,6 +58,7 @@ def make_settings(data_dir: Path, raw: Mapping[str, Any] | None = None) -> cfg.S
         "proxy_service": {
             "listen_addr": "127.0.0.1:0",
             "web_listen_addr": "127.0.0.1:0",
+            "peer_listen_addr": "127.0.0.1:0",
             "public_addr": "127.0.0.1",
         },
     }

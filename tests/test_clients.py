@@ -422,6 +422,7 @@ async def test_twistd_teleproxy_starts_prints_its_banner_and_stops(
         f"teleconch:\n  data_dir: {tmp_path / 'data'}\n  nodename: smoke\n"
         "auth_service:\n  listen_addr: 127.0.0.1:0\n  cluster_name: smoke.test\n"
         "proxy_service:\n  listen_addr: 127.0.0.1:0\n  web_listen_addr: 127.0.0.1:0\n"
+        "  peer_listen_addr: 127.0.0.1:0\n"
     )
     proto = _Twistd()
     twistd = str(Path(sys.executable).parent / "twistd")
@@ -497,6 +498,7 @@ async def test_twistd_exits_non_zero_in_one_line_when_a_port_is_taken(
         f"teleconch:\n  data_dir: {tmp_path / 'data'}\n"
         f"auth_service:\n  listen_addr: 127.0.0.1:{port}\n"
         "proxy_service:\n  listen_addr: 127.0.0.1:0\n  web_listen_addr: 127.0.0.1:0\n"
+        "  peer_listen_addr: 127.0.0.1:0\n"
     )
     try:
         r = await run(

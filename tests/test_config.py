@@ -205,3 +205,26 @@ def test_postgresql_storage_is_refused_until_it_is_built() -> None:
         "teleconch.storage.type: 'postgresql' is not available yet; "
         "use 'sqlite' (the default)"
     )
+
+
+def test_the_peer_listener_is_3021_but_loopback_in_the_all_in_one() -> None:
+    """Proxy peering listens on 0.0.0.0:3021 once there is a config, and is
+    advertised as the public host there; with no config at all (one proxy,
+    nobody to peer with) it stays on 127.0.0.1, any port."""
+    alone = cfg.load(None)
+    assert alone.proxy.peer_listen_addr == "127.0.0.1:0"
+    assert alone.proxy.peer_public_addr == cfg.HostPort("127.0.0.1", 0)
+    s = cfg.parse({"proxy_service": {"public_addr": "gw1.example:443"}})
+    assert cfg.listen_endpoint(s.proxy.peer_listen_addr) == "tcp:3021:interface=0.0.0.0"
+    assert s.proxy.peer_public_addr == cfg.HostPort("gw1.example", 0)
+    s = cfg.parse({"proxy_service": {"peer_listen_addr": "10.1.2.3:3021"}})
+    assert s.proxy.peer_public_addr == cfg.HostPort("10.1.2.3", 0)
+    s = cfg.parse(
+        {
+            "proxy_service": {
+                "peer_listen_addr": "[::]:3021",
+                "peer_public_addr": "peer.gw1.internal:3021",
+            }
+        }
+    )
+    assert s.proxy.peer_public_addr == cfg.HostPort("peer.gw1.internal", 3021)

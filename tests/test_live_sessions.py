@@ -203,12 +203,16 @@ def test_a_session_unheard_of_for_three_heartbeats_drops_out_once(
         ({"login": ""}, "user, node and login"),
         ({"cols": 0}, "out of range"),
         ({"rows": 100_000}, "out of range"),
+        ({"proxy_addr": "no-port"}, "proxy_addr"),
+        ({"proxy_addr": "h:0"}, "proxy_addr"),
+        ({"proxy_addr": "h" * 300 + ":3021"}, "proxy_addr"),
     ],
 )
 def test_a_malformed_registration_is_refused(
     cluster: Cluster, change: dict[str, Any], message: str
 ) -> None:
-    """An empty or overlong id, a missing login, an absurd terminal size."""
+    """An empty or overlong id, a missing login, an absurd terminal size, a
+    peer address that is not host:port."""
     with pytest.raises(api.BadParameter, match=message):
         upsert(cluster, PROXY_A, _session(cluster, **change))
     assert listed(cluster) == []

@@ -63,6 +63,7 @@ def _live(id: str = "s-1", proxy: str = "proxy-a", **kw: Any) -> LiveSession:
         rows=40,
         parties=(Party("p-1", "alice", "10.0.0.7:1", "peer", NOW + 5),),
         kind="web",
+        proxy_addr="10.0.0.2:3021",
     )
     return LiveSession(attrs.evolve(session, **kw), NOW + 7)
 

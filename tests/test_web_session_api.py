@@ -654,13 +654,15 @@ def test_another_clusters_name_is_a_404_naming_this_one(web: Web) -> None:
 
 def test_the_session_list_shows_live_sessions_on_reachable_nodes_only(web: Web) -> None:
     """Sessions of the cluster (any proxy's) on nodes the roles select, in
-    Teleport's shape; one on db1 (env=prod) is left out."""
+    Teleport's shape; one on db1 (env=prod) is left out, and the holding
+    proxy's peer address (proxy_addr) is not shown to browsers."""
     party = Party("party-1", "bob", "192.0.2.9", last_active=NOW + 5)
     web.agent.live = (
         ActiveSession("s-db", "carol", "db1", "id-db1", "10.0.0.3:22", "root",
                       "proxy-a", NOW, NOW, 80, 24),
         ActiveSession("s-web", "bob", "web1", "id-web1", "10.0.0.1:22", "deploy",
-                      "proxy-b", NOW + 1, NOW + 5, 120, 40, (party,)),
+                      "proxy-b", NOW + 1, NOW + 5, 120, 40, (party,),
+                      proxy_addr="10.0.0.2:3021"),
     )  # fmt: skip
     cookie, bearer, _ = web.log_in()
     response = web.request(

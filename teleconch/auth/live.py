@@ -20,6 +20,7 @@ from typing import NoReturn
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from teleconch.addresses import parse_host_port
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.protocol import SESSION_HEARTBEAT
@@ -34,6 +35,7 @@ STALE_REASON = "its proxy stopped reporting it"
 MAX_ID = 128
 MAX_PARTIES = 64
 MAX_TERMINAL = 10_000
+MAX_ADDR = 262  # a DNS name, a colon and a port
 
 
 def _check(session: ActiveSession) -> None:
@@ -50,6 +52,17 @@ def _check(session: ActiveSession) -> None:
         )
     if len(session.parties) > MAX_PARTIES:
         raise api.BadParameter(f"a session has at most {MAX_PARTIES} parties")
+    if session.proxy_addr:
+        try:
+            ok = len(session.proxy_addr) <= MAX_ADDR and bool(
+                parse_host_port(session.proxy_addr).port
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise api.BadParameter(
+                "a session's proxy_addr is the holding proxy's peer address, host:port"
+            )
 
 
 class LiveSessions:

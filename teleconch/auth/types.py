@@ -375,6 +375,9 @@ class ActiveSession:
     rows: int
     parties: tuple[Party, ...] = ()
     kind: str = "web"  # how it was opened: web | ssh (the recording proxy)
+    #: The holding proxy's peer address (host:port): where another proxy of the
+    #: cluster joins it (teleconch.proxy.peering).  Never shown to browsers.
+    proxy_addr: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -398,6 +401,7 @@ class ActiveSession:
                 rows=int(data.get("rows", 24)),
                 parties=tuple(Party.from_json(p) for p in data.get("parties", ())),
                 kind=str(data.get("kind", "web")),
+                proxy_addr=str(data.get("proxy_addr", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BadParameter(f"a session record is malformed: {e}") from None
