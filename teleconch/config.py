@@ -85,7 +85,7 @@ class ProxySettings:
     #: Proxy peering: where other proxies of the cluster join sessions held here
     #: (mutual TLS, cluster identities), and the address they are told.
     peer_listen_addr: str = f"0.0.0.0:{PROXY_PEER_PORT}"
-    peer_public_addr: HostPort = HostPort("", 0)
+    peer_public_addr: HostPort = attrs.field(factory=lambda: HostPort("", 0))
     https_cert_file: Path | None = None
     https_key_file: Path | None = None
     allow_unregistered_nodes: bool = False

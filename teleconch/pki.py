@@ -285,20 +285,30 @@ class TLSIdentity:
     def _ca_certificates(self) -> list[ssl.Certificate]:
         return [ssl.Certificate.loadPEM(p) for p in self.ca_pems]
 
-    def server_options(self) -> ssl.CertificateOptions:
+    def server_options(self, require_client: bool = False) -> ssl.CertificateOptions:
         """Present our certificate; verify a client's against the CA, if it sends one.
 
-        A client certificate is not required: anonymous callers may reach the
-        join command only, and the AMP layer enforces that. A certificate from
-        any other CA fails the handshake.
+        For the Auth API a client certificate is not required: anonymous
+        callers may reach the join command only, and the AMP layer enforces
+        that (proxy peering requires one: ``require_client``). A certificate
+        from any other CA fails the handshake.
         """
+        return self._options(require=require_client)
+
+    def peer_options(self) -> ssl.CertificateOptions:
+        """As a client of another proxy: present our certificate and verify the
+        server's chain under our CAs, but no host name (a proxy's certificate
+        names its host id, which the caller checks with `peer_identity`)."""
+        return self._options(require=True)
+
+    def _options(self, require: bool) -> ssl.CertificateOptions:
         private = self._private_certificate()
         return ssl.CertificateOptions(
             privateKey=private.privateKey.original,
             certificate=private.original,
             verify=True,
             caCerts=[c.original for c in self._ca_certificates()],
-            requireCertificate=False,
+            requireCertificate=require,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
 

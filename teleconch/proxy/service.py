@@ -29,6 +29,7 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
+from teleconch.proxy.peering import PeerClient, PeerService
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
@@ -118,6 +119,11 @@ class ProxyService(StartingService):
         #: How people reach us, as advertised once the listeners are bound.
         self.public_addr = settings.proxy.public_addr
         self.ssh_public_addr = settings.proxy.ssh_public_addr
+        #: Proxy peering: sessions held here joined from other proxies, and
+        #: (``peers``) the client that joins sessions other proxies hold.
+        self.peering: PeerService | None = None
+        self.peer_address: cfg.HostPort | None = None
+        self.peer_public_addr = settings.proxy.peer_public_addr
         self._heartbeat: LoopingCall | None = None
         #: Web terminal sessions' recordings, spooled here until uploaded.
         self.spool = Spool(Path(settings.data_dir) / "recordings")
@@ -223,6 +229,7 @@ class ProxyService(StartingService):
         self.agent.setServiceParent(self)
         info = await self.agent.ping()
         self._start_recording(self.agent)
+        await self._start_peering(identity, self.agent)
         host_key, host_cert = await self._in_thread(self._ssh_host_identity)
         self.router = router = Router(
             self.agent,
@@ -288,6 +295,7 @@ class ProxyService(StartingService):
                 idle_timeout=s.proxy.web_idle_timeout,
                 public_addr=lambda: str(self.public_addr),
                 recorders=self.recorders,
+                peer_addr=lambda: str(self.peer_public_addr),
             ),
         )
         self.web_site = site
@@ -306,6 +314,37 @@ class ProxyService(StartingService):
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=True).addErrback(
             lambda f: log.failure("heartbeat loop stopped", f)
+        )
+
+    @property
+    def peers(self) -> PeerClient | None:
+        """Joins sessions held by other proxies (once started)."""
+        return self.peering.client if self.peering is not None else None
+
+    async def _start_peering(self, identity: TLSIdentity, agent: AuthAgent) -> None:
+        """The peer listener, on which other proxies join sessions held here."""
+        s = self.settings
+        self.peering = PeerService(
+            reactor=self.reactor,
+            clock=self.reactor,
+            identity=identity,
+            sessions=self.terminal_sessions,
+            audit=agent.emit_event,
+        )
+        self.peering.setServiceParent(self)
+        port = await self._listen(
+            "proxy_service.peer_listen_addr",
+            s.proxy.peer_listen_addr,
+            self.peering.factory(),
+        )
+        self.peer_address = local_address(port)
+        self.peer_public_addr = advertised_address(
+            s.proxy.peer_public_addr, self.peer_address.port
+        )
+        log.info(
+            "proxy peering listener on {addr} (advertised as {public})",
+            addr=listening_address(port),
+            public=str(self.peer_public_addr),
         )
 
     def _start_recording(self, agent: AuthAgent) -> None:

@@ -161,6 +161,7 @@ class WebTerminals:
         proxy_name: str,
         connect: Connect = connect_ssh,
         recorders: Recorders | None = None,
+        peer_addr: Callable[[], str] = str,
     ) -> None:
         self._reactor = reactor
         #: Records each new session (`teleconch.proxy.recorder`); None: never.
@@ -172,6 +173,8 @@ class WebTerminals:
         self._keys = keys
         self.sessions = sessions
         self._proxy_name = proxy_name
+        #: This proxy's peer address, registered with each session (peering).
+        self._peer_addr = peer_addr
         self._connect = connect
 
     async def open(
@@ -216,6 +219,7 @@ class WebTerminals:
                 last_active=now,
                 cols=cols,
                 rows=rows,
+                proxy_addr=self._peer_addr(),
             ),
             on_end=self.sessions.remove,
             taps=(recorder,) if recorder is not None else (),

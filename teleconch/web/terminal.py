@@ -355,6 +355,7 @@ def make_terminal(
     idle_timeout: int,
     public_addr: Callable[[], str],
     recorders: Recorders | None = None,
+    peer_addr: Callable[[], str] = str,
 ) -> TerminalResource:
     """The ``connect`` route of a proxy, with everything its sockets share."""
     terminals = WebTerminals(
@@ -366,6 +367,7 @@ def make_terminal(
         sessions=sessions,
         proxy_name=proxy_name,
         recorders=recorders,
+        peer_addr=peer_addr,
     )
     services = TerminalServices(
         clock=clock,
