@@ -73,6 +73,8 @@ class Cluster:
     clock: ShiftedClock
     data_dir: Path
     admin: AuthAgent | None = None
+    #: The admin agent is another cluster's (`start_second_proxy`): not ours to stop.
+    shares_admin: bool = False
 
     @property
     def settings(self) -> cfg.Settings:
@@ -100,6 +102,8 @@ class Cluster:
         return self.admin
 
     async def stop(self) -> None:
+        if self.shares_admin:
+            self.admin = None
         if self.admin is not None:
             await self.admin.stopService()
             self.admin = None
@@ -122,6 +126,27 @@ async def start_cluster(
         await service.stopService()
         raise
     return Cluster(service, clock, data_dir)
+
+
+async def start_second_proxy(cluster: Cluster, data_dir: Path, name: str) -> Cluster:
+    """Another proxy (only) of ``cluster``, named ``name``, joined to its
+    auth service with a proxy token, on the same clock.  Its ``admin`` is
+    the cluster's, so `Cluster.admin_agent` works on it too; stop it
+    before the cluster."""
+    token = await cluster.admin_agent().create_token("proxy", 600)
+    raw = {
+        "teleconch": {
+            "nodename": name,
+            "auth_servers": [str(cluster.auth_addr)],
+            "auth_token": token.token,
+            "ca_pin": token.ca_pin,
+        },
+        "auth_service": {"enabled": False},
+    }
+    proxy = await start_cluster(data_dir, raw, clock=cluster.clock)
+    proxy.admin = cluster.admin_agent()
+    proxy.shares_admin = True
+    return proxy
 
 
 @attrs.frozen
