@@ -17,7 +17,7 @@ party's ``ready`` resumes reading.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
@@ -58,6 +58,17 @@ CONNECT_TIMEOUT = 10.0
 ATTACH_TIMEOUT = 10.0
 
 
+class JoiningParty(SessionParty, Protocol):
+    """A party that hears of joins, leaves and its own drop (the join
+    contract's additions to `SessionParty`)."""
+
+    def party_joined(self, party: Party) -> None: ...
+
+    def party_left(self, party: Party, reason: str) -> None: ...
+
+    def dropped(self, reason: str) -> None: ...
+
+
 class PeerJoinFailed(Exception):
     """The session could not be joined through its proxy; ``str()`` is for the person."""
 
@@ -69,7 +80,7 @@ class JoinerProtocol(FrameProtocol):
     data_kind = OUTPUT
 
     def __init__(
-        self, session: ActiveSession, party: SessionParty, joiner: Party
+        self, session: ActiveSession, party: JoiningParty, joiner: Party
     ) -> None:
         self.session = session
         self.party = party
@@ -240,7 +251,7 @@ class PeerClient:
         self._open: set[JoinerProtocol] = set()
 
     async def join(
-        self, session: ActiveSession, party: SessionParty, joiner: Party
+        self, session: ActiveSession, party: JoiningParty, joiner: Party
     ) -> RemoteHub:
         """``party`` in ``session`` (held by another proxy), as ``joiner``;
         raises `PeerJoinFailed` with a message for the person."""
