@@ -352,7 +352,6 @@ def parse(
         log=_get(g, "teleconch", "log", _log, LogSettings()),
         storage=_get(g, "teleconch", "storage", _storage, StorageSettings()),
     )
-    _refuse_unbuilt(a)
     auth = AuthSettings(
         enabled=_get(a, "auth_service", "enabled", _bool, True),
         listen_addr=_get(
@@ -424,22 +423,6 @@ def parse(
 
 
 #: Recognised keys whose feature has not landed: refused rather than ignored.
-NOT_YET = "the recording proxy is not available yet"
-
-
-def _refuse_unbuilt(a: Mapping[str, Any]) -> None:
-    if a.get("session_recording") == "proxy":
-        raise ConfigError(
-            f"auth_service.session_recording: 'proxy': {NOT_YET}; use 'node' (the "
-            "default: nodes' sessions are not recorded) or remove the key"
-        )
-    if "proxy_checks_host_keys" in a:
-        raise ConfigError(
-            f"auth_service.proxy_checks_host_keys applies to recording proxy mode: "
-            f"{NOT_YET}; remove the key"
-        )
-
-
 def _check_consistency(s: Settings) -> None:
     if not (s.auth.enabled or s.proxy.enabled):
         raise ConfigError(

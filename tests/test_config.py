@@ -174,18 +174,20 @@ def test_listen_addresses_become_endpoint_strings() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "auth",
-    [{"session_recording": "proxy"}, {"proxy_checks_host_keys": True}],
-)
-def test_settings_of_the_unbuilt_recording_proxy_are_refused(
-    auth: dict[str, object],
-) -> None:
-    """A key that would do nothing yet stops start-up saying so, never silently."""
-    with pytest.raises(cfg.ConfigError) as e:
-        cfg.parse({"auth_service": auth})
-    assert "not available yet" in str(e.value)
-    assert cfg.parse({"auth_service": {"session_recording": "off"}})
+def test_the_recording_proxy_mode_and_its_host_key_check_are_read() -> None:
+    """``session_recording: proxy`` and ``proxy_checks_host_keys`` reach the
+    auth settings (defaults: node, yes); an unknown mode is refused."""
+    s = cfg.parse(
+        {"auth_service": {"session_recording": "proxy", "proxy_checks_host_keys": False}}
+    )
+    assert (s.auth.session_recording, s.auth.proxy_checks_host_keys) == ("proxy", False)
+    default = cfg.parse({})
+    assert (default.auth.session_recording, default.auth.proxy_checks_host_keys) == (
+        "node",
+        True,
+    )
+    with pytest.raises(cfg.ConfigError):
+        cfg.parse({"auth_service": {"session_recording": "recorded"}})
 
 
 def test_storage_is_sqlite_in_the_data_dir_unless_set() -> None:
