@@ -37,7 +37,9 @@ from teleconch.text import printable
 INDEX_SUFFIX = ".index"
 KIND, INDEX_KIND = "recording", "recording-index"
 MAX_ID = 128
-META_KEYS = {"user", "login", "node", "client_addr", "cols", "rows", "start"}
+META_KEYS = {
+    "user", "login", "node", "client_addr", "cols", "rows", "start", "command",
+}  # fmt: skip
 MAX_META_VALUE = 512
 
 

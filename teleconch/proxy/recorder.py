@@ -37,6 +37,8 @@ from teleconch.recording_format import MAX_BATCH, MAX_PRINT, encode_frame, encod
 log = Logger()
 
 FLUSH_EVERY = 1.0
+#: What of a long command the recording's description keeps.
+MAX_COMMAND = 512
 
 
 class RecorderState(enum.Enum):
@@ -66,11 +68,13 @@ class Recorder:
         in_thread: InThread,
         client_addr: str,
         on_closed: Callable[[str], None] = lambda sid: None,
+        command: str = "",
     ) -> None:
         self._clock = clock
         self._spool = spool
         self._in_thread = in_thread
         self._client_addr = client_addr
+        self._command = command  # exec's command; "" for a shell
         self._on_closed = on_closed
         self.state = RecorderState.WAITING
         self.sid = ""
@@ -107,6 +111,8 @@ class Recorder:
             "rows": session.rows,
             "start": self._t0,
         }
+        if self._command:
+            meta["command"] = self._command[:MAX_COMMAND]
         self._chain(self._spool.begin, self.sid, meta)
         fields: dict[str, Any] = {k: v for k, v in meta.items() if k != "start"}
         self._add(
@@ -215,12 +221,17 @@ class Recorders:
     async def recorder(self, client_addr: str) -> Recorder | None:
         if (await self._settings.current()).session_recording == "off":
             return None
+        return self.make(client_addr)
+
+    def make(self, client_addr: str, command: str = "") -> Recorder:
+        """A recorder, whatever the mode (the recording proxy has decided)."""
         rec = Recorder(
             clock=self._clock,
             spool=self._spool,
             in_thread=self._in_thread,
             client_addr=client_addr,
             on_closed=self._on_closed,
+            command=command,
         )
         self.active.add(rec)
         rec.closed.addBoth(lambda _: self.active.discard(rec))

@@ -1,0 +1,187 @@
+"""Recording proxy mode with the real OpenSSH client, agent and sshd node.
+
+Interop: the cluster runs in this process with ``session_recording: proxy``;
+ssh (``-A -J`` and ProxyCommand ``ssh -s``), scp, sftp, ssh-agent (holding
+the certificate after ``teleconch login``) and sshd are Debian's OpenSSH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from teleconch.proxy.forward_user import AGENT_REQUIRED
+from tests.harness import ProcessResult, run, wait_for_events
+from tests.test_proxy import World, make_world
+
+pytestmark = pytest.mark.interop
+
+PROXY_MODE = {"auth_service": {"session_recording": "proxy"}}
+
+
+@attrs.define
+class Agented:
+    world: World
+    sock: Path
+
+    @property
+    def jump(self) -> str:
+        return f"root@127.0.0.1:{self.world.proxy_port}"
+
+    async def ssh(self, *args: str, agent: bool = True) -> ProcessResult:
+        env = {"SSH_AUTH_SOCK": str(self.sock)} if agent else {"SSH_AUTH_SOCK": ""}
+        return await self.world.ssh(*args, **env)
+
+    async def ctl(self, *args: str) -> ProcessResult:
+        return await self.world.ctl(*args)
+
+
+@contextlib.asynccontextmanager
+async def ssh_agent(world: World) -> AsyncIterator[Path]:
+    """A real ssh-agent holding alice's key and certificate from `teleconch login`."""
+    sock = world.tmp / "agent.sock"
+    started = await run(["ssh-agent", "-a", str(sock)])
+    assert started.code == 0, started.err
+    pid = re.search(r"SSH_AGENT_PID=(\d+)", started.out)
+    assert pid
+    try:
+        key = world.home / "keys" / "127.0.0.1" / "alice"
+        r = await run(["ssh-add", str(key)], env={"SSH_AUTH_SOCK": str(sock)})
+        assert r.code == 0, r.err
+        yield sock
+    finally:
+        os.kill(int(pid.group(1)), 15)
+
+
+@contextlib.asynccontextmanager
+async def proxy_world(
+    tmp_path: Path, raw: Mapping[str, Any] | None = None
+) -> AsyncIterator[Agented]:
+    merged = {"auth_service": {**PROXY_MODE["auth_service"], **(raw or {})}}
+    async with make_world(tmp_path, merged) as world, ssh_agent(world) as sock:
+        yield Agented(world, sock)
+
+
+@pytest_twisted.async_yield_fixture
+async def rec(tmp_path: Path) -> AsyncIterator[Agented]:
+    async with proxy_world(tmp_path) as w:
+        yield w
+
+
+async def recording_events(w: Agented, sid: str) -> list[dict[str, Any]]:
+    r = await w.ctl("recordings", "export", sid, "--format", "json")
+    assert r.code == 0, r.err
+    return [json.loads(line) for line in r.out.splitlines()]
+
+
+async def uploaded(w: Agented, count: int = 1) -> list[str]:
+    events = await wait_for_events(w.world.cluster, "session.upload", count)
+    return [e.fields["session_id"] for e in events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_A_J_in_proxy_mode_returns_output_and_exit_status_and_records_it(
+    rec: Agented,
+) -> None:
+    """``ssh -A -J proxy node 'echo hi; exit 3'``: the output and status come
+    back; the node saw a login by alice's certificate (through her agent); the
+    recording holds the output, the command and the exit status."""
+    r = await rec.ssh("-A", "-J", rec.jump, "root@web1.test.example", "echo hi; exit 3")
+    assert (r.out, r.code) == ("hi\n", 3), r.err + rec.world.sshd.log
+    assert re.search(r"Accepted publickey for root .* ID alice ", rec.world.sshd.log)
+    (sid,) = await uploaded(rec)
+    events = await recording_events(rec, sid)
+    start, end = events[0], events[-1]
+    assert start["event"] == "session.start" and start["command"] == "echo hi; exit 3"
+    assert (start["user"], start["login"], start["node"]) == ("alice", "root", "web1")
+    printed = "".join(e.get("data", "") for e in events if e["event"] == "print")
+    assert "hi" in printed, events
+    assert end["event"] == "session.end" and end["exit_code"] == 3
+    (started,) = await wait_for_events(rec.world.cluster, "session.start")
+    assert started.fields["kind"] == "ssh" and started.fields["session_id"] == sid
+    (done,) = await wait_for_events(rec.world.cluster, "session.end")
+    assert done.fields["exit_code"] == 3
+    (data,) = await wait_for_events(rec.world.cluster, "session.data")
+    assert data.fields["tx"] >= 3 and data.fields["session_id"] == sid
+    (ex,) = await wait_for_events(rec.world.cluster, "exec")
+    assert ex.fields["command"] == "echo hi; exit 3" and ex.fields["exit_code"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_command_with_ssh_s_in_proxy_mode_keeps_stderr_apart(
+    rec: Agented,
+) -> None:
+    """ProxyCommand ``ssh -s proxy:%h:%p`` is terminated too; stderr stays stderr."""
+    w = rec.world
+    command = (f"ssh -F {w.config} -o BatchMode=yes -p {w.proxy_port} "
+               "%r@127.0.0.1 -s proxy:%h:%p")  # fmt: skip
+    r = await rec.ssh("-A", "-o", f"ProxyCommand={command}", "root@web1.test.example",
+                      "echo out; echo err >&2; exit 5")  # fmt: skip
+    assert (r.out, r.code) == ("out\n", 5), r.err
+    assert "err\n" in r.err and "out" not in r.err
+    await uploaded(rec)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_an_agent_the_client_is_told_to_use_ssh_A_and_it_is_audited(
+    rec: Agented,
+) -> None:
+    r = await rec.ssh("-J", rec.jump, "root@web1.test.example", "echo never")
+    assert r.code != 0 and r.out == ""
+    assert AGENT_REQUIRED in r.err, r.err
+    events = await wait_for_events(rec.world.cluster, "proxy.connect")
+    refused = [e for e in events if e.fields.get("reason") == "no agent forwarded"]
+    assert refused and not refused[0].success and refused[0].user == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_scp_and_sftp_of_10_mb_both_ways_are_byte_identical(rec: Agented) -> None:
+    """scp up and down, sftp up and down, through the recording proxy; these
+    are exec/subsystem audit events, not recordings."""
+    w = rec.world
+    src = w.tmp / "ten.bin"
+    src.write_bytes(os.urandom(10 * 1024 * 1024))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    env = {"SSH_AUTH_SOCK": str(rec.sock)}
+    base = ["-F", str(w.config), "-o", "BatchMode=yes", "-o", "ForwardAgent=yes",
+            "-J", rec.jump]  # fmt: skip
+    remote = "root@web1.test.example:"
+    for args in (
+        [str(src), remote + str(w.tmp / "up.bin")],
+        [remote + str(src), str(w.tmp / "down.bin")],
+    ):
+        r = await run(["scp", *base, *args], env=w.env(**env))
+        assert r.code == 0, r.err
+    batch = w.tmp / "batch"
+    batch.write_text(f"put {src} {w.tmp / 'sftp-up.bin'}\nget {src} {w.tmp / 'sftp-down.bin'}\n")
+    r = await run(["sftp", *base, "-b", str(batch), "root@web1.test.example"],
+                  env=w.env(**env))  # fmt: skip
+    assert r.code == 0, r.err
+    for name in ("up.bin", "down.bin", "sftp-up.bin", "sftp-down.bin"):
+        assert hashlib.sha256((w.tmp / name).read_bytes()).hexdigest() == digest, name
+    subsystems = await wait_for_events(w.cluster, "subsystem")
+    assert subsystems[-1].fields["name"] == "sftp"
+    execs = await wait_for_events(w.cluster, "exec", 2)
+    assert all(e.fields["command"].startswith("scp ") for e in execs)
+    listed = await w.ctl("recordings", "ls", "--format", "json")
+    assert json.loads(listed.out) == [], listed.out
+
+
+async def _wait_for_line(path: Path, text: str) -> None:
+    for _ in range(200):
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        await deferLater(reactor, 0.05)
+    raise AssertionError(f"{text!r} not in {path}")
