@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.avatar import ConchUser
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import reactor
@@ -21,7 +20,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.protocol import Protocol
 
-from teleconch.conch.agent import AgentError, certificate_blob, connect_agent
+from teleconch.conch.agent import AgentError
 from teleconch.conch.agent_forwarding import (
     AGENT_CHANNEL,
     AGENT_REQUEST,
@@ -30,13 +29,14 @@ from teleconch.conch.agent_forwarding import (
     open_agent,
     request_agent_forwarding,
 )
-from teleconch.conch.client import AgentCredentials, NodeConnection, connect_ssh
+from teleconch.conch.client import AgentCredentials, NodeConnection
 from teleconch.conch.flow import FlowControlledChannel, FlowControlledConnection
 from teleconch.conch.session import ExitStatus
 from tests.ssh_link import Link
 from tests.test_agent_forwarding import PersonSide, user_key_and_agent
 from tests.test_conch_agent import agent_sock  # noqa: F401  (a fixture)
-from tests.test_conch_hostcert import LOGIN, new_ca, start_sshd, user_cert
+from tests.test_conch_client import agent_holding_a_user_cert, login_to
+from tests.test_conch_hostcert import LOGIN, new_ca, start_sshd
 
 interop = pytest.mark.interop
 
@@ -184,66 +184,54 @@ def agent_channels(conn: FlowControlledConnection) -> list[Any]:
     return [c for c in conn.channels.values() if c.name == AGENT_CHANNEL]
 
 
-def relay_channels(rig: Rig) -> tuple[Any, Any]:
-    (node_end,) = agent_channels(rig.to_node)
-    return node_end, node_end.peer
-
-
-def test_a_slow_client_holds_the_node_back_with_at_most_a_window_queued() -> None:
-    """The node writes 1 MiB into the agent channel while the person's end
-    reads nothing: the relay queues at most one window, the node is held
-    back; as the person reads, everything arrives, in order."""
-    rig = Rig(None, person=SlowPerson())
-    rig.forward_agent()
-    sender = Sink()
-    rig.node.openChannel(sender)
-    rig.settle()
-    sink = rig.person.agent_channels[0]
-    payload = os.urandom(1024 * 1024)
-    sender.write(payload)
-    rig.settle()
-    _, client_end = relay_channels(rig)
-    assert len(sink.received) == AGENT_WINDOW
-    assert client_end.buffered <= AGENT_WINDOW
-    assert sender.buffered >= len(payload) - 3 * AGENT_WINDOW  # held back
-    while len(sink.received) < len(payload):
-        before = len(sink.received)
-        sink.consume()
-        rig.settle()
-        assert len(sink.received) > before
-        assert client_end.buffered <= AGENT_WINDOW
-    assert bytes(sink.received) == payload
-
-
-def test_a_slow_node_holds_the_client_back_too() -> None:
-    """The other way: the person's agent writes 1 MiB, the node's end reads
-    nothing; the same bound, then everything arrives."""
-    rig = Rig(None, person=SlowPerson())
-    rig.forward_agent()
-    receiver = Sink()
-    rig.node.openChannel(receiver)
-    rig.settle()
-    writer = rig.person.agent_channels[0]
-    payload = os.urandom(1024 * 1024)
-    writer.write(payload)
-    rig.settle()
-    node_end, _ = relay_channels(rig)
-    assert len(receiver.received) == AGENT_WINDOW
-    assert node_end.buffered <= AGENT_WINDOW
-    while len(receiver.received) < len(payload):
-        receiver.consume()
-        rig.settle()
-    assert bytes(receiver.received) == payload
-
-
-@pytest.mark.parametrize("closer", ["node", "person"])
-def test_either_end_closing_closes_the_other(closer: str) -> None:
+def relayed_sinks() -> tuple[Rig, Sink, Sink]:
+    """A relayed agent channel with a Sink at each end: (rig, node's, person's)."""
     rig = Rig(None, person=SlowPerson())
     rig.forward_agent()
     on_node = Sink()
     rig.node.openChannel(on_node)
     rig.settle()
-    on_person = rig.person.agent_channels[0]
+    return rig, on_node, rig.person.agent_channels[0]
+
+
+def relay_channels(rig: Rig) -> tuple[Any, Any]:
+    (node_end,) = agent_channels(rig.to_node)
+    return node_end, node_end.peer
+
+
+@pytest.mark.parametrize("slow", ["person", "node"])
+def test_a_slow_reader_holds_the_writer_back_with_at_most_a_window_queued(
+    slow: str,
+) -> None:
+    """One side writes 1 MiB into a relayed agent channel while the other
+    reads nothing (the person's agent, or what runs on the node): the relay
+    queues at most one window and the writer is held back; as the reader
+    reads, everything arrives, in order."""
+    rig, on_node, on_person = relayed_sinks()
+    node_end, client_end = relay_channels(rig)
+    writer, reader, feeding = (
+        (on_node, on_person, client_end)
+        if slow == "person"
+        else (on_person, on_node, node_end)
+    )
+    payload = os.urandom(1024 * 1024)
+    writer.write(payload)
+    rig.settle()
+    assert len(reader.received) == AGENT_WINDOW
+    assert feeding.buffered <= AGENT_WINDOW
+    assert writer.buffered >= len(payload) - 3 * AGENT_WINDOW  # held back
+    while len(reader.received) < len(payload):
+        before = len(reader.received)
+        reader.consume()
+        rig.settle()
+        assert len(reader.received) > before
+        assert feeding.buffered <= AGENT_WINDOW
+    assert bytes(reader.received) == payload
+
+
+@pytest.mark.parametrize("closer", ["node", "person"])
+def test_either_end_closing_closes_the_other(closer: str) -> None:
+    rig, on_node, on_person = relayed_sinks()
     (on_node if closer == "node" else on_person).loseConnection()
     rig.settle()
     assert on_node.closed_ and on_person.closed_
@@ -252,11 +240,7 @@ def test_either_end_closing_closes_the_other(closer: str) -> None:
 
 
 def test_the_client_connection_ending_closes_the_nodes_agent_channel() -> None:
-    rig = Rig(None, person=SlowPerson())
-    rig.forward_agent()
-    on_node = Sink()
-    rig.node.openChannel(on_node)
-    rig.settle()
+    rig, on_node, _ = relayed_sinks()
     rig.person_link.lose()
     rig.settle()
     assert on_node.closed_
@@ -331,20 +315,9 @@ async def test_ssh_add_on_a_real_sshd_lists_the_key_in_our_ssh_agent(
     side and lists its key and certificate."""
     host_ca, user_ca = new_ca(), new_ca()
     sshd = await start_sshd(tmp_path, host_ca, user_ca, LOGIN)
-    agent = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
+    agent = await agent_holding_a_user_cert(agent_sock, user_ca, "relayed-key")
     try:
-        key = Ed25519PrivateKey.generate()
-        cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
-        await agent.add_key(key, "relayed-key", certificate=certificate_blob(cert))
-        conn = await connect_ssh(
-            reactor,
-            ("127.0.0.1", sshd.port),
-            LOGIN,
-            AgentCredentials(agent_sock),
-            [host_ca.public_key_line()],
-            "127.0.0.1",
-            login_timeout=15,
-        )
+        conn = await login_to(sshd, AgentCredentials(agent_sock), host_ca)
         proxy_side = FlowControlledConnection()
         link = Link(proxy_side, RealPerson(agent_sock), reactor)
         relay = AgentRelay(proxy_side)
