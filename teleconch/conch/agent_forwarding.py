@@ -121,6 +121,8 @@ class _AgentClientChannel(FlowControlledChannel):
         self.opened.errback(why)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # closing (e.g. after a bad frame): no more window either
         self.proto.dataReceived(data)
         _give_back(self, len(data))
 
