@@ -246,6 +246,23 @@ def test_the_client_connection_ending_closes_the_nodes_agent_channel() -> None:
     assert on_node.closed_
 
 
+def test_the_node_going_away_while_the_client_opens_closes_the_clients_channel() -> (
+    None
+):
+    """The node's connection ends before the person confirmed the agent
+    channel: once it is confirmed, the relay closes it at once."""
+    rig = Rig(None, person=SlowPerson())
+    rig.forward_agent()
+    rig.node.openChannel(Sink())
+    rig.node_link.flush()  # the proxy opens towards the person; not yet delivered
+    assert len(rig.proxy_side.channels) == 1
+    rig.node_link.lose()
+    rig.settle()
+    (on_person,) = rig.person.agent_channels
+    assert on_person.closed_
+    assert rig.proxy_side.channels == {}
+
+
 # -- interop: a real sshd node, a real ssh-agent ----------------------------------
 
 

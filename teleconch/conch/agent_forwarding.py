@@ -225,6 +225,7 @@ class _RelayChannel(FlowControlledChannel):
     def openFailed(self, reason: Any) -> None:
         if not self.opened.called:
             self.opened.errback(reason)
+            self.opened.addErrback(lambda _: None)  # the node's end has no waiter
         self._close_peer()
 
     def eofReceived(self) -> None:
@@ -253,9 +254,13 @@ class _NodeAgentChannel(_RelayChannel):
         d: Deferred[None] = Deferred()
 
         def refused(reason: Failure) -> None:
+            why = reason.value
+            said = why.value if isinstance(why, ConchError) else str(why)
             _log.info(
                 "the client refused an agent channel the node opened: {why}",
-                why=reason.getErrorMessage(),
+                why=said.decode("utf-8", "replace")
+                if isinstance(said, bytes)
+                else str(said),
             )
             d.errback(
                 ConchError(
