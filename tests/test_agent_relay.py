@@ -29,7 +29,7 @@ from teleconch.conch.agent_forwarding import (
     open_agent,
     request_agent_forwarding,
 )
-from teleconch.conch.client import AgentCredentials, NodeConnection
+from teleconch.conch.client import AgentClientCredentials, NodeConnection
 from teleconch.conch.flow import FlowControlledChannel, FlowControlledConnection
 from teleconch.conch.session import ExitStatus
 from tests.ssh_link import Link
@@ -327,16 +327,20 @@ async def test_ssh_add_on_a_real_sshd_lists_the_key_in_our_ssh_agent(
     tmp_path: pathlib.Path,
     agent_sock: str,  # noqa: F811  (the fixture)
 ) -> None:
-    """A real sshd (AllowAgentForwarding yes): after request_agent_forwarding,
-    `ssh-add -L` on the node goes through the relay to a real ssh-agent on our
-    side and lists its key and certificate."""
+    """The recording proxy's path, with a real sshd and a real ssh-agent: the
+    agent reached over an SSH channel (open_agent) signs connect_ssh's login
+    (AgentClientCredentials); after request_agent_forwarding, `ssh-add -L` on
+    the node goes through the relay, over a second agent channel, to the same
+    ssh-agent and lists its key and certificate."""
     host_ca, user_ca = new_ca(), new_ca()
     sshd = await start_sshd(tmp_path, host_ca, user_ca, LOGIN)
-    agent = await agent_holding_a_user_cert(agent_sock, user_ca, "relayed-key")
+    local = await agent_holding_a_user_cert(agent_sock, user_ca, "relayed-key")
+    local.close()
+    proxy_side = FlowControlledConnection()
+    link = Link(proxy_side, RealPerson(agent_sock), reactor)
     try:
-        conn = await login_to(sshd, AgentCredentials(agent_sock), host_ca)
-        proxy_side = FlowControlledConnection()
-        link = Link(proxy_side, RealPerson(agent_sock), reactor)
+        agent = await open_agent(proxy_side)
+        conn = await login_to(sshd, AgentClientCredentials(agent), host_ca)
         relay = AgentRelay(proxy_side)
         conn.channel_handlers[AGENT_CHANNEL] = relay.channel_for
         try:
@@ -351,9 +355,10 @@ async def test_ssh_add_on_a_real_sshd_lists_the_key_in_our_ssh_agent(
         finally:
             conn.close()
             await conn.wait_closed()
-            link.lose()
-    finally:
+        assert len(await agent.list_identities()) == 2  # still ours, still open
         agent.close()
         await agent.wait_closed()
+    finally:
+        link.lose()
         await sshd.stop()
     assert "agent forwarding disabled" not in b"".join(sshd.process.log).decode()
