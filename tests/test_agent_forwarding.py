@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol
 from teleconch.conch.agent import MAX_MESSAGE, AgentError, public_key_blob
 from teleconch.conch.agent_forwarding import (
     AGENT_CHANNEL,
+    AGENT_WINDOW,
     _ChannelAsTransport,
     open_agent,
 )
@@ -122,11 +123,13 @@ def test_the_connection_ending_before_the_open_fails_open_agent() -> None:
 
 
 class Hostile(Protocol):
-    """Answers the first request with a frame header claiming a huge message."""
+    """Answers the first request with a frame header claiming a huge message,
+    and goes on sending."""
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(struct.pack("!L", MAX_MESSAGE + 1) + b"x" * 1000)
+        self.transport.write(b"y" * (4 * AGENT_WINDOW))
 
 
 def test_an_oversize_agent_message_closes_only_that_channel() -> None:
@@ -140,7 +143,11 @@ def test_an_oversize_agent_message_closes_only_that_channel() -> None:
     failure = run(link, hostile.list_identities())
     assert failure.check(AgentError)
     assert "bad frame length" in str(failure.value)
-    assert person.agent_channels[0].localClosed
+    ours = next(c for c in proxy.channels.values() if c.name == AGENT_CHANNEL)
+    assert ours.localClosed  # we sent CHANNEL_CLOSE
+    assert ours.localWindowLeft <= 0  # what followed got no window back
+    assert person.agent_channels[0].buf  # and waits at the sender
+    assert hostile._proto._buffer == b""  # nor was it kept
     assert not link.lost
     honest = run(link, open_agent(proxy))
     assert len(run(link, honest.list_identities())) == 2

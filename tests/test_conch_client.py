@@ -30,7 +30,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
 from teleconch.ca import SSHCertificateAuthority
-from teleconch.conch.agent import certificate_blob, connect_agent
+from teleconch.conch.agent import AgentClient, certificate_blob, connect_agent
 from teleconch.conch.client import (
     AgentClientCredentials,
     AgentCredentials,
@@ -337,9 +337,10 @@ def test_without_host_certificate_checks_a_presented_certificate_is_still_checke
 
 async def login_to(
     sshd: Any,
-    credentials: KeyCredentials | AgentCredentials,
+    credentials: KeyCredentials | AgentCredentials | AgentClientCredentials,
     host_ca: SSHCertificateAuthority,
     host_name: str = "127.0.0.1",
+    check_host_certificate: bool = True,
 ) -> NodeConnection:
     return await connect_ssh(
         reactor,
@@ -349,6 +350,7 @@ async def login_to(
         [host_ca.public_key_line()],
         host_name,
         login_timeout=15,
+        check_host_certificate=check_host_certificate,
     )
 
 
@@ -416,6 +418,18 @@ async def test_the_client_logs_in_to_sshd_through_an_agent_holding_key_and_cert(
         await sshd.stop()
 
 
+async def agent_holding_a_user_cert(
+    socket_path: str, user_ca: SSHCertificateAuthority, comment: str
+) -> AgentClient:
+    """Connected to the real ssh-agent at ``socket_path``, which now holds a new
+    key and its user certificate for LOGIN from ``user_ca``."""
+    agent = await connect_agent(cast(IReactorUNIX, reactor), socket_path)
+    key = Ed25519PrivateKey.generate()
+    cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
+    await agent.add_key(key, comment, certificate=certificate_blob(cert))
+    return agent
+
+
 @interop
 @pytest_twisted.ensureDeferred
 async def test_a_connected_agent_logs_in_to_sshd_with_a_plain_key_when_not_checking(
@@ -427,20 +441,10 @@ async def test_a_connected_agent_logs_in_to_sshd_with_a_plain_key_when_not_check
     stays open afterwards and host_certificate says there was none."""
     user_ca = new_ca()
     sshd = await start_sshd(tmp_path, None, user_ca, LOGIN)
-    agent = await connect_agent(cast(IReactorUNIX, reactor), agent_sock)
+    agent = await agent_holding_a_user_cert(agent_sock, user_ca, "alice")
     try:
-        key = Ed25519PrivateKey.generate()
-        cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
-        await agent.add_key(key, "alice", certificate=certificate_blob(cert))
-        conn = await connect_ssh(
-            reactor,
-            ("127.0.0.1", sshd.port),
-            LOGIN,
-            AgentClientCredentials(agent),
-            [new_ca().public_key_line()],
-            "127.0.0.1",
-            login_timeout=15,
-            check_host_certificate=False,
+        conn = await login_to(
+            sshd, AgentClientCredentials(agent), new_ca(), check_host_certificate=False
         )
         try:
             assert conn.node_transport.host_certificate is None

@@ -1,6 +1,6 @@
 """SSH agent forwarding, both ways, for the recording proxy.
 
-OpenSSH's ``PROTOCOL`` (section 2.7 of ``PROTOCOL.agent``'s companion): a
+draft-miller-ssh-agent ("Forwarding") and OpenSSH's ``PROTOCOL.agent``: a
 client that forwards its agent sends ``auth-agent-req@openssh.com`` on a
 session channel; the server then opens an ``auth-agent@openssh.com``
 channel (no extra data) back to the client for each connection to the agent
@@ -38,6 +38,7 @@ __all__ = [
     "AGENT_CHANNEL",
     "AGENT_REQUEST",
     "AGENT_WINDOW",
+    "AgentRelay",
     "open_agent",
     "request_agent_forwarding",
 ]
@@ -120,6 +121,8 @@ class _AgentClientChannel(FlowControlledChannel):
         self.opened.errback(why)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # closing (e.g. after a bad frame): no more window either
         self.proto.dataReceived(data)
         _give_back(self, len(data))
 
@@ -172,3 +175,129 @@ async def request_agent_forwarding(channel: SessionChannel) -> None:
         ) from None
     if isinstance(conn, NodeConnection):
         conn.accept_channels(AGENT_CHANNEL)
+
+
+# -- relaying a node's agent channels to the client ------------------------------
+
+
+class _RelayChannel(FlowControlledChannel):
+    """One end of a relayed agent channel; `peer` is the other end.
+
+    What arrives is written to the peer, and our window re-opens only once
+    the peer has sent it on: so at most one window of bytes waits in the
+    relay, however slow either side reads. EOF passes through; when either
+    end closes, the other closes after sending what it holds.
+    """
+
+    name = AGENT_CHANNEL
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(window=AGENT_WINDOW, max_packet=_AGENT_PACKET, **kw)
+        self.peer: _RelayChannel | None = None
+        self._owed = 0  # bytes received, written to the peer, window not re-opened
+        self.opened: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.peer is None:
+            return
+        self.peer.write(data)
+        self._owed += len(data)
+        self._settle()
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        _give_back(self, len(data))  # agents have no stderr: dropped
+
+    def _settle(self) -> None:
+        """Re-open our window for what the peer has sent on."""
+        if self.peer is not None and self.peer.buffered == 0 and self._owed:
+            owed, self._owed = self._owed, 0
+            _give_back(self, owed)
+
+    def startWriting(self) -> None:
+        if self.peer is not None:
+            self.peer._settle()  # our queue drained: the peer may take more
+
+    def channelOpen(self, specificData: bytes) -> None:
+        super().channelOpen(specificData)
+        if not self.opened.called:
+            self.opened.callback(None)
+
+    def openFailed(self, reason: Any) -> None:
+        if not self.opened.called:
+            self.opened.errback(reason)
+            self.opened.addErrback(lambda _: None)  # the node's end has no waiter
+        self._close_peer()
+
+    def eofReceived(self) -> None:
+        if self.peer is not None:
+            self.peer.send_eof()
+
+    def closeReceived(self) -> None:
+        super().closeReceived()
+        self._close_peer()
+
+    def closed(self) -> None:
+        self._close_peer()
+
+    def _close_peer(self) -> None:
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            peer.peer = None
+            peer.loseConnection()
+
+
+class _NodeAgentChannel(_RelayChannel):
+    """The node's end: confirmed only once the client's end is open."""
+
+    def when_openable(self) -> Deferred[None] | None:
+        assert self.peer is not None
+        d: Deferred[None] = Deferred()
+
+        def refused(reason: Failure) -> None:
+            why = reason.value
+            said = why.value if isinstance(why, ConchError) else str(why)
+            _log.info(
+                "the client refused an agent channel the node opened: {why}",
+                why=said.decode("utf-8", "replace")
+                if isinstance(said, bytes)
+                else str(said),
+            )
+            d.errback(
+                ConchError(
+                    "the client refused the agent channel",
+                    connection.OPEN_CONNECT_FAILED,
+                )
+            )
+
+        self.peer.opened.addCallbacks(d.callback, refused)
+        return d
+
+
+class AgentRelay:
+    """Relays the node's ``auth-agent@openssh.com`` channels to the client.
+
+    Register `channel_for` as the node connection's handler for AGENT_CHANNEL
+    (``node_conn.channel_handlers[AGENT_CHANNEL] = relay.channel_for``); the
+    node may use it once `request_agent_forwarding` succeeded. Each channel
+    the node opens is confirmed only when a new agent channel to the client
+    (``client_conn``, the person's ``ssh -A`` connection) is open, and refused
+    if the client refuses that one. Bytes pass unchanged with flow control
+    both ways (the client's connection should be a FlowControlledConnection
+    for back-pressure towards the client); both ends close together.
+    """
+
+    def __init__(self, client_conn: connection.SSHConnection) -> None:
+        self._client_conn = client_conn
+        self.relayed = 0
+
+    def channel_for(
+        self, remoteWindow: int, remoteMaxPacket: int, data: bytes
+    ) -> SSHChannel:
+        node_end = _NodeAgentChannel(
+            remoteWindow=remoteWindow, remoteMaxPacket=remoteMaxPacket
+        )
+        client_end = _RelayChannel(conn=self._client_conn)
+        node_end.peer, client_end.peer = client_end, node_end
+        self._client_conn.openChannel(client_end)
+        self.relayed += 1
+        return node_end

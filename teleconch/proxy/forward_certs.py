@@ -47,20 +47,14 @@ class ForwardingHostCerts:
     """Forwarding host certificates for the proxy's ``host_key``, by node name."""
 
     def __init__(
-        self,
-        clock: IReactorTime,
-        agent: SignsForwarding,
-        host_key: Ed25519PrivateKey,
+        self, clock: IReactorTime, agent: SignsForwarding, host_key: Ed25519PrivateKey
     ) -> None:
-        self._clock = clock
-        self._agent = agent
-        self._public_key = (
-            host_key.public_key()
-            .public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
-            .decode("ascii")
+        self._clock, self._agent = clock, agent
+        line = host_key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
+        #: What the auth service certifies: our host key's public line.
+        self.public_key = line.decode("ascii")
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._waiting: dict[str, list[Deferred[str]]] = {}
 
@@ -84,7 +78,7 @@ class ForwardingHostCerts:
         self._waiting[node_name] = waiters = []
         try:
             signed = await self._agent.sign_forwarding_host_certificate(
-                self._public_key, node_name
+                self.public_key, node_name
             )
         except Exception:
             del self._waiting[node_name]
