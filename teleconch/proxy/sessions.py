@@ -307,6 +307,12 @@ class SessionHub:
 
     async def start(self, opener: Opener) -> None:
         """Open the node side with ``opener``; raise why not (the session has ENDED)."""
+        if self._state is HubState.ENDING and self._shell is None:
+            # every party left before the open began (a browser that closed
+            # while its login was checked): nothing to open, nobody to tell
+            self._move(HubState.ENDED)
+            self._finished(Ending(None, self._reason or "every party left"))
+            return
         if self._state is not HubState.STARTING:
             raise SessionOver(f"session {self.id} has started already")
         size = (self._record.cols, self._record.rows)
