@@ -132,6 +132,7 @@ class AuthService(StartingService):
                 record_input=s.auth.record_input,
                 proxy_checks_host_keys=s.auth.proxy_checks_host_keys,
             ),
+            recordings_retention=s.auth.recordings_retention,
         )
         await self.server.start()
         factory = TLSMemoryBIOFactory(
