@@ -102,3 +102,48 @@ async def test_the_output_of_a_web_terminal_session_is_in_its_asciicast_export(
     assert r.code == 0, r.err
     r = await run(_ctl(node, "export", sid))
     assert r.code == 1 and "no recording" in r.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_record_input_on_what_is_typed_in_a_web_terminal_is_in_the_recording(
+    chromium: BrowserThread, tmp_path: Path
+) -> None:
+    """``auth_service.record_input: yes``: the keys typed in the browser are
+    in the recording as input events (json export) and "i" lines (asciicast,
+    still played by ``asciinema cat``), alongside the output."""
+    seen: dict[str, str] = {}
+    raw = {"auth_service": {"record_input": True}}
+    async with a_node(tmp_path, raw=raw) as node:
+
+        async def session(browser: Browser) -> None:
+            async with open_page(browser) as (page, _log):
+                await log_in_to_console(page, node, "/web/console/web1/root")
+                await wait_connected(page)
+                await type_line(page, "echo typed-$((6*7))")
+                await wait_for_line(page, "typed-42")
+                seen["id"] = await page.evaluate("window.teleconchConsole.sessionId")
+                await type_line(page, "exit")
+                await page.wait_for_function(
+                    "() => document.getElementById('status').textContent.includes('0')"
+                )
+
+        await chromium.run(session)
+        sid = seen["id"]
+        await wait_for_events(node.cluster, "session.upload")
+        r = await run(_ctl(node, "export", sid, "--format", "json"))
+        assert r.code == 0, r.err
+        events = [json.loads(line) for line in r.out.splitlines()]
+        typed = "".join(e["data"] for e in events if e["event"] == "input")
+        assert "echo typed-$((6*7))\r" in typed and typed.endswith("exit\r")
+        shown = "".join(e["data"] for e in events if e["event"] == "print")
+        assert "typed-42" in shown
+
+        r = await run(_ctl(node, "export", sid, "--format", "asciicast"))
+        assert r.code == 0, r.err
+        lines = [json.loads(line) for line in r.out.splitlines()[1:]]
+        assert "echo typed-$((6*7))" in "".join(t for _, k, t in lines if k == "i")
+        cast = tmp_path / "typed.cast"
+        cast.write_text(r.out)
+        played = await run(["asciinema", "cat", str(cast)])
+        assert played.code == 0, played.err
+        assert "typed-42" in played.out
