@@ -110,7 +110,8 @@ async def test_with_record_input_on_what_is_typed_in_a_web_terminal_is_in_the_re
 ) -> None:
     """``auth_service.record_input: yes``: the keys typed in the browser are
     in the recording as input events (json export) and "i" lines (asciicast,
-    still played by ``asciinema cat``), alongside the output."""
+    still played by ``asciinema cat``), alongside the output; ``recordings
+    ls --user --node --since`` finds it."""
     seen: dict[str, str] = {}
     raw = {"auth_service": {"record_input": True}}
     async with a_node(tmp_path, raw=raw) as node:
@@ -130,6 +131,14 @@ async def test_with_record_input_on_what_is_typed_in_a_web_terminal_is_in_the_re
         await chromium.run(session)
         sid = seen["id"]
         await wait_for_events(node.cluster, "session.upload")
+        ls = ["ls", "--format", "json", "--node", "web1", "--since", "1h"]
+        r = await run(_ctl(node, *ls, "--user", node.alice.name))
+        assert r.code == 0, r.err
+        assert [x["id"] for x in json.loads(r.out)] == [sid]
+        r = await run(_ctl(node, *ls, "--user", "nobody"))
+        assert r.code == 0 and json.loads(r.out) == []
+        r = await run(_ctl(node, *ls, "--since", "soon"))
+        assert r.code == 1 and "neither a duration ago" in r.err
         r = await run(_ctl(node, "export", sid, "--format", "json"))
         assert r.code == 0, r.err
         events = [json.loads(line) for line in r.out.splitlines()]
