@@ -31,6 +31,7 @@ NOW = 1_700_000_000.0
 
 
 def done(d: Any) -> Any:
+    """What the coroutine ``d`` returned; it must have finished (on a Clock)."""
     out: list[Any] = []
     Deferred.fromCoroutine(d).addBoth(out.append)
     assert out, "not finished"

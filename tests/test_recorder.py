@@ -121,7 +121,8 @@ class Rig:
     def recorder(self) -> Recorder | None:
         return done(Deferred.fromCoroutine(self.recorders.recorder("10.0.0.9:5555")))
 
-    def hub(self) -> tuple[SessionHub, FakeShell, Recorder]:
+    def recorded_hub(self) -> tuple[SessionHub, Recorder]:
+        """A hub with a recorder as its tap, no party yet, not started."""
         recorder = self.recorder()
         assert recorder is not None
         hub = SessionHub(
@@ -130,7 +131,9 @@ class Rig:
             record=session_record(),
             taps=(recorder,),
         )
-        hub.join(FakeParty())
+        return hub, recorder
+
+    def start(self, hub: SessionHub) -> FakeShell:
         shells: list[FakeShell] = []
 
         async def opener(events: ShellEvents) -> FakeShell:
@@ -138,7 +141,12 @@ class Rig:
             return shells[0]
 
         done(Deferred.fromCoroutine(hub.start(opener)))
-        return hub, shells[0], recorder
+        return shells[0]
+
+    def hub(self) -> tuple[SessionHub, FakeShell, Recorder]:
+        hub, recorder = self.recorded_hub()
+        hub.join(FakeParty())
+        return hub, self.start(hub), recorder
 
 
 def test_a_sessions_output_resizes_and_end_reach_the_auth_service_in_order(
@@ -283,12 +291,7 @@ def test_a_session_that_never_opens_leaves_nothing_in_the_spool(
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path)
-    recorder = rig.recorder()
-    assert recorder is not None
-    hub = SessionHub(
-        clock=rig.clock, registry=FakeRegistry(), record=session_record(),
-        taps=(recorder,),
-    )  # fmt: skip
+    hub, recorder = rig.recorded_hub()
     hub.join(FakeParty())
 
     async def refuse(events: ShellEvents) -> FakeShell:
@@ -324,25 +327,13 @@ def test_long_output_is_cut_into_print_events_and_frames_that_fit_one_amp_value(
 def _typed_in_a_session(rig: Rig) -> list[fmt.Event]:
     """The owner types before the node answers and after; an observer types
     too; the recording's events once it is uploaded."""
-    recorder = rig.recorder()
-    assert recorder is not None
-    hub = SessionHub(
-        clock=rig.clock, registry=FakeRegistry(), record=session_record(),
-        taps=(recorder,),
-    )  # fmt: skip
+    hub, _ = rig.recorded_hub()
     owner = FakeParty()
     observer = FakeParty(record=Party("party-2", "bob", "10.0.0.8", mode="observer"))
     hub.join(owner)
     hub.join(observer)
     hub.input(owner, b"early ")
-    shells: list[FakeShell] = []
-
-    async def opener(events: ShellEvents) -> FakeShell:
-        shells.append(FakeShell(events))
-        return shells[0]
-
-    done(Deferred.fromCoroutine(hub.start(opener)))
-    (shell,) = shells
+    shell = rig.start(hub)
     rig.clock.advance(0.5)
     hub.input(owner, b"ls\r")
     hub.input(observer, b"rm -rf /\r")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from teleconch import recording_format as fmt
@@ -18,18 +17,10 @@ from teleconch.auth.audit import AuditLog
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.recordings import INDEX_SUFFIX, Recordings
 from teleconch.auth.retention import RETENTION_EVERY, UPLOAD_GRACE, RecordingRetention
+from tests.test_cluster_settings import done
 
 NOW = 1_700_000_000.0
 DAY = 86400
-
-
-def done(coro: Any) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(coro).addBoth(out.append)
-    assert out, "not finished"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 class Rig:

@@ -41,6 +41,30 @@ def _ctl(node: Node, *argv: str) -> list[str]:
             str(cluster.auth_addr), "recordings", *argv]  # fmt: skip
 
 
+async def _echo_and_exit(
+    chromium: BrowserThread, node: Node, word: str, status: int
+) -> str:
+    """In the browser's terminal: ``echo WORD-$((6*7))``, its output seen,
+    then ``exit STATUS``; the session's id."""
+    seen: dict[str, str] = {}
+
+    async def session(browser: Browser) -> None:
+        async with open_page(browser) as (page, _log):
+            await log_in_to_console(page, node, "/web/console/web1/root")
+            await wait_connected(page)
+            await type_line(page, f"echo {word}-$((6*7))")
+            await wait_for_line(page, f"{word}-42")
+            seen["id"] = await page.evaluate("window.teleconchConsole.sessionId")
+            await type_line(page, f"exit {status}")
+            await page.wait_for_function(
+                "s => document.getElementById('status').textContent.includes(s)",
+                arg=f"exited with status {status}",
+            )
+
+    await chromium.run(session)
+    return seen["id"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_output_of_a_web_terminal_session_is_in_its_asciicast_export(
     chromium: BrowserThread, node: Node, tmp_path: Path
@@ -50,22 +74,7 @@ async def test_the_output_of_a_web_terminal_session_is_in_its_asciicast_export(
     recordings ls``, and its ``export --format asciicast`` is asciicast v2
     that ``asciinema cat`` plays back with the echo's output; ``rm``
     removes it."""
-    seen: dict[str, str] = {}
-
-    async def session(browser: Browser) -> None:
-        async with open_page(browser) as (page, _log):
-            await log_in_to_console(page, node, "/web/console/web1/root")
-            await wait_connected(page)
-            await type_line(page, "echo recorded-$((6*7))")
-            await wait_for_line(page, "recorded-42")
-            seen["id"] = await page.evaluate("window.teleconchConsole.sessionId")
-            await type_line(page, "exit 4")
-            await page.wait_for_function(
-                "() => document.getElementById('status').textContent.includes('4')"
-            )
-
-    await chromium.run(session)
-    sid = seen["id"]
+    sid = await _echo_and_exit(chromium, node, "recorded", 4)
     (upload,) = await wait_for_events(node.cluster, "session.upload")
     assert upload.fields["session_id"] == sid and upload.user == node.alice.name
 
@@ -112,24 +121,9 @@ async def test_with_record_input_on_what_is_typed_in_a_web_terminal_is_in_the_re
     in the recording as input events (json export) and "i" lines (asciicast,
     still played by ``asciinema cat``), alongside the output; ``recordings
     ls --user --node --since`` finds it."""
-    seen: dict[str, str] = {}
     raw = {"auth_service": {"record_input": True}}
     async with a_node(tmp_path, raw=raw) as node:
-
-        async def session(browser: Browser) -> None:
-            async with open_page(browser) as (page, _log):
-                await log_in_to_console(page, node, "/web/console/web1/root")
-                await wait_connected(page)
-                await type_line(page, "echo typed-$((6*7))")
-                await wait_for_line(page, "typed-42")
-                seen["id"] = await page.evaluate("window.teleconchConsole.sessionId")
-                await type_line(page, "exit")
-                await page.wait_for_function(
-                    "() => document.getElementById('status').textContent.includes('0')"
-                )
-
-        await chromium.run(session)
-        sid = seen["id"]
+        sid = await _echo_and_exit(chromium, node, "typed", 0)
         await wait_for_events(node.cluster, "session.upload")
         ls = ["ls", "--format", "json", "--node", "web1", "--since", "1h"]
         r = await run(_ctl(node, *ls, "--user", node.alice.name))
@@ -143,7 +137,7 @@ async def test_with_record_input_on_what_is_typed_in_a_web_terminal_is_in_the_re
         assert r.code == 0, r.err
         events = [json.loads(line) for line in r.out.splitlines()]
         typed = "".join(e["data"] for e in events if e["event"] == "input")
-        assert "echo typed-$((6*7))\r" in typed and typed.endswith("exit\r")
+        assert "echo typed-$((6*7))\r" in typed and typed.endswith("exit 0\r")
         shown = "".join(e["data"] for e in events if e["event"] == "print")
         assert "typed-42" in shown
 
