@@ -21,6 +21,7 @@ from teleconch.auth.audit import AuditLog
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.server import AuthServer
 from teleconch.auth.settings import ClusterSettingsKeeper, show_retention
+from teleconch.auth.types import SettingOverride
 from teleconch.pki import ROLE_ADMIN, ROLE_PROXY, TLSAuthority
 from teleconch.proxy.settings import SETTINGS_MAX_AGE, ClusterSettingsCache
 from tests.amp_memory import Conn, cert_for, clock, server, store, tls_ca
@@ -169,3 +170,16 @@ def test_only_an_admin_may_set_the_clusters_settings(
     assert shown[b"_error_code"] == b"ACCESS_DENIED"
     assert api.SetClusterSettings.roles == {ROLE_ADMIN}
     factory.doStop()
+
+
+def test_a_stored_value_this_teleconch_cannot_read_gives_way_to_the_config() -> None:
+    """An override written by hand (or by another version) that is not valid
+    here: the proxies still get settings, the config's."""
+    k = Keeper(session_recording="off")
+    done(
+        k.store.set_setting_overrides(
+            [SettingOverride("session_recording", "sometimes", "admin", NOW)]
+        )
+    )
+    assert done(k.keeper.current()).session_recording == "off"
+    assert k.show()["session_recording"].source == "config"

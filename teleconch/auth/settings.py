@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
@@ -24,6 +25,8 @@ from teleconch.auth.types import SettingOverride
 from teleconch.config import SESSION_RECORDING_MODES, parse_retention
 from teleconch.durations import format_duration
 from teleconch.text import printable
+
+log = Logger()
 
 RETENTION = "recordings_retention"
 
@@ -115,8 +118,17 @@ class ClusterSettingsKeeper:
             k: (self.config[k], None) for k in KINDS
         }
         for o in await self.store.list_setting_overrides():
-            if o.key in KINDS:  # one a later teleconch knew is left alone
+            if o.key not in KINDS:  # one a later teleconch knew is left alone
+                continue
+            try:
                 out[o.key] = (KINDS[o.key].parse(o.value), o)
+            except ValueError:
+                log.warn(
+                    "cluster setting {key}: the stored {value!r} is not valid; "
+                    "using the config's (teleconch-ctl cluster set {key}=...)",
+                    key=o.key,
+                    value=o.value,
+                )
         return out
 
     async def current(self) -> api.ClusterSettings:
