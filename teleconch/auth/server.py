@@ -3,12 +3,12 @@
 A thin facade: the rules live one concern per module (``rbac``, ``login``,
 ``tokens``, ``joining``, ``nodejoin``, ``certs``, ``nodes``, ``accounts``,
 ``websessions``, ``selfservice``, ``live``, ``recordings``, ``settings``,
-``audit``) and this class
-composes them over one store and one clock.  Its methods are the Auth API's:
-each answers one command of ``teleconch.auth.protocol`` with its request's
-fields as arguments and its response record (or, for a response of one
-field, that field's value).  It knows nothing of AMP or TLS:
-``teleconch.auth.api`` binds commands to these methods.
+``audit``) and this class composes them over one store and one clock.  Its
+methods are the Auth API's: each answers one command of
+``teleconch.auth.protocol`` with its request's fields as arguments and its
+response record (or, for a response of one field, that field's value).  It
+knows nothing of AMP or TLS: ``teleconch.auth.api`` binds commands to these
+methods.
 """
 
 from __future__ import annotations
