@@ -345,6 +345,15 @@ class AuthAgent(MultiService):
     async def cluster_settings(self) -> api.ClusterSettings:
         return await self.call(api.GetClusterSettings, EMPTY)
 
+    async def show_cluster_settings(self) -> api.ClusterSettingsView:
+        return await self.call(api.ShowClusterSettings, EMPTY)
+
+    async def set_cluster_settings(
+        self, values: Mapping[str, str]
+    ) -> api.ClusterSettingsView:
+        request = api.ClusterSettingsChange(values)
+        return await self.call(api.SetClusterSettings, request)
+
     async def start_recording(
         self, id: str, meta: Mapping[str, Any]
     ) -> api.RecordingState:

@@ -169,7 +169,7 @@ class Recordings:
                 hi = mid
         return 0 if lo == 0 else (await self._entry(id, lo - 1))[1]
 
-    async def _describe(self, info: StreamInfo) -> api.RecordingEntry:
+    async def describe(self, info: StreamInfo) -> api.RecordingEntry:
         n = await self._entries(info.stream_id)
         duration = (await self._entry(info.stream_id, n - 1))[0] if n else 0
         m = info.meta
@@ -186,7 +186,7 @@ class Recordings:
 
     async def list(self) -> list[api.RecordingEntry]:
         streams = await self.store.list_streams()
-        return [await self._describe(s) for s in streams if s.meta.get("kind") == KIND]
+        return [await self.describe(s) for s in streams if s.meta.get("kind") == KIND]
 
     async def read(self, id: str, start: int, length: int) -> api.RecordingBytes:
         _check_id(id)
@@ -198,7 +198,9 @@ class Recordings:
         data = await self.store.read_range(id, start, min(length, api.RECORDING_READ))
         return api.RecordingBytes(data, info.size, info.complete)
 
-    async def delete(self, id: str) -> None:
+    async def delete(self, id: str, reason: str | None = None) -> None:
+        """Remove the recording and its index; ``reason`` goes into the audit
+        event (``retention`` when `teleconch.auth.retention` removes it)."""
         _check_id(id)
         info = await self.store.get_stream(id)
         if info is None or info.meta.get("kind") != KIND:
@@ -208,8 +210,12 @@ class Recordings:
             )
         await self.store.delete_stream(id)
         await self.store.delete_stream(id + INDEX_SUFFIX)
+        why: dict[str, Any] = {"reason": reason} if reason else {}
         await self.audit(
-            "recording.delete", user=str(info.meta.get("user", "")), session_id=id
+            "recording.delete",
+            user=str(info.meta.get("user", "")),
+            session_id=id,
+            **why,
         )
 
     async def _denied(self, proxy: str, info: StreamInfo) -> NoReturn:

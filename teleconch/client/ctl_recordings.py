@@ -1,5 +1,8 @@
 """``teleconch-ctl recordings ls|export|rm``: the session recordings the auth service keeps.
 
+``ls`` narrows by ``--user``, ``--node`` and ``--since`` (a duration ago or a
+date) on this side, over the whole list.
+
 ``export`` reads the recording in ranges (`api.RECORDING_READ` bytes at a
 time) and writes each event as it is decoded, so a long recording never
 sits in memory whole: ``asciicast`` (asciicast v2, for ``asciinema play``
@@ -12,17 +15,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from teleconch import recording_format as fmt
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent
 from teleconch.client.ctl import CtlError, _table, _when
+from teleconch.durations import parse_since
+
+
+def _wanted(args: argparse.Namespace) -> Callable[[api.RecordingEntry], bool]:
+    """The ``--user``, ``--node`` and ``--since`` filters (all must match)."""
+    since = None if args.since is None else parse_since(args.since, args.now)
+
+    def wanted(r: api.RecordingEntry) -> bool:
+        return (
+            (args.user is None or r.user == args.user)
+            and (args.node is None or r.node == args.node)
+            and (since is None or r.start >= since)
+        )
+
+    return wanted
 
 
 async def recordings_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
-    found = await agent.list_recordings()
+    wanted = _wanted(args)
+    found = [r for r in await agent.list_recordings() if wanted(r)]
     if args.format == "json":
         print(json.dumps([r.to_json() for r in found], indent=2))
         return
@@ -86,6 +105,11 @@ async def recordings_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
 def add_commands(group: Any) -> None:
     p = group.add_parser("ls", help="list session recordings, oldest first")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--user", help="only this user's sessions")
+    p.add_argument("--node", help="only the sessions on this node")
+    p.add_argument(
+        "--since", help="only sessions started since: a duration ago (2h) or a date"
+    )
     p.set_defaults(run=recordings_ls)
     p = group.add_parser("export", help="print a recording")
     p.add_argument("id", help="the session id (see `recordings ls`)")

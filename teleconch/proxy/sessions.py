@@ -167,6 +167,10 @@ class SessionTap(Protocol):
 
     def output(self, data: bytes) -> None: ...
 
+    def input(self, data: bytes) -> None:
+        """What a party typed, as it goes to the node (never an observer's)."""
+        ...
+
     def resized(self, cols: int, rows: int) -> None: ...
 
     def ended(self, ending: Ending) -> None: ...
@@ -286,6 +290,8 @@ class SessionHub:
         elif self._state is HubState.RUNNING:
             assert self._shell is not None
             self._shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
 
     def resize(self, party: SessionParty, cols: int, rows: int) -> None:
         """The terminal's size: the last party to resize sets it."""
@@ -337,6 +343,8 @@ class SessionHub:
         held, self._held_input, self._held_len = self._held_input, [], 0
         for data in held:
             shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
         early, self._early_output = self._early_output, []
         for data in early:
             self._fan_out(data)
