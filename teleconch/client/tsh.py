@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from teleconch import config as cfg
-from teleconch.client import join, openssh
+from teleconch.client import join, openssh, recordings
 from teleconch.client.errors import UsageError
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.login import login, logout, read_cert, status
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         sync=config
     )
     join.add_parser(sub)
+    recordings.add_parsers(sub)
     return parser
 
 
