@@ -30,7 +30,7 @@ from teleconch import recording_format as fmt
 from teleconch.auth import protocol as api
 from teleconch.client import openssh
 from teleconch.client.errors import UsageError
-from teleconch.client.keystore import KeyStore, Profile
+from teleconch.client.keystore import KeyStore, Profile, require_profile
 from teleconch.client.login import read_cert
 from teleconch.client.recording_output import (
     FORMATS,
@@ -46,15 +46,6 @@ IDLE_CAP = 1.0
 READ_SIZE = 64 * 1024
 
 
-def _profile(store: KeyStore) -> Profile:
-    profile = store.current_profile()
-    if profile is None:
-        raise UsageError(
-            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
-        )
-    return profile
-
-
 def _hop_login(store: KeyStore, profile: Profile) -> str:
     """Any login of the certificate opens the proxy hop; the proxy answers
     for the certificate's user, whatever the login."""
@@ -64,7 +55,7 @@ def _hop_login(store: KeyStore, profile: Profile) -> str:
 
 
 def _argv(store: KeyStore) -> list[str]:
-    profile = _profile(store)
+    profile = require_profile(store)
     hop = openssh.proxy_hop(store, profile, _hop_login(store, profile))
     return [*hop, "-T", "-s", RECORDINGS_SUBSYSTEM]
 
