@@ -8,11 +8,14 @@ from __future__ import annotations
 import io
 import json
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from teleconch import recording_format as fmt
+from teleconch.client import recordings
 from teleconch.client.errors import UsageError
+from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.recording_output import EventWriter
 from teleconch.client.recordings import Pacer, parse_since
 
@@ -85,3 +88,22 @@ def test_a_stream_cut_inside_a_frame_is_an_error_at_its_end() -> None:
     assert reader.feed(frame[:-1]) == []
     with pytest.raises(fmt.BadRecording, match="inside a frame"):
         reader.end()
+
+
+def test_a_certificate_without_logins_is_told_it_cannot_take_the_ssh_door(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An auditor with no logins has only the no-login principal, which
+    OpenSSH will not send as a user name: a clear refusal, not ssh's error."""
+    profile = Profile("proxy", "proxy:3080", "proxy:3023", "c", "audrey")
+    monkeypatch.setattr(
+        recordings, "read_cert", lambda store, p: {"logins": ["-teleconch-nologin-x"]}
+    )
+    with pytest.raises(UsageError, match="no logins"):
+        recordings._hop_login(KeyStore(tmp_path), profile)
+    monkeypatch.setattr(
+        recordings,
+        "read_cert",
+        lambda store, p: {"logins": ["-teleconch-nologin-x", "ops"]},
+    )
+    assert recordings._hop_login(KeyStore(tmp_path), profile) == "ops"

@@ -85,6 +85,7 @@ def send(w: World, request: bytes) -> None:
     w.client.open(b"session")
     w.subsystem(RECORDINGS_SUBSYSTEM)
     w.client.send(request)
+    w.clock.advance(0)  # the answer starts on the next turn
     w.client.poll()
 
 
@@ -195,3 +196,21 @@ def test_a_client_that_goes_away_mid_read_stops_the_reading() -> None:
     w.client._send(connection.MSG_CHANNEL_CLOSE)
     assert "close" in w.client.events
     assert len(d.reads) == reads
+
+
+def test_bytes_sent_before_the_subsystem_request_are_the_request() -> None:
+    """A client that writes before asking for the subsystem (two packets of
+    garbage) gets one error line and exit status 1; the proxy's channel
+    machinery is not upset by an answer that ends at once."""
+    d = RecordingDirectory()
+    w = World(d)
+    w.client.open(b"session")
+    w.client.send(b"garbage\n")
+    w.client.send(b"more garbage\n")
+    w.subsystem(RECORDINGS_SUBSYSTEM)
+    w.clock.advance(0)
+    w.client.poll()
+    (answer,) = lines(w)
+    assert "not JSON" in answer["error"]
+    assert w.exit_statuses() == [1]
+    assert "close" in w.client.events

@@ -47,11 +47,18 @@ READ_SIZE = 64 * 1024
 
 
 def _hop_login(store: KeyStore, profile: Profile) -> str:
-    """Any login of the certificate opens the proxy hop; the proxy answers
-    for the certificate's user, whatever the login."""
+    """A login of the certificate, to open the proxy hop with: the proxy
+    answers for the certificate's user, whatever the login."""
     info = read_cert(store, profile) or {}
-    logins = [x for x in info.get("logins", []) if not x.startswith("-")]
-    return str(logins[0]) if logins else profile.user
+    logins = [str(x) for x in info.get("logins", []) if not str(x).startswith("-")]
+    if not logins:
+        # OpenSSH takes no user name starting with "-", the no-login principal.
+        raise UsageError(
+            "your certificate has no logins, and the proxy's SSH door needs one: "
+            "see recordings on the web UI, or ask an administrator for a role "
+            "with a login"
+        )
+    return logins[0]
 
 
 def _argv(store: KeyStore) -> list[str]:
