@@ -133,6 +133,7 @@ def test_bad_json_an_unknown_op_and_bad_fields_are_one_error_line_and_exit_1() -
         (b'{"op": "search"}\n', 'needs a "text"'),
         (b'{"op": "read", "id": "a1", "offset": -5}\n', "not negative"),
         (b"x" * 5000, "longer than"),
+        (b"[" * 4000 + b"\n", "not JSON"),
     ):
         d = RecordingDirectory()
         d.add("a1", "alice", [b"x"])

@@ -94,7 +94,7 @@ class Request:
 def parse_request(line: bytes) -> Request:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(
             'the request is not JSON: send one line like {"op": "ls"}'
         ) from None
