@@ -435,6 +435,13 @@ class AuthAgent(MultiService):
         key = api.HostKey(public_key, tuple(hosts), ttl)
         return await self.call(api.SignHostCertificate, key)
 
+    async def sign_forwarding_host_certificate(
+        self, public_key: str, target: str
+    ) -> api.ForwardingHostCertificate:
+        """A host certificate for our key naming the registered node ``target``."""
+        key = api.ForwardingHostKey(public_key, target)
+        return await self.call(api.SignForwardingHostCertificate, key)
+
     async def join_openssh_node(
         self,
         token_name: str,

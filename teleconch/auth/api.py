@@ -215,6 +215,9 @@ serve(api.UpsertNode, S.upsert_node)
 serve(api.ListNodes, S.list_nodes)
 serve(api.DeleteNode, S.delete_node)
 serve(api.SignHostCertificate, S.sign_host_certificate)
+serve(
+    api.SignForwardingHostCertificate, S.sign_forwarding_host_certificate, caller=True
+)
 serve(api.JoinOpenSSHNode, S.join_openssh_node)
 serve(api.RenewNodeCertificate, S.renew_node_certificate)
 serve(api.CreateWebSession, S.create_web_session)

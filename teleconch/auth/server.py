@@ -441,6 +441,13 @@ class AuthServer:
     ) -> HostCertificate:
         return await self.certs.sign_host_certificate(public_key, hosts, ttl)
 
+    async def sign_forwarding_host_certificate(
+        self, caller: Identity, public_key: str, target: str
+    ) -> api.ForwardingHostCertificate:
+        return await self.certs.sign_forwarding_host_certificate(
+            caller.name, public_key, target
+        )
+
     def sign_node_certificate(
         self, key: SSHCertPublicKeyTypes, key_id: str, principals: Sequence[str]
     ) -> tuple[str, int]:
