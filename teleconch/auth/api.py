@@ -236,6 +236,9 @@ serve(api.CompleteRecording, S.complete_recording, caller=True)
 serve(api.ListRecordings, S.list_recordings)
 serve(api.ReadRecording, S.read_recording)
 serve(api.DeleteRecording, S.delete_recording)
+serve(api.FindRecordings, S.find_recordings)
+serve(api.ReadRecordingAs, S.read_recording_as)
+serve(api.SeekRecording, S.seek_recording)
 del S
 
 

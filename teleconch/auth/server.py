@@ -42,6 +42,8 @@ from teleconch.auth.protocol import (
     JoinToken,
 )
 from teleconch.auth.rbac import BUILTIN_ROLES
+from teleconch.auth.recording_access import RecordingAccess
+from teleconch.auth.recording_search import TextSearch, on_pool
 from teleconch.auth.recordings import Recordings
 from teleconch.auth.selfservice import AccountChanges
 from teleconch.auth.store import Store
@@ -121,6 +123,9 @@ class AuthServer:
         self.accounts = Accounts(store, clock, self.log, self.tokens, self.web_sessions)
         self.live_sessions = LiveSessions(store, clock, self.log)
         self.recordings = Recordings(store, clock, self.log)
+        self.recording_access = RecordingAccess(
+            store, self.recordings, self.log, TextSearch(store, on_pool(threads))
+        )
         #: What the config says; ``teleconch-ctl cluster set`` will override it.
         self.settings = settings or api.ClusterSettings()
         self.registrar = Registrar(
@@ -371,8 +376,8 @@ class AuthServer:
     ) -> int:
         return await self.recordings.complete(caller.name, id, duration_ms)
 
-    async def list_recordings(self) -> list[api.RecordingEntry]:
-        return await self.recordings.list()
+    async def list_recordings(self) -> api.Recordings:
+        return api.Recordings(tuple(await self.recordings.list()))
 
     async def read_recording(
         self, id: str, start: int, length: int
@@ -381,6 +386,22 @@ class AuthServer:
 
     async def delete_recording(self, name: str) -> None:
         await self.recordings.delete(name)
+
+    # --- recordings for the people who may see them (recording_access) ----
+
+    async def find_recordings(self, **query: Any) -> api.Recordings:
+        return await self.recording_access.find(api.RecordingQuery(**query))
+
+    async def read_recording_as(
+        self, viewer: str, id: str, start: int, length: int
+    ) -> api.RecordingBytes:
+        request = api.ViewerRange(viewer, id, start, length)
+        return await self.recording_access.read(request)
+
+    async def seek_recording(
+        self, viewer: str, id: str, ms: int
+    ) -> api.RecordingPosition:
+        return await self.recording_access.seek(api.RecordingSeek(viewer, id, ms))
 
     # --- nodes and host certificates -----------------------------------------
 

@@ -106,6 +106,7 @@ class Recorder:
             "cols": session.cols,
             "rows": session.rows,
             "start": self._t0,
+            "session_kind": session.kind,
         }
         self._chain(self._spool.begin, self.sid, meta)
         fields: dict[str, Any] = {k: v for k, v in meta.items() if k != "start"}
