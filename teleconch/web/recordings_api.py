@@ -7,6 +7,7 @@ and bearer, GET only)::
     /<sid>                             one, with its duration and size
     /<sid>/seek?ms=T                   the frame holding time T
     /<sid>/events?offset=N&max_bytes=M  events of whole frames from N
+    /<sid>/events?ms=T&until=N         ... from the frame holding T, before N
 
 Who may see a recording is decided once, by the auth service (the Auth
 API's ``*As`` commands name the web session's user as the viewer).  A
@@ -135,7 +136,7 @@ class RecordingsResource(SessionResource):
         limit = _number(request, "limit", DEFAULT_LIST)
         if not 1 <= limit <= MAX_LIST:
             raise HTTPError(400, f"'limit' must be from 1 to {MAX_LIST}")
-        found = await self.sessions.agent.find_recordings(
+        query = api.RecordingQuery(
             viewer,
             user=_text(request, "user"),
             node=_text(request, "node"),
@@ -143,9 +144,17 @@ class RecordingsResource(SessionResource):
             text=_text(request, "q"),
             limit=limit,
         )
-        return {"recordings": [r.to_json() for r in found]}
+        found = await self.sessions.agent.search_recordings(query)
+        # cut_short: the text search stopped at its bound of work; there
+        # may be more matches (the page says to narrow it).
+        return {
+            "recordings": [r.to_json() for r in found.recordings],
+            "cut_short": found.cut_short,
+        }
 
     async def _one(self, viewer: str, sid: str) -> Any:
+        """The recording's entry, from its session.start event (the Auth
+        API finds by user, node and time, not by id) and its seek answer."""
         agent = self.sessions.agent
         position = await _as_viewer(agent.seek_recording(viewer, sid, 0), sid)
         first = await _as_viewer(read_range(agent, viewer, sid, 0, 1), sid)
@@ -154,6 +163,8 @@ class RecordingsResource(SessionResource):
         except BadRecording:
             start = None
         fields = dict(start.fields) if start is not None else {}
+        if "session_kind" in fields:
+            fields["kind"] = fields.pop("session_kind")
         known = attrs.fields_dict(api.RecordingEntry)
         entry = {
             **{k: v for k, v in fields.items() if k in known},
@@ -163,8 +174,11 @@ class RecordingsResource(SessionResource):
             "size": position.size,
             "complete": first.complete,
         }
-        for key, default in (("user", ""), ("node", ""), ("login", "")):
-            entry[key] = str(entry.get(key, default))
+        for key in ("user", "node", "login", "client_addr", "kind", "command"):
+            if key in entry:
+                entry[key] = str(entry[key])
+        for key in ("user", "node", "login"):
+            entry.setdefault(key, "")
         recording = api.RecordingEntry(**entry)
         return {
             "recording": recording.to_json(),
@@ -184,11 +198,32 @@ class RecordingsResource(SessionResource):
         }
 
     async def _events(self, request: Request, viewer: str, sid: str) -> Any:
-        offset = _number(request, "offset")
-        max_bytes = _number(request, "max_bytes", MAX_RANGE)
+        """From ``offset`` (a frame boundary), or from the frame holding time
+        ``ms`` (a seek and its range in one call: the answer says the
+        frame's ``offset`` and ``ms``), up to ``max_bytes`` stored bytes and
+        never at or past offset ``until`` (a player walking back to the
+        frames before one it has)."""
         agent = self.sessions.agent
+        at: dict[str, int] = {}
+        if _arg(request, "ms") is not None:
+            if _arg(request, "offset") is not None:
+                raise HTTPError(400, "give 'offset' or 'ms', not both")
+            ms = _number(request, "ms")
+            p = await _as_viewer(agent.seek_recording(viewer, sid, ms), sid)
+            at = {"offset": p.offset, "ms": p.ms}
+            offset = p.offset
+        else:
+            offset = _number(request, "offset")
+        max_bytes = _number(request, "max_bytes", MAX_RANGE)
+        until = _number(request, "until", MAX_NUMBER)
+        if until <= offset:
+            if not at:
+                raise HTTPError(400, "'until' must be past 'offset'")
+            return {"events": [], "next_offset": offset, "end": False, **at}
+        budget = min(max_bytes, until - offset)
         try:
-            r = await _as_viewer(read_range(agent, viewer, sid, offset, max_bytes), sid)
-            return await self._decoder.decode(r, sid)
+            r = await _as_viewer(read_range(agent, viewer, sid, offset, budget), sid)
+            answer = await self._decoder.decode(r, sid)
         except RangeError as e:
             raise HTTPError(400, str(e)) from None
+        return {**answer, **at}

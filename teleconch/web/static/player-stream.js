@@ -2,16 +2,17 @@
 // (teleconch/web/recordings_api.py), read in ranges of whole frames, never
 // whole.  And what to write to rebuild the screen at a time T: the output
 // from the last full-screen clear before T (or at most REBUILD_BYTES of it),
-// found by walking back frame by frame through seek.
+// found by walking back from T's frame through the index (events?ms=: a
+// seek and its range in one call), one frame and then in longer steps.
 
 import { api } from '/web/static/app.js';
 
 // How much output before a time is enough to rebuild the screen at it,
 // when no full-screen clear comes sooner.
 export const REBUILD_BYTES = 512 * 1024;
-// The most stored bytes a walk back reads for one step (a burst of frames
-// recorded in the same millisecond); past it the walk stops there.
-const STEP_LIMIT = 4 * REBUILD_BYTES;
+// The most stored bytes a walk back reads in one step (a burst of frames
+// recorded in the same millisecond can be more); past it the walk stops.
+const STEP_LIMIT = 2 * REBUILD_BYTES;
 
 const ESC = 0x1b;
 // After ESC: "[2J" (erase the screen), "c" (reset), "[?1049h" (the
@@ -66,28 +67,44 @@ export class Source {
     return api('GET', this.base);
   }
 
-  seek(ms) {
-    return api('GET', `${this.base}/seek?ms=${Math.max(0, Math.floor(ms))}`);
+  // The events of whole frames from `offset` (a frame boundary), or from the
+  // frame holding `ms` (then the answer says that frame's offset and ms);
+  // up to `maxBytes` stored bytes, stopping short of offset `until`.
+  async range({ offset, ms, maxBytes, until }) {
+    const q = new URLSearchParams();
+    if (ms !== undefined) q.set('ms', String(Math.max(0, Math.floor(ms))));
+    else q.set('offset', String(offset));
+    if (maxBytes) q.set('max_bytes', String(Math.max(1, Math.floor(maxBytes))));
+    if (until !== undefined) q.set('until', String(until));
+    const r = await api('GET', `${this.base}/events?${q}`);
+    return {
+      offset: r.offset === undefined ? offset : r.offset,
+      ms: r.ms,
+      events: r.events.map(decoded),
+      next: r.next_offset,
+      end: r.end,
+    };
   }
 
-  // The events of whole frames from `offset` (a frame boundary).
-  async range(offset, maxBytes) {
-    const limit = maxBytes ? `&max_bytes=${Math.max(1, Math.floor(maxBytes))}` : '';
-    const r = await api('GET', `${this.base}/events?offset=${offset}${limit}`);
-    return { offset, events: r.events.map(decoded), next: r.next_offset, end: r.end };
-  }
-
-  // The events of the frames from `from` up to (not including) `to`.
-  async span(from, to) {
-    const events = [];
-    let at = from;
-    while (at < to) {
-      const r = await this.range(at, to - at);
+  // The frames before the one at `cursor`, from the frame `back` ms before
+  // it (at least the one frame before it): {offset, ms, events, size}, or
+  // null at the start.  Stops at STEP_LIMIT stored bytes (size says more).
+  async before(cursor, back) {
+    if (cursor.offset === 0) return null;
+    const first = cursor.ms > 0
+      ? await this.range({ ms: Math.max(0, cursor.ms - back), until: cursor.offset })
+      : await this.range({ offset: 0, until: cursor.offset });
+    if (first.offset >= cursor.offset) return null;
+    const size = cursor.offset - first.offset;
+    const events = first.events.slice();
+    let at = first.next;
+    while (at < cursor.offset && size <= STEP_LIMIT) {
+      const r = await this.range({ offset: at, until: cursor.offset });
       for (const e of r.events) events.push(e);
       if (r.next <= at) break;
       at = r.next;
     }
-    return events;
+    return { offset: first.offset, ms: first.ms || 0, events, size };
   }
 
   // What to write to show the screen at `ms`, and what plays on from there:
@@ -95,22 +112,28 @@ export class Source {
   // the frame where the rebuild starts; `rest` the events after `ms` of the
   // frame holding it; `next` the offset the range after it starts at.
   async screenAt(ms) {
-    const at = await this.seek(ms);
-    const first = await this.range(at.offset);
+    // The frame holding `ms` alone: playing on fetches the ranges after it.
+    const first = await this.range({ ms, maxBytes: 1 });
     let split = first.events.findIndex((e) => e.ms > ms);
     if (split < 0) split = first.events.length;
     let history = first.events.slice(0, split);
-    let cursor = { offset: at.offset, ms: at.ms };
+    let cursor = { offset: first.offset, ms: first.ms };
     let bytes = printed(history);
     let clear = history.some((e) => e.type === 'print' && lastClear(e.data) >= 0);
-    while (!clear && cursor.offset > 0 && bytes < REBUILD_BYTES) {
-      const prev = cursor.ms > 0 ? await this.seek(cursor.ms - 1) : { offset: 0, ms: 0 };
-      if (prev.offset >= cursor.offset || cursor.offset - prev.offset > STEP_LIMIT) break;
-      const span = await this.span(prev.offset, cursor.offset);
-      history = span.concat(history);
-      bytes += printed(span);
-      clear = span.some((e) => e.type === 'print' && lastClear(e.data) >= 0);
-      cursor = prev;
+    let rate = 0; // output bytes per ms of the frames read so far
+    while (!clear && bytes < REBUILD_BYTES) {
+      // One frame back first; then as far back as the rest of the budget
+      // goes at the rate seen, so a walk takes a few steps, not one a frame.
+      const step = rate ? Math.max(1, Math.floor((REBUILD_BYTES - bytes) / rate)) : 1;
+      let span = await this.before(cursor, step);
+      if (span && step > 1 && span.size > STEP_LIMIT) span = await this.before(cursor, 1);
+      if (!span || span.size > STEP_LIMIT) break;
+      const got = printed(span.events);
+      history = span.events.concat(history);
+      bytes += got;
+      rate = got / Math.max(1, cursor.ms - span.ms);
+      clear = span.events.some((e) => e.type === 'print' && lastClear(e.data) >= 0);
+      cursor = { offset: span.offset, ms: span.ms };
     }
     return { history, rest: first.events.slice(split), next: first.next, end: first.end };
   }

@@ -168,7 +168,7 @@ class Player {
   prefetch() {
     if (this.end || this.fetching || this.ranges.length > AHEAD) return;
     const generation = this.generation;
-    this.fetching = this.source.range(this.nextOffset).then((r) => {
+    this.fetching = this.source.range({ offset: this.nextOffset }).then((r) => {
       if (generation !== this.generation) return;
       this.fetching = null;
       this.accept(r.events, r.next, r.end);
@@ -309,9 +309,11 @@ class Player {
     this.ranges = [];
     this.ended = null;
     try {
+      const t0 = performance.now();
       await this.screen.drop();
       const found = await this.source.screenAt(target);
       if (generation !== this.generation) return;
+      const t1 = performance.now();
       this.term.reset();
       this.noteSizes(found.history);
       const { ms: from, ops } = rebuildOps(found.history);
@@ -325,6 +327,8 @@ class Player {
       if (!found.rest.length) this.end = found.end;
       await this.screen.settled();
       if (generation !== this.generation) return;
+      // How long the last seek took to read, and to write (bench_player).
+      this.seekTiming = { read_ms: t1 - t0, write_ms: performance.now() - t1 };
       this.position = target;
       this.state = 'paused';
       this.showTime();

@@ -52,13 +52,15 @@ async function load() {
     const params = query();
     const path = `/v1/webapi/sites/${encodeURIComponent(cluster)}/recordings` +
       (params.toString() ? `?${params}` : '');
-    const { recordings = [] } = await api('GET', path);
+    const { recordings = [], cut_short: cutShort } = await api('GET', path);
     $('recordings').querySelector('tbody').replaceChildren(...recordings.map(row));
     $('recordings').hidden = recordings.length === 0;
     $('empty').hidden = recordings.length !== 0;
     const searched = FIELDS.some((id) => $(id).value.trim());
     $('count').textContent = `${recordings.length} recording${recordings.length === 1 ? '' : 's'}` +
-      (searched ? ' match' + (recordings.length === 1 ? 'es' : '') : '');
+      (searched ? ' match' + (recordings.length === 1 ? 'es' : '') : '') +
+      (cutShort ? '. The text search stopped before reading every recording: there may ' +
+        'be more; narrow it by user or node.' : '');
   } catch (e) {
     showError($('error'), e instanceof APIError ? e.message : String(e));
   } finally {
