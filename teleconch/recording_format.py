@@ -142,17 +142,33 @@ def split_frames(buf: bytes) -> tuple[list[bytes], int]:
     return frames, at
 
 
+class FrameReader:
+    """A stream's events as its pieces come, of any size: only the bytes of
+    an unfinished frame are held between pieces."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        self._pending += chunk
+        frames, used = split_frames(self._pending)
+        self._pending = self._pending[used:]
+        return [event for frame in frames for event in decode_frame(frame)]
+
+    def end(self) -> None:
+        """The stream is over: BadRecording if it stopped inside a frame."""
+        if self._pending:
+            raise BadRecording(
+                f"the recording ends inside a frame ({len(self._pending)} bytes)"
+            )
+
+
 def decode_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
     """Every event of a stream read in pieces of any size."""
-    pending = b""
+    reader = FrameReader()
     for chunk in chunks:
-        pending += chunk
-        frames, used = split_frames(pending)
-        pending = pending[used:]
-        for frame in frames:
-            yield from decode_frame(frame)
-    if pending:
-        raise BadRecording(f"the recording ends inside a frame ({len(pending)} bytes)")
+        yield from reader.feed(chunk)
+    reader.end()
 
 
 # --- exports

@@ -8,27 +8,18 @@ Recordings, as a proxy's upload would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import pytest_twisted
 
 from teleconch import recording_format as fmt
 from teleconch.auth import protocol as api
 from teleconch.auth.server import AuthServer
-from tests.harness import Cluster, start_cluster
+from tests.harness import Cluster
+from tests.test_nodes import cluster
+
+__all__ = ["cluster"]  # the fixture, used by name
 
 pytestmark = pytest.mark.interop
-
-
-@pytest_twisted.async_yield_fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await start_cluster(tmp_path / "data")
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 def _server(cluster: Cluster) -> AuthServer:

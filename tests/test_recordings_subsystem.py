@@ -85,6 +85,7 @@ def send(w: World, request: bytes) -> None:
     w.client.open(b"session")
     w.subsystem(RECORDINGS_SUBSYSTEM)
     w.client.send(request)
+    w.clock.advance(0)  # the answer starts on the next turn
     w.client.poll()
 
 
@@ -132,6 +133,7 @@ def test_bad_json_an_unknown_op_and_bad_fields_are_one_error_line_and_exit_1() -
         (b'{"op": "search"}\n', 'needs a "text"'),
         (b'{"op": "read", "id": "a1", "offset": -5}\n', "not negative"),
         (b"x" * 5000, "longer than"),
+        (b"[" * 4000 + b"\n", "not JSON"),
     ):
         d = RecordingDirectory()
         d.add("a1", "alice", [b"x"])
@@ -195,3 +197,21 @@ def test_a_client_that_goes_away_mid_read_stops_the_reading() -> None:
     w.client._send(connection.MSG_CHANNEL_CLOSE)
     assert "close" in w.client.events
     assert len(d.reads) == reads
+
+
+def test_bytes_sent_before_the_subsystem_request_are_the_request() -> None:
+    """A client that writes before asking for the subsystem (two packets of
+    garbage) gets one error line and exit status 1; the proxy's channel
+    machinery is not upset by an answer that ends at once."""
+    d = RecordingDirectory()
+    w = World(d)
+    w.client.open(b"session")
+    w.client.send(b"garbage\n")
+    w.client.send(b"more garbage\n")
+    w.subsystem(RECORDINGS_SUBSYSTEM)
+    w.clock.advance(0)
+    w.client.poll()
+    (answer,) = lines(w)
+    assert "not JSON" in answer["error"]
+    assert w.exit_statuses() == [1]
+    assert "close" in w.client.events

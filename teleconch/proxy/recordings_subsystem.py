@@ -32,13 +32,15 @@ import attrs
 from twisted.conch.ssh import connection
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
 from teleconch.proxy.node import NodeEvents
-from teleconch.proxy.routing import Target
+from teleconch.proxy.routing import Router, Target
+from teleconch.proxy.splice import SplicingChannel
 
 log = Logger()
 
@@ -92,7 +94,7 @@ class Request:
 def parse_request(line: bytes) -> Request:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(
             'the request is not JSON: send one line like {"op": "ls"}'
         ) from None
@@ -111,11 +113,13 @@ class RecordingsAnswer:
         self,
         viewer: str,
         source: RecordingSource,
+        clock: IReactorTime,
         exit_status: Callable[[int], None],
         stderr: Callable[[bytes], None],
     ) -> None:
         self._viewer = viewer
         self._source = source
+        self._clock = clock
         self._exit_status = exit_status
         self._stderr = stderr
         self._events: NodeEvents | None = None
@@ -165,8 +169,10 @@ class RecordingsAnswer:
     # -- the answer ---------------------------------------------------------
 
     def _start(self, line: bytes) -> None:
+        """Answer on the next turn of the reactor: never inside the splice's
+        own write, which an answer that ends at once would pull the node from."""
         self._started = True
-        Deferred.fromCoroutine(self._answer(line))
+        self._clock.callLater(0, lambda: Deferred.fromCoroutine(self._answer(line)))
 
     async def _answer(self, line: bytes) -> None:
         if len(line) > MAX_REQUEST:
@@ -278,17 +284,20 @@ class RecordingsAnswer:
             self._events.node_lost(Failure(ConnectionDone()))
 
 
-def serve_recordings(channel: Any, viewer: str, agent: object) -> bool:
-    """Answer the subsystem on ``channel`` (a `SplicingChannel`) for ``viewer``."""
+def serve_recordings(channel: SplicingChannel, viewer: str, router: Router) -> bool:
+    """Answer the subsystem on ``channel`` for ``viewer``, through the router's
+    agent (the proxy's AuthAgent)."""
+    agent = router.agent
     if not isinstance(agent, RecordingSource):
         return False  # this proxy's auth side cannot answer: refuse the subsystem
 
     def exit_status(status: int) -> None:
+        assert channel.conn is not None
         channel.conn.sendRequest(channel, b"exit-status", status.to_bytes(4, "big"))
 
     def stderr(data: bytes) -> None:
         channel.writeExtended(connection.EXTENDED_DATA_STDERR, data)
 
-    answer = RecordingsAnswer(viewer, agent, exit_status, stderr)
+    answer = RecordingsAnswer(viewer, agent, router.reactor, exit_status, stderr)
     Deferred.fromCoroutine(channel.connect(answer, Target(RECORDINGS_SUBSYSTEM, 0)))
     return True

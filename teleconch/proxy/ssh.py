@@ -199,7 +199,7 @@ class ProxySessionChannel(SplicingChannel):
             return True
         if name == RECORDINGS_SUBSYSTEM:
             return serve_recordings(
-                self, self._avatar.session.certificate.key_id, self._avatar.router.agent
+                self, self._avatar.session.certificate.key_id, self._avatar.router
             )
         # A refusal accepts the request, then explains on stderr and exits 1 (as
         # Teleport does): OpenSSH drops a channel's stderr once a request fails.
