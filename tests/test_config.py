@@ -55,6 +55,11 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
         ),
         ({"auth_service": {"node_cert_ttl": "soon"}}, "auth_service.node_cert_ttl"),
         ({"auth_service": {"node_cert_ttl": "10m"}}, "between 1h and 366d"),
+        (
+            {"auth_service": {"recordings_retention": "soon"}},
+            "auth_service.recordings_retention",
+        ),
+        ({"auth_service": {"recordings_retention": "30m"}}, "shorter than 1h"),
         ({"proxy_service": {"login_grace_time": "soon"}}, "login_grace_time"),
         ({"proxy_service": {"login_grace_time": 0}}, "above 0"),
         ({"proxy_service": {"max_startups": 0}}, "proxy_service.max_startups"),
@@ -136,6 +141,15 @@ def test_example_config_file_is_valid() -> None:
     example = Path(__file__).parent.parent / "etc" / "teleconch.yaml"
     s = cfg.load(example)
     assert s.auth.cluster_name
+
+
+def test_recordings_are_kept_forever_unless_a_retention_is_set() -> None:
+    """``recordings_retention`` takes durations (days too) or ``forever``."""
+    assert cfg.parse({}).auth.recordings_retention is None
+    doc = {"auth_service": {"recordings_retention": "90d"}}
+    assert cfg.parse(doc).auth.recordings_retention == 90 * 86400
+    doc = {"auth_service": {"recordings_retention": "forever"}}
+    assert cfg.parse(doc).auth.recordings_retention is None
 
 
 def test_node_cert_ttl_is_30_days_unless_set() -> None:

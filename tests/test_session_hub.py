@@ -18,6 +18,7 @@ from teleconch.auth.types import Party
 from teleconch.proxy.session_registration import CHANGE_DELAY
 from teleconch.proxy.sessions import (
     _MOVES,
+    Ending,
     HubState,
     SessionHub,
     SessionOver,
@@ -155,6 +156,28 @@ def test_parties_leaving_during_the_open_close_the_shell_when_it_comes() -> None
     shell.exit()
     assert rig.hub.state is HubState.ENDED
     assert rig.registry.calls == []
+
+
+def test_a_party_gone_before_the_open_begins_ends_the_session_without_opening() -> None:
+    """A browser that closed while its login was checked leaves at once on
+    joining; the open that follows opens nothing and is no error."""
+    hub = SessionHub(clock=Clock(), registry=FakeRegistry(), record=session_record())
+    party = FakeParty()
+    hub.join(party)
+    hub.leave(party, "the browser closed the terminal")
+    opened: list[ShellEvents] = []
+
+    async def opener(events: ShellEvents) -> FakeShell:
+        opened.append(events)
+        return FakeShell(events)
+
+    d = Deferred.fromCoroutine(hub.start(opener))
+    assert d.called and d.result is None
+    assert opened == []
+    assert hub.state is HubState.ENDED
+    ending = hub.ended.result
+    assert isinstance(ending, Ending)
+    assert ending.reason == "the browser closed the terminal"
 
 
 def test_joining_an_ended_session_is_refused() -> None:

@@ -233,12 +233,17 @@ serve(api.UpsertActiveSession, S.upsert_active_session, caller=True)
 serve(api.EndActiveSession, S.end_active_session, caller=True)
 serve(api.ListActiveSessions, S.list_active_sessions)
 serve(api.GetClusterSettings, S.cluster_settings)
+serve(api.ShowClusterSettings, S.show_cluster_settings)
+serve(api.SetClusterSettings, S.set_cluster_settings, caller=True)
 serve(api.StartRecording, S.start_recording, caller=True)
 serve(api.AppendRecording, S.append_recording, caller=True)
 serve(api.CompleteRecording, S.complete_recording, caller=True)
 serve(api.ListRecordings, S.list_recordings)
 serve(api.ReadRecording, S.read_recording)
 serve(api.DeleteRecording, S.delete_recording)
+serve(api.FindRecordings, S.find_recordings)
+serve(api.ReadRecordingAs, S.read_recording_as)
+serve(api.SeekRecording, S.seek_recording)
 del S
 
 

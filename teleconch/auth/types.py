@@ -253,6 +253,17 @@ class StreamInfo:
     complete: bool = False
 
 
+@attrs.frozen
+class SettingOverride:
+    """A cluster setting set by ``teleconch-ctl cluster set``: it wins over the
+    config file's value; who set it and when, for ``cluster show``."""
+
+    key: str
+    value: str
+    set_by: str = ""
+    set_at: float = 0.0
+
+
 # --- what listings show of a record
 
 

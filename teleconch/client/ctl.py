@@ -415,11 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(run=events_ls)
 
-    from teleconch.client import ctl_recordings  # it uses this module's helpers
+    from teleconch.client import ctl_cluster, ctl_recordings  # they use its helpers
 
     ctl_recordings.add_commands(
         group("recordings", "list, export and remove recordings")
     )
+    ctl_cluster.add_commands(group("cluster", "show and set the cluster's settings"))
     return parser
 
 

@@ -19,22 +19,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from teleconch import config as cfg
-from teleconch.client import join, openssh
+from teleconch.client import join, openssh, recordings
 from teleconch.client.errors import UsageError
-from teleconch.client.keystore import KeyStore, Profile
+from teleconch.client.keystore import KeyStore, Profile, require_profile
 from teleconch.client.login import login, logout, read_cert, status
 from teleconch.client.webapi import WebAPIError
 
 # --- commands that run the user's OpenSSH client ------------------------------
 
 
-def _profile(store: KeyStore) -> Profile:
-    profile = store.current_profile()
-    if profile is None:
-        raise UsageError(
-            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
-        )
-    return profile
+_profile = require_profile
 
 
 def _split_login(target: str, login: str | None, default: str) -> tuple[str, str]:
@@ -259,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         sync=config
     )
     join.add_parser(sub)
+    recordings.add_parsers(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The recorder: a session's start, output, resizes and end, to the spool as it goes.
+"""The recorder: a session's start, output, input, resizes and end, to the spool as it goes.
 
 A `Recorder` is a `SessionTap` of one hub.  It turns what it sees into
 `teleconch.recording_format` records, batches them (up to `MAX_BATCH`
@@ -12,6 +12,10 @@ Life (`RecorderState`): WAITING (made; the node side is opening) ->
 RECORDING (``started``) -> CLOSING (``ended``: the last batch and the
 ``.done`` marker are being written) -> CLOSED.  WAITING -> CLOSED when the
 session never started (nothing was written).
+
+What the parties type is recorded too (``input`` records) where the
+cluster's ``record_input`` is on; the hub passes each recorder the input it
+sends to the node (an observer's is dropped before).
 
 Whether to record at all is the cluster's ``session_recording``, which
 `teleconch.proxy.settings.ClusterSettingsCache` asks the auth service for, at
@@ -69,8 +73,10 @@ class Recorder:
         client_addr: str,
         on_closed: Callable[[str], None] = lambda sid: None,
         command: str = "",
+        record_input: bool = False,
     ) -> None:
         self._clock = clock
+        self._record_input = record_input
         self._spool = spool
         self._in_thread = in_thread
         self._client_addr = client_addr
@@ -110,6 +116,7 @@ class Recorder:
             "cols": session.cols,
             "rows": session.rows,
             "start": self._t0,
+            "session_kind": session.kind,
         }
         if self._command:
             meta["command"] = self._command[:MAX_COMMAND]
@@ -123,10 +130,16 @@ class Recorder:
         if self.state is not RecorderState.RECORDING:
             return
         ms = self._ms()
-        for at in range(0, len(data), MAX_PRINT):
-            piece = data[at : at + MAX_PRINT]
+        for piece in _pieces(data):
             self._add(encode_record("print", ms, piece, offset=self._offset))
             self._offset += len(piece)
+
+    def input(self, data: bytes) -> None:
+        """Recorded only where the cluster's ``record_input`` is on."""
+        if self._record_input and self.state is RecorderState.RECORDING:
+            ms = self._ms()
+            for piece in _pieces(data):
+                self._add(encode_record("input", ms, piece))
 
     def resized(self, cols: int, rows: int) -> None:
         if self.state is RecorderState.RECORDING:
@@ -199,6 +212,11 @@ class Recorder:
         self.closed.callback(None)
 
 
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` in pieces one record may carry."""
+    return [data[at : at + MAX_PRINT] for at in range(0, len(data), MAX_PRINT)]
+
+
 class Recorders:
     """Makes a recorder for each new web terminal session, unless the mode is `off`."""
 
@@ -219,11 +237,14 @@ class Recorders:
         self.active: set[Recorder] = set()
 
     async def recorder(self, client_addr: str) -> Recorder | None:
-        if (await self._settings.current()).session_recording == "off":
+        settings = await self._settings.current()
+        if settings.session_recording == "off":
             return None
-        return self.make(client_addr)
+        return self.make(client_addr, record_input=settings.record_input)
 
-    def make(self, client_addr: str, command: str = "") -> Recorder:
+    def make(
+        self, client_addr: str, command: str = "", *, record_input: bool = False
+    ) -> Recorder:
         """A recorder, whatever the mode (the recording proxy has decided)."""
         rec = Recorder(
             clock=self._clock,
@@ -232,6 +253,7 @@ class Recorders:
             client_addr=client_addr,
             on_closed=self._on_closed,
             command=command,
+            record_input=record_input,
         )
         self.active.add(rec)
         rec.closed.addBoth(lambda _: self.active.discard(rec))

@@ -296,6 +296,7 @@ class ProxyService(StartingService):
                 public_addr=lambda: str(self.public_addr),
                 recorders=self.recorders,
             ),
+            threads=self.reactor,
         )
         self.web_site = site
         port = await self._listen(

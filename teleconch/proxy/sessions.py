@@ -167,6 +167,10 @@ class SessionTap(Protocol):
 
     def output(self, data: bytes) -> None: ...
 
+    def input(self, data: bytes) -> None:
+        """What a party typed, as it goes to the node (never an observer's)."""
+        ...
+
     def resized(self, cols: int, rows: int) -> None: ...
 
     def ended(self, ending: Ending) -> None: ...
@@ -286,6 +290,8 @@ class SessionHub:
         elif self._state is HubState.RUNNING:
             assert self._shell is not None
             self._shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
 
     def resize(self, party: SessionParty, cols: int, rows: int) -> None:
         """The terminal's size: the last party to resize sets it."""
@@ -307,6 +313,12 @@ class SessionHub:
 
     async def start(self, opener: Opener) -> None:
         """Open the node side with ``opener``; raise why not (the session has ENDED)."""
+        if self._state is HubState.ENDING and self._shell is None:
+            # every party left before the open began (a browser that closed
+            # while its login was checked): nothing to open, nobody to tell
+            self._move(HubState.ENDED)
+            self._finished(Ending(None, self._reason or "every party left"))
+            return
         if self._state is not HubState.STARTING:
             raise SessionOver(f"session {self.id} has started already")
         size = (self._record.cols, self._record.rows)
@@ -331,6 +343,8 @@ class SessionHub:
         held, self._held_input, self._held_len = self._held_input, [], 0
         for data in held:
             shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
         early, self._early_output = self._early_output, []
         for data in early:
             self._fan_out(data)

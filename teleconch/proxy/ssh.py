@@ -42,6 +42,7 @@ from teleconch.conch.userauth_server import (
     CertificateChecker,
     CertificateUserAuthServer,
 )
+from teleconch.proxy.recordings_subsystem import RECORDINGS_SUBSYSTEM, serve_recordings
 from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
 from teleconch.proxy.splice import SplicingChannel
 
@@ -196,6 +197,10 @@ class ProxySessionChannel(SplicingChannel):
         if name == NODES_SUBSYSTEM.decode():
             Deferred.fromCoroutine(self._list_nodes())
             return True
+        if name == RECORDINGS_SUBSYSTEM:
+            return serve_recordings(
+                self, self._avatar.session.certificate.key_id, self._avatar.router
+            )
         # A refusal accepts the request, then explains on stderr and exits 1 (as
         # Teleport does): OpenSSH drops a channel's stderr once a request fails.
         m = _PROXY_SUBSYSTEM.fullmatch(name)

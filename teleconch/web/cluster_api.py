@@ -42,6 +42,8 @@ class SitesResource(SessionResource):
         cluster.putChild(b"sessions", ActiveSessionsResource(sessions, router))
         cluster.putChild(b"connect", terminal or ErrorResource(503, NO_TERMINAL))
         self.putChild(cluster_name.encode(), cluster)
+        #: The cluster's routes, for other modules' to be added (recordings).
+        self.cluster = cluster
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":

@@ -20,6 +20,7 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    SettingOverride,
     StreamInfo,
     Token,
     User,
@@ -102,6 +103,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id TEXT PRIMARY KEY, proxy TEXT NOT NULL, created REAL NOT NULL,
             heard REAL NOT NULL, record TEXT NOT NULL)""",
     ),
+    (
+        # What `teleconch-ctl cluster set` stored over the config's values.
+        """CREATE TABLE setting_overrides (
+            key TEXT PRIMARY KEY, value TEXT NOT NULL, set_by TEXT NOT NULL,
+            set_at REAL NOT NULL)""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -162,6 +169,7 @@ PROXIES = Table("proxies", ProxyInfo)
 IDENTITIES = Table("identities", JoinedIdentity, json=("principals",))
 STREAMS = Table("streams", StreamInfo, json=("meta",), bools=("complete",))
 WEB_SESSIONS = Table("web_sessions", WebSession, json=("roles", "logins"))
+OVERRIDES = Table("setting_overrides", SettingOverride)
 
 
 def create_private(path: str) -> None:
