@@ -162,7 +162,8 @@ async def test_scp_and_sftp_of_10_mb_both_ways_are_byte_identical(rec: Agented) 
         [str(src), remote + str(w.tmp / "up.bin")],
         [remote + str(src), str(w.tmp / "down.bin")],
     ):
-        r = await run(["scp", *base, *args], env=w.env(**env))
+        # -O: the scp protocol (an exec of scp); plain scp now speaks sftp.
+        r = await run(["scp", "-O", *base, *args], env=w.env(**env))
         assert r.code == 0, r.err
     batch = w.tmp / "batch"
     batch.write_text(f"put {src} {w.tmp / 'sftp-up.bin'}\nget {src} {w.tmp / 'sftp-down.bin'}\n")

@@ -84,6 +84,7 @@ class ChannelTransport:
         """Start ``protocol`` on this transport (its ``makeConnection``)."""
         self._protocol = protocol
         protocol.makeConnection(self)
+        self.resumeProducing()  # what came before
 
     # -- the channel's side ----------------------------------------------
 
@@ -91,7 +92,7 @@ class ChannelTransport:
         """Bytes from the channel, for the protocol."""
         if self._lost or self.disconnecting:
             return
-        if not self._reading:
+        if not self._reading or self._protocol is None:
             self._unread.append(data)
             return
         self._deliver(data)
@@ -182,7 +183,7 @@ class ChannelTransport:
 
     def resumeProducing(self) -> None:
         self._reading = True
-        while self._unread and self._reading and not self._lost:
+        while self._unread and self._reading and not self._lost and self._protocol:
             self._deliver(self._unread.pop(0))
 
     def stopProducing(self) -> None:

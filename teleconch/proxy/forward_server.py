@@ -175,7 +175,8 @@ class ForwardingNodeTransport:
             peer=client,
             host=IPv4Address("TCP", target.host, target.port),
         )
-        self.channel_transport.attach(protocol)
+        # Once the splice is open (it drops node bytes before): our version line.
+        self._forwarding.reactor.callLater(0, self.channel_transport.attach, protocol)
 
     def _inner_done(self) -> None:
         """Our SSH server closed the inner connection: the channel ends."""
