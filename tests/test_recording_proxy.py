@@ -20,10 +20,17 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import provider
 
 from teleconch.proxy.forward_user import AGENT_REQUIRED
 from tests.harness import ProcessResult, run, wait_for_events
+from tests.sshd import free_port, start_sshd
 from tests.test_proxy import World, make_world
 
 pytestmark = pytest.mark.interop
@@ -180,9 +187,120 @@ async def test_scp_and_sftp_of_10_mb_both_ways_are_byte_identical(rec: Agented) 
     assert json.loads(listed.out) == [], listed.out
 
 
-async def _wait_for_line(path: Path, text: str) -> None:
-    for _ in range(200):
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        await deferLater(reactor, 0.05)
-    raise AssertionError(f"{text!r} not in {path}")
+class _Background(ProcessProtocol):
+    """An ssh left running while the test uses its forwarding."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+    async def wait_for(self, text: bytes) -> None:
+        for _ in range(400):
+            if text in self.out:
+                return
+            await deferLater(reactor, 0.05)
+        raise AssertionError(f"{text!r} not in {self.out!r}")
+
+    def stop(self) -> None:
+        if not self.ended.called and self.transport is not None:
+            self.transport.signalProcess("TERM")
+
+
+def ssh_background(w: World, sock: Path, *args: str) -> _Background:
+    proto = _Background()
+    env = {**os.environ, **w.env(), "SSH_AUTH_SOCK": str(sock)}
+    argv = ["ssh", "-F", str(w.config), "-o", "BatchMode=yes", *args]
+    reactor.spawnProcess(proto, "ssh", argv, env=env)  # type: ignore[attr-defined]
+    return proto
+
+
+class _Banner(Protocol):
+    def __init__(self) -> None:
+        self.got: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.got.called:
+            self.got.callback(data)
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+
+async def read_banner(port: int) -> bytes:
+    proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Banner())
+    return await proto.got
+
+
+@contextlib.asynccontextmanager
+async def plain_key_node(w: Agented) -> AsyncIterator[None]:
+    """A second sshd, ``plain1``, with a host key and no host certificate."""
+    world = w.world
+    key = world.tmp / "plain_host_key"
+    r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    assert r.code == 0, r.err
+    user_ca = (await world.cluster.admin_agent().export_ca("user"))[0]
+    sshd = await start_sshd(world.tmp / "plain", key, None, [user_ca])
+    try:
+        await world.cluster.admin_agent().upsert_node(
+            "plain1", f"127.0.0.1:{sshd.port}", {"env": "test"}
+        )
+        yield
+    finally:
+        await sshd.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_with_a_plain_host_key_is_refused_saying_so(rec: Agented) -> None:
+    async with plain_key_node(rec):
+        r = await rec.ssh("-A", "-J", rec.jump, "root@plain1.test.example", "echo no")
+    assert r.code != 0 and r.out == ""
+    assert "remote host presented a public key, expected a host certificate" in r.err
+    events = await wait_for_events(rec.world.cluster, "proxy.connect")
+    assert any(e.fields.get("reason") == "host certificate refused" for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_host_key_is_accepted_with_a_warning_when_checks_are_off(
+    tmp_path: Path,
+) -> None:
+    warnings: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is LogLevel.warn:
+            warnings.append(formatEvent(event))
+
+    async with proxy_world(tmp_path, {"proxy_checks_host_keys": False}) as w:
+        async with plain_key_node(w):
+            globalLogPublisher.addObserver(observe)
+            try:
+                r = await w.ssh("-A", "-J", w.jump, "root@plain1.test.example", "echo yes")
+            finally:
+                globalLogPublisher.removeObserver(observe)
+    assert (r.out, r.code) == ("yes\n", 0), r.err
+    assert any("plain1 presented a plain host key" in line for line in warnings)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_L_forwarding_through_the_recording_proxy(rec: Agented) -> None:
+    """``ssh -A -J ... -L``: a direct-tcpip channel on the inner connection
+    becomes one to the node, which dials the target (here its own sshd)."""
+    w = rec.world
+    port = free_port()
+    proc = ssh_background(
+        w, rec.sock, "-A", "-J", rec.jump, "-L", f"{port}:127.0.0.1:{w.sshd.port}",
+        "root@web1.test.example", "echo ready; sleep 20",
+    )  # fmt: skip
+    try:
+        await proc.wait_for(b"ready")
+        banner = await read_banner(port)
+        assert banner.startswith(b"SSH-2.0-OpenSSH"), banner
+    finally:
+        proc.stop()
