@@ -173,7 +173,9 @@ async def test_scp_and_sftp_of_10_mb_both_ways_are_byte_identical(rec: Agented) 
         r = await run(["scp", "-O", *base, *args], env=w.env(**env))
         assert r.code == 0, r.err
     batch = w.tmp / "batch"
-    batch.write_text(f"put {src} {w.tmp / 'sftp-up.bin'}\nget {src} {w.tmp / 'sftp-down.bin'}\n")
+    batch.write_text(
+        f"put {src} {w.tmp / 'sftp-up.bin'}\nget {src} {w.tmp / 'sftp-down.bin'}\n"
+    )
     r = await run(["sftp", *base, "-b", str(batch), "root@web1.test.example"],
                   env=w.env(**env))  # fmt: skip
     assert r.code == 0, r.err
@@ -218,7 +220,7 @@ def ssh_background(w: World, sock: Path, *args: str) -> _Background:
     proto = _Background()
     env = {**os.environ, **w.env(), "SSH_AUTH_SOCK": str(sock)}
     argv = ["ssh", "-F", str(w.config), "-o", "BatchMode=yes", *args]
-    reactor.spawnProcess(proto, "ssh", argv, env=env)  # type: ignore[attr-defined]
+    reactor.spawnProcess(proto, "ssh", argv, env=env)
     return proto
 
 
@@ -234,7 +236,9 @@ class _Banner(Protocol):
 
 
 async def read_banner(port: int) -> bytes:
-    proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Banner())
+    proto = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Banner()
+    )
     return await proto.got
 
 
@@ -277,13 +281,15 @@ async def test_a_plain_host_key_is_accepted_with_a_warning_when_checks_are_off(
         if event.get("log_level") is LogLevel.warn:
             warnings.append(formatEvent(event))
 
-    async with proxy_world(tmp_path, {"proxy_checks_host_keys": False}) as w:
-        async with plain_key_node(w):
-            globalLogPublisher.addObserver(observe)
-            try:
-                r = await w.ssh("-A", "-J", w.jump, "root@plain1.test.example", "echo yes")
-            finally:
-                globalLogPublisher.removeObserver(observe)
+    async with (
+        proxy_world(tmp_path, {"proxy_checks_host_keys": False}) as w,
+        plain_key_node(w),
+    ):
+        globalLogPublisher.addObserver(observe)
+        try:
+            r = await w.ssh("-A", "-J", w.jump, "root@plain1.test.example", "echo yes")
+        finally:
+            globalLogPublisher.removeObserver(observe)
     assert (r.out, r.code) == ("yes\n", 0), r.err
     assert any("plain1 presented a plain host key" in line for line in warnings)
 

@@ -45,7 +45,9 @@ log = Logger()
 #: Requests a side may send before its twin is open; more are refused.
 MAX_HELD_REQUESTS = 64
 
-_Op = tuple[Any, ...]  # ("data", kind, bytes) | ("eof",) | ("close",) | ("request", ...)
+_Op = tuple[
+    Any, ...
+]  # ("data", kind, bytes) | ("eof",) | ("close",) | ("request", ...)
 
 
 class RelayChannel(FlowControlledChannel):
@@ -129,7 +131,9 @@ class RelayChannel(FlowControlledChannel):
         want = self.want_reply
         local = self.local_request(requestType, data)
         if local is not NotImplemented:
-            return self._in_order(local if isinstance(local, Deferred) else succeed(local))
+            return self._in_order(
+                local if isinstance(local, Deferred) else succeed(local)
+            )
         reply: Deferred[Any] = Deferred()
         self._pass(("request", requestType, data, want, reply))
         return self._in_order(reply) if want else None
@@ -269,7 +273,10 @@ class RelayChannel(FlowControlledChannel):
 
 
 def open_twin(
-    channel: RelayChannel, conn: connection.SSHConnection, twin: RelayChannel, data: bytes
+    channel: RelayChannel,
+    conn: connection.SSHConnection,
+    twin: RelayChannel,
+    data: bytes,
 ) -> Deferred[None]:
     """Open ``twin`` on ``conn`` and join ``channel`` to it once it is open;
     fail with the refusal (a `ConchError` of description and code) if not."""

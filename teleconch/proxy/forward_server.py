@@ -114,7 +114,9 @@ class ModeNodeTransport:
     async def _connect(self, target: Target, events: NodeEvents) -> None:
         settings = await self._forwarding.settings.current()
         if settings.session_recording == "proxy":
-            self._chosen = ForwardingNodeTransport(self._forwarding, self._route, settings)
+            self._chosen = ForwardingNodeTransport(
+                self._forwarding, self._route, settings
+            )
         await self._chosen.connect(target, events)
 
     def write(self, data: bytes) -> None:

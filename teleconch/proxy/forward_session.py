@@ -198,7 +198,9 @@ class ClientSessionChannel(RelayChannel):
         if requestType == AGENT_REQUEST:
             self._user.upstream.start(self.conn)  # type: ignore[arg-type]
         elif requestType in _STARTS and not self._user.upstream.started:
-            self._user.upstream.refuse(UpstreamFailed(AGENT_REQUIRED, "no agent forwarded"))
+            self._user.upstream.refuse(
+                UpstreamFailed(AGENT_REQUIRED, "no agent forwarded")
+            )
         elif requestType == b"pty-req":
             self._read_size(getNS(data)[1])
         elif requestType == b"window-change":
@@ -247,7 +249,9 @@ class ClientSessionChannel(RelayChannel):
                 self._command = getNS(data)[0].decode("utf-8", "replace")
             except (struct.error, ValueError, IndexError):
                 self._command = ""
-        if kind == b"subsystem" or (kind == b"exec" and _is_file_transfer(self._command)):
+        if kind == b"subsystem" or (
+            kind == b"exec" and _is_file_transfer(self._command)
+        ):
             return
         f, user = self._user.forwarding, self._user
         target = user.upstream.route.target

@@ -277,7 +277,9 @@ class ForwardedUser(ConchUser):
     ) -> RelayChannel:
         """``ssh -L``: a ``direct-tcpip`` channel to the node (which dials)."""
         ours = RelayChannel(
-            name=b"direct-tcpip", remoteWindow=remoteWindow, remoteMaxPacket=remoteMaxPacket
+            name=b"direct-tcpip",
+            remoteWindow=remoteWindow,
+            remoteMaxPacket=remoteMaxPacket,
         )
         if not self.upstream.started:
             self.upstream.refuse(UpstreamFailed(AGENT_REQUIRED, "no agent forwarded"))
