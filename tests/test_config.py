@@ -192,7 +192,12 @@ def test_the_recording_proxy_mode_and_its_host_key_check_are_read() -> None:
     """``session_recording: proxy`` and ``proxy_checks_host_keys`` reach the
     auth settings (defaults: node, yes); an unknown mode is refused."""
     s = cfg.parse(
-        {"auth_service": {"session_recording": "proxy", "proxy_checks_host_keys": False}}
+        {
+            "auth_service": {
+                "session_recording": "proxy",
+                "proxy_checks_host_keys": False,
+            }
+        }
     )
     assert (s.auth.session_recording, s.auth.proxy_checks_host_keys) == ("proxy", False)
     default = cfg.parse({})
