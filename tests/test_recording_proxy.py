@@ -310,3 +310,28 @@ async def test_ssh_L_forwarding_through_the_recording_proxy(rec: Agented) -> Non
         assert banner.startswith(b"SSH-2.0-OpenSSH"), banner
     finally:
         proc.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pty_shell_in_proxy_mode_is_recorded_with_what_it_showed(
+    rec: Agented,
+) -> None:
+    """``ssh -tt -A -J``: a shell on a PTY, typed into; its output, terminal
+    size and exit status are in the recording."""
+    w = rec.world
+    argv = ["ssh", "-F", str(w.config), "-o", "BatchMode=yes", "-tt", "-A", "-J",
+            rec.jump, "root@web1.test.example"]  # fmt: skip
+    r = await run(
+        argv,
+        env=w.env(SSH_AUTH_SOCK=str(rec.sock)),
+        stdin=b"echo typed-$((6*7))\nexit 4\n",
+    )
+    assert r.code == 4, r.err
+    assert "typed-42" in r.out
+    (sid,) = await uploaded(rec)
+    events = await recording_events(rec, sid)
+    assert events[0]["event"] == "session.start" and "command" not in events[0]
+    assert events[0]["cols"] > 0 and events[0]["rows"] > 0
+    printed = "".join(e.get("data", "") for e in events if e["event"] == "print")
+    assert "typed-42" in printed
+    assert events[-1]["event"] == "session.end" and events[-1]["exit_code"] == 4
