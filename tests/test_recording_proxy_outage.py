@@ -21,9 +21,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.harness import Cluster, run, sign_up, start_cluster, wait_for_events
-from tests.sshd import start_sshd
-from tests.test_proxy import World, _login
+from tests.harness import Cluster, start_cluster, wait_for_events
+from tests.test_proxy import World, alice_logged_in, start_web1
 from tests.test_recording_proxy import (
     Agented,
     _Background,
@@ -71,6 +70,7 @@ async def split_world(tmp_path: Path) -> AsyncIterator[Split]:
                 "auth_service": {"session_recording": "proxy"}}  # fmt: skip
     auth = await start_cluster(tmp_path / "auth", auth_raw)
     w: Split | None = None
+    proxy: Cluster | None = None
     sshd = None
     try:
         admin = auth.admin_agent()
@@ -81,34 +81,20 @@ async def split_world(tmp_path: Path) -> AsyncIterator[Split]:
             "auth_service": {"enabled": False},
         }  # fmt: skip
         proxy = await start_cluster(tmp_path / "proxy", proxy_raw, clock=auth.clock)
-        prefix = tmp_path / "node" / "web1"
-        prefix.parent.mkdir()
-        r = await run(["teleconch-ctl", "--data-dir", str(auth.data_dir), "--auth-server",
-                       str(auth.auth_addr), "auth", "sign", "--host", "web1", "--out",
-                       str(prefix)])  # fmt: skip
-        assert r.code == 0, r.err
-        user_ca = (await admin.export_ca("user"))[0]
-        sshd = await start_sshd(
-            tmp_path / "sshd", prefix, Path(f"{prefix}-cert.pub"), [user_ca]
-        )
-        await admin.upsert_node("web1", f"127.0.0.1:{sshd.port}", {"env": "test"})
+        sshd = await start_web1(auth, tmp_path)
         proxy.admin = admin  # sign_up invites through it
-        alice = await sign_up(proxy, logins=("root",))
+        home, config = await alice_logged_in(proxy, tmp_path)
         proxy.admin = None
-        home = tmp_path / "tsh"
-        await _login(proxy, home, "alice", alice.password, alice.totp_secret)
-        r = await run(["teleconch", "config"], env={"TELECONCH_HOME": str(home)})
-        assert r.code == 0, r.err
-        config = tmp_path / "ssh_config"
-        config.write_text(r.out)
         w = Split(auth, sshd, home, config, tmp_path, proxy, proxy_raw)
         yield w
     finally:
         if sshd is not None:
             await sshd.stop()
-        if w is not None and w.proxy is not None:
-            await w.proxy.stop()
-        await (w.cluster if w is not None else auth).stop()
+        if w is not None:  # the ones running now (the tests restart them)
+            auth, proxy = w.cluster, w.proxy
+        if proxy is not None:
+            await proxy.stop()
+        await auth.stop()
 
 
 def shell(w: Split, sock: Path) -> _Background:
