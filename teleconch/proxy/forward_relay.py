@@ -33,8 +33,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from teleconch.conch.flow import (
-    DEFAULT_MAX_PACKET,
-    DEFAULT_WINDOW,
     FlowControlledChannel,
 )
 
@@ -58,22 +56,9 @@ class RelayChannel(FlowControlledChannel):
     handle some requests themselves with `local_request`.
     """
 
-    def __init__(
-        self,
-        *,
-        name: bytes,
-        window: int = DEFAULT_WINDOW,
-        max_packet: int = DEFAULT_MAX_PACKET,
-        remoteWindow: int = 0,
-        remoteMaxPacket: int = 0,
-        conn: connection.SSHConnection | None = None,
-        data: bytes | None = None,
-        avatar: Any = None,
-    ) -> None:
-        super().__init__(
-            window=window, max_packet=max_packet, remoteWindow=remoteWindow,
-            remoteMaxPacket=remoteMaxPacket, conn=conn, data=data, avatar=avatar,
-        )  # fmt: skip
+    def __init__(self, *, name: bytes, **kw: Any) -> None:
+        """``kw``: `FlowControlledChannel`'s (window, max_packet, remote...)."""
+        super().__init__(**kw)
         self.name = name
         self.twin: RelayChannel | None = None
         #: Whether the request being handled wants a reply (the connection sets it).
