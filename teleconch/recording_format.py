@@ -16,6 +16,8 @@ Each record is one event, a JSON object with ``e`` (its kind) and ``ms``
 - ``print``: ``offset`` (of its first byte in the session's output) and
   ``len``; the output bytes follow the JSON, apart from it (never base64)
 - ``resize``: ``cols rows``
+- ``session.join``, ``session.leave``: ``user mode party_id client_addr``
+  (``leave``: and ``reason``): someone joined or left the session
 - ``session.end``: ``exit_code`` (or null) and ``reason``
 
 A frame holds at most `MAX_BATCH` bytes of records before compression (one

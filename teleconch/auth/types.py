@@ -331,12 +331,12 @@ class HostSigner:
 
 @attrs.frozen
 class Party:
-    """Someone attached to a live session: its owner, later observers and peers."""
+    """Someone attached to a live session: its owner, or a peer or observer who joined."""
 
     id: str
     user: str
     remote_addr: str
-    mode: str = "peer"  # peer | observer | moderator (joining: the recording issue)
+    mode: str = "peer"  # owner (opened it) | peer (joined, types) | observer (watches)
     last_active: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -375,6 +375,9 @@ class ActiveSession:
     rows: int
     parties: tuple[Party, ...] = ()
     kind: str = "web"  # how it was opened: web | ssh (the recording proxy)
+    #: The owner's roles, set by whoever opens the session: the joiners' roles'
+    #: ``join_sessions`` rules name them (`teleconch.proxy.join_policy`).
+    owner_roles: tuple[str, ...] = attrs.field(converter=_strings, default=())
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -398,6 +401,7 @@ class ActiveSession:
                 rows=int(data.get("rows", 24)),
                 parties=tuple(Party.from_json(p) for p in data.get("parties", ())),
                 kind=str(data.get("kind", "web")),
+                owner_roles=tuple(str(r) for r in data.get("owner_roles", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BadParameter(f"a session record is malformed: {e}") from None

@@ -40,7 +40,7 @@ from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.proxy.routing import RoutingError
-from teleconch.proxy.sessions import Ending, HubHandle, SessionHub
+from teleconch.proxy.sessions import OWNER, Ending, HubHandle, SessionHub
 from teleconch.proxy.websession_ssh import ShellOpenFailed
 from teleconch.web import terminal_messages as msg
 from teleconch.web.keys import WebSessionKeys
@@ -169,7 +169,7 @@ class BrowserParty:
         self._state = SocketState.AWAITING_TOKEN
         self._size = (upgrade.request.cols, upgrade.request.rows)
         self._record = Party(
-            id=str(uuid.uuid4()), user="", remote_addr=upgrade.client_addr
+            id=str(uuid.uuid4()), user="", remote_addr=upgrade.client_addr, mode=OWNER
         )
         self._creds: api.WebCredentials | None = None
         self._hub: HubHandle | None = None
@@ -342,7 +342,12 @@ class BrowserParty:
         self._move(SocketState.OPEN)
         self._wire.send_json(
             msg.session_message(
-                session.id, session.node, session.login, session.cols, session.rows
+                session.id,
+                session.node,
+                session.login,
+                session.cols,
+                session.rows,
+                self._record.mode,
             )
         )
 
@@ -359,6 +364,24 @@ class BrowserParty:
             self._wire.pause_reading()
         else:
             self._wire.resume_reading()
+
+    def party_joined(self, party: Party) -> None:
+        if self._state is SocketState.OPEN:
+            self._wire.send_json(msg.party_message("joined", party))
+
+    def party_left(self, party: Party, reason: str) -> None:
+        if self._state is SocketState.OPEN:
+            self._wire.send_json(msg.party_message("left", party, reason))
+
+    def dropped(self, reason: str) -> None:
+        """Out of a joined session (it fell behind): say so and close; the
+        hub has audited the leave."""
+        self._hub = None
+        if self._state in (SocketState.CONNECTING, SocketState.OPEN):
+            self._cancel_timers()
+            self._wire.send_json(msg.error_message(reason))
+            self._wire.close(msg.CLOSE_GONE, msg.close_reason(reason))
+            self._move(SocketState.CLOSING)
 
     def session_ended(self, ending: Ending) -> None:
         self._hub = None
