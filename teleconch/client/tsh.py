@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from teleconch import config as cfg
-from teleconch.client import join, openssh
+from teleconch.client import join, openssh, sessions
 from teleconch.client.errors import UsageError
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.login import login, logout, read_cert, status
@@ -258,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="an ssh_config block for plain OpenSSH").set_defaults(
         sync=config
     )
-    join.add_parser(sub)
+    sessions.add_sessions_parser(sub)
+    sessions.add_join_parser(join.add_parser(sub))
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sessions.shorthand(words, ("openssh", "session")))
     store = KeyStore()
     if getattr(args, "sync", None) is not None:
         try:

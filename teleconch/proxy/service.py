@@ -29,6 +29,7 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
+from teleconch.proxy.joining import Joining
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
@@ -113,6 +114,7 @@ class ProxyService(StartingService):
         self.ssh_listening = ""
         self.router: Router | None = None
         self.ssh_factory: ProxySSHFactory | None = None
+        self.joining: Joining | None = None
         #: The terminal sessions this proxy holds.
         self.terminal_sessions = Sessions(reactor)
         #: How people reach us, as advertised once the listeners are bound.
@@ -234,8 +236,12 @@ class ProxyService(StartingService):
         limits = SSHLimits(
             **{k: getattr(s.proxy, k) for k in attrs.fields_dict(SSHLimits)}
         )
+        #: Joining live sessions, by SSH and from the web (peering: set .peers).
+        self.joining = Joining(
+            agent=self.agent, router=router, sessions=self.terminal_sessions
+        )
         self.ssh_factory = make_factory(
-            router, policy, host_key, host_cert, self.clock, limits
+            router, policy, host_key, host_cert, self.clock, limits, self.joining
         )
         ssh_port = await self._listen(
             "proxy_service.listen_addr",

@@ -1,0 +1,130 @@
+"""``teleconch sessions ls`` and ``teleconch join SID``: live sessions, joined
+through the user's own OpenSSH.
+
+Both go to the proxy's SSH listener with the login's certificate, as
+``teleconch ls`` does: ``teleconch-sessions`` answers the sessions this
+person may join (any proxy's) as JSON; ``teleconch-join@SID:MODE`` with a
+PTY attaches the terminal (`teleconch.proxy.join_subsystem`).  Ctrl-] or
+``~.`` leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from datetime import datetime
+from typing import Any
+
+from teleconch.client import openssh
+from teleconch.client.errors import UsageError
+from teleconch.client.keystore import KeyStore, Profile
+from teleconch.client.login import read_cert
+
+MODES = ("observer", "peer")
+
+
+def proxy_login(store: KeyStore, profile: Profile) -> str:
+    """A principal of the certificate to give the proxy: a login when there
+    is one, else the placeholder a certificate without logins carries (an
+    auditor's), which the proxy accepts as well."""
+    info = read_cert(store, profile)
+    principals = [str(x) for x in (info or {}).get("logins", [])]
+    if not principals:
+        raise UsageError(
+            "no certificate: run teleconch login --proxy HOST:3080 --user NAME"
+        )
+    return next((p for p in principals if not p.startswith("-")), principals[0])
+
+
+def _profile(store: KeyStore) -> Profile:
+    profile = store.current_profile()
+    if profile is None:
+        raise UsageError(
+            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
+        )
+    return profile
+
+
+def live_sessions(store: KeyStore, profile: Profile) -> list[dict[str, Any]]:
+    argv = openssh.sessions_argv(store, profile, proxy_login(store, profile))
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UsageError(done.stderr.strip() or "the proxy did not list the sessions")
+    sessions: list[dict[str, Any]] = json.loads(done.stdout)
+    return sessions
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def sessions_ls(args: argparse.Namespace, store: KeyStore) -> int:
+    sessions = live_sessions(store, _profile(store))
+    if args.format == "json":
+        print(json.dumps(sessions, indent=2))
+        return 0
+    rows = [
+        (
+            s["id"],
+            s["user"],
+            f"{s['login']}@{s['node']}",
+            _when(s["created"]),
+            ",".join(f"{p['user']}({p['mode']})" for p in s["parties"]),
+            ",".join(s["modes"]),
+        )
+        for s in sessions
+    ]
+    headers = ("Session ID", "User", "Login@Node", "Started", "Parties", "You may")
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not rows:
+        print("(no live session you may join)")
+    return 0
+
+
+def join_session(args: argparse.Namespace, store: KeyStore) -> int:
+    profile = _profile(store)
+    argv = openssh.join_argv(
+        store, profile, proxy_login(store, profile), args.session_id, args.mode
+    )
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
+def add_sessions_parser(sub: Any) -> None:
+    """``sessions ls`` in the ``teleconch`` command line."""
+    sessions = sub.add_parser("sessions", help="live sessions you may join")
+    kinds = sessions.add_subparsers(
+        dest="sessions_command", required=True, metavar="COMMAND"
+    )
+    p = kinds.add_parser("ls", help="list the live sessions you may join")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(sync=sessions_ls)
+
+
+def add_join_parser(kinds: Any) -> None:
+    """``join session SID`` (``teleconch join SID`` for short) under ``join``."""
+    p = kinds.add_parser(
+        "session",
+        help="attach your terminal to a live session (teleconch join SID for short)",
+    )
+    p.add_argument("session_id", metavar="SID", help="from `teleconch sessions ls`")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="observer",
+        help="observer (default: watch, your keys are not sent) or peer (type too)",
+    )
+    p.set_defaults(sync=join_session)
+
+
+def shorthand(argv: list[str], kinds: tuple[str, ...]) -> list[str]:
+    """``join SID ...`` is ``join session SID ...`` (``join openssh`` stays)."""
+    if len(argv) < 2 or argv[0] != "join" or argv[1] in kinds:
+        return argv
+    return argv if argv[1].startswith("-") else ["join", "session", *argv[1:]]
