@@ -26,16 +26,21 @@ MODES = ("observer", "peer")
 
 
 def proxy_login(store: KeyStore, profile: Profile) -> str:
-    """A principal of the certificate to give the proxy: a login when there
-    is one, else the placeholder a certificate without logins carries (an
-    auditor's), which the proxy accepts as well."""
+    """A login of the certificate to give the proxy (OpenSSH needs a user
+    name; a certificate without logins carries none it accepts)."""
     info = read_cert(store, profile)
-    principals = [str(x) for x in (info or {}).get("logins", [])]
-    if not principals:
+    if info is None:
         raise UsageError(
             "no certificate: run teleconch login --proxy HOST:3080 --user NAME"
         )
-    return next((p for p in principals if not p.startswith("-")), principals[0])
+    logins = [str(x) for x in info.get("logins", []) if not str(x).startswith("-")]
+    if not logins:
+        raise UsageError(
+            "your certificate has no login, and OpenSSH needs one to reach the "
+            "proxy: join from the web UI (/web/sessions), or ask an administrator "
+            "for a role with a login"
+        )
+    return logins[0]
 
 
 def _profile(store: KeyStore) -> Profile:
