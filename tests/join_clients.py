@@ -60,6 +60,16 @@ class _Terminal(WebSocketClientProtocol):
         self.owner.closed = (code, reason)
 
 
+class _Factory(WebSocketClientFactory):
+    protocol = _Terminal
+    owner: OwnerSocket
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol: Any = super().buildProtocol(addr)
+        protocol.owner = self.owner
+        return protocol
+
+
 class OwnerSocket:
     """One web terminal socket: it opens (or, with ``sid``, joins) a session."""
 
@@ -78,12 +88,12 @@ class OwnerSocket:
             + quote(json.dumps(params))
         )
         public = str(proxy.public_addr)
-        factory = WebSocketClientFactory(
+        factory = _Factory(
             url,
             origin=f"https://{public}",
             headers={"Cookie": f"__Host-session={secrets.cookie}"},
         )
-        factory.protocol = type("Terminal", (_Terminal,), {"owner": self})
+        factory.owner = self
         connectWS(factory, CertificateOptions())
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
