@@ -294,6 +294,7 @@ class ProxyService(StartingService):
                 idle_timeout=s.proxy.web_idle_timeout,
                 public_addr=lambda: str(self.public_addr),
                 recorders=self.recorders,
+                joining=self.joining,
             ),
         )
         self.web_site = site

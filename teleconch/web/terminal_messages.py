@@ -2,9 +2,10 @@
 
 The browser opens ``wss://<proxy>/v1/webapi/sites/<cluster>/connect?params=<JSON>``
 with ``params`` = ``{"server_id": NODE, "login": LOGIN, "term": {"w": COLS,
-"h": ROWS}}`` (Teleport's shape).  Its first frame is the text ``{"token":
-"<bearer>"}``.  After that, terminal bytes are binary frames both ways, and
-control messages are JSON text frames with a ``type``:
+"h": ROWS}}`` (Teleport's shape), or, to join a live session,
+``{"sid": SESSION_ID, "mode": "observer"|"peer", "term": {...}}``.  Its
+first frame is the text ``{"token": "<bearer>"}``.  After that, terminal
+bytes are binary frames both ways, and control messages are JSON text frames with a ``type``:
 
 - browser -> proxy: ``resize`` ``{cols, rows}``; ``ack`` ``{bytes}``: how many
   output bytes xterm.js has processed since the last ack (flow control);
@@ -67,6 +68,10 @@ class TermRequest:
     login: str
     cols: int
     rows: int
+    #: Join this live session instead of opening one (Teleport's ``sid``) ...
+    session_id: str = ""
+    #: ... as ``observer`` or ``peer``; a new session's party is its owner.
+    mode: str = "owner"
 
 
 @attrs.frozen
@@ -121,11 +126,18 @@ def parse_params(raw: str | None) -> TermRequest:
     term = data.get("term")
     if not isinstance(term, dict):
         raise BadMessage('params.term must be {"w": COLUMNS, "h": ROWS}')
+    cols = _size(term.get("w"), "params.term.w")
+    rows = _size(term.get("h"), "params.term.h")
+    if data.get("sid"):
+        mode = data.get("mode", "observer")
+        if mode not in ("observer", "peer"):
+            raise BadMessage('params.mode must be "observer" or "peer"')
+        return TermRequest("", "", cols, rows, _name(data, "sid"), mode)
     return TermRequest(
         server_id=_name(data, "server_id"),
         login=_name(data, "login"),
-        cols=_size(term.get("w"), "params.term.w"),
-        rows=_size(term.get("h"), "params.term.h"),
+        cols=cols,
+        rows=rows,
     )
 
 
