@@ -9,17 +9,22 @@ which runs the real ``ssh -t`` on a pseudo-terminal.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
 import pytest
 import pytest_twisted
+from playwright.async_api import Browser
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from teleconch.auth.types import JoinRule, RoleSpec
+from tests.browser import BrowserThread, code_for, open_page
 from tests.harness import Person, current_code, run, sign_up, wait_for_events
 from tests.join_clients import OwnerSocket, PtyProgram, until
-from tests.test_web_terminal import Node, a_node
+from tests.test_web_terminal import Node, a_node, wait_for_line
 from tests.webclient import log_in
 
 pytestmark = pytest.mark.interop
@@ -183,3 +188,73 @@ async def test_a_join_no_role_allows_is_refused_saying_why_and_audited(
     assert not refused.success and refused.fields["reason"] == "join not allowed"
     assert refused.fields["session_id"] == sid
     assert room.owner.of_type("party") == [] and room.owner.closed is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_auditor_observes_from_the_sessions_page_in_chromium(
+    chromium: BrowserThread, room: Room
+) -> None:
+    """dana (built-in auditor: no node of her own) opens /web/sessions in
+    Chromium, clicks Observe on alice's session: her console says her keys
+    are not sent and shows alice's output; alice's socket hears that dana
+    joined, and dana's console shows who comes and goes."""
+    cluster, owner = room.node.cluster, room.owner
+    dana = await sign_up(cluster, "dana", logins=(), roles=("auditor",))
+    # Her sign-up moved the cluster's clock on again: alice resizes, and the
+    # session is registered anew before the auth service takes it for gone.
+    assert owner.protocol is not None
+    owner.protocol.sendMessage(json.dumps({"type": "resize", "cols": 100, "rows": 30})
+                               .encode(), False)  # fmt: skip
+
+    async def registered() -> bool:
+        live = await cluster.admin_agent().list_active_sessions()
+        return any(s.cols == 100 for s in live)
+
+    for _ in range(200):
+        if await registered():
+            break
+        await deferLater(reactor, 0.05)
+    codes = code_for(cluster)
+    node = room.node
+
+    async def observe(browser: Browser) -> None:
+        async with open_page(browser) as (page, log):
+            await page.goto(node.url("/web/sessions"))
+            await page.wait_for_url(re.compile(r"/web/login\?next="))
+            await page.get_by_label("Username").fill("dana")
+            await page.get_by_label("Password").fill(dana.password)
+            await page.get_by_label("One-time code").fill(codes(dana.totp_secret))
+            await page.get_by_role("button", name="Log in").click()
+            await page.wait_for_url(re.compile(r"/web/sessions$"))
+            await page.get_by_role("link", name="Observe").click()
+            await page.wait_for_url(
+                re.compile(r"/web/console/session/.+\?mode=observer")
+            )
+            await page.wait_for_function(
+                "() => document.getElementById('status').textContent"
+                ".includes('your keys are not sent')"
+            )
+            # the owner's socket is the reactor's: typed from its thread
+            reactor.callFromThread(owner.type, b"echo seen$((40+2))\r")
+            await wait_for_line(page, "seen42")
+            await page.wait_for_function(
+                "() => document.getElementById('notices').textContent"
+                ".includes('bob joined the session as observer')",
+                timeout=30_000,
+            )
+            assert log.errors == [], log.errors
+
+    async def bob_joins() -> None:
+        await until(lambda: any(m["user"] == "dana" for m in owner.of_type("party")),
+                    "alice hearing of dana")  # fmt: skip
+        bob = PtyProgram(["teleconch", "join", owner.session_id], room.env("bob"))
+        try:
+            await until(lambda: b"you joined" in bob.output, "bob's join")
+            await chromium_done
+        finally:
+            bob.kill()
+
+    chromium_done = chromium.run(observe)
+    await bob_joins()
+    dana_seen = [m["message"] for m in owner.of_type("party") if m["user"] == "dana"]
+    assert dana_seen[0] == "dana joined the session as observer"
