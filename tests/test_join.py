@@ -12,12 +12,14 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import attrs
 import pytest
 import pytest_twisted
 from playwright.async_api import Browser
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import deferLater
 
 from teleconch.auth.types import JoinRule, RoleSpec
@@ -235,7 +237,8 @@ async def test_an_auditor_observes_from_the_sessions_page_in_chromium(
                 ".includes('your keys are not sent')"
             )
             # the owner's socket is the reactor's: typed from its thread
-            reactor.callFromThread(owner.type, b"echo seen$((40+2))\r")
+            threads = cast(IReactorFromThreads, reactor)
+            threads.callFromThread(owner.type, b"echo seen$((40+2))\r")
             await wait_for_line(page, "seen42")
             await page.wait_for_function(
                 "() => document.getElementById('notices').textContent"
