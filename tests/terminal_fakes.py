@@ -66,6 +66,18 @@ class FakeShell:
         self.events.shell_ended(ExitStatus(code=code, signal=signal))
 
 
+def start_on_fake_shell(hub: SessionHub) -> FakeShell:
+    """Start ``hub`` with an opener whose FakeShell answers at once; that shell."""
+    shells: list[FakeShell] = []
+
+    async def opener(events: ShellEvents) -> FakeShell:
+        shells.append(FakeShell(events))
+        return shells[0]
+
+    Deferred.fromCoroutine(hub.start(opener))
+    return shells[0]
+
+
 @attrs.define
 class FakeRegistry:
     """The auth service's live-session calls, recorded; ``hold`` delays answers."""

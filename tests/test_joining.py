@@ -12,7 +12,6 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -32,9 +31,12 @@ from teleconch.proxy.sessions import (
     SessionHub,
     SessionParty,
     Sessions,
-    ShellEvents,
 )
-from tests.terminal_fakes import FakeParty, FakeShell, session_record
+from tests.terminal_fakes import (
+    FakeParty,
+    session_record,
+    start_on_fake_shell,
+)
 from tests.test_routing import Directory, now
 
 NODE = {"id": "n-1", "name": "web1", "addr": "10.0.0.1:22", "labels": {"env": "dev"}}
@@ -93,14 +95,7 @@ class Rig:
         self.sessions.add(self.hub)
         self.owner = FakeParty()
         self.hub.join(self.owner)
-        shells: list[FakeShell] = []
-
-        async def opener(events: ShellEvents) -> FakeShell:
-            shells.append(FakeShell(events))
-            return shells[0]
-
-        Deferred.fromCoroutine(self.hub.start(opener))
-        self.shell = shells[0]
+        self.shell = start_on_fake_shell(self.hub)
         elsewhere = session_record(
             id="there", proxy="proxy-b", node_id="n-1", owner_roles=("dev",)
         )

@@ -10,7 +10,6 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from teleconch.auth.types import ActiveSession, Party
@@ -20,14 +19,13 @@ from teleconch.proxy.sessions import (
     Ending,
     HubState,
     SessionHub,
-    ShellEvents,
 )
 from tests.terminal_fakes import (
     FakeParty,
     FakeRegistry,
-    FakeShell,
     joiner,
     session_record,
+    start_on_fake_shell,
 )
 
 CHUNK = 32 * 1024
@@ -88,14 +86,7 @@ class Running:
         )
         self.owner = FakeParty()
         self.hub.join(self.owner)
-        shells: list[FakeShell] = []
-
-        async def opener(events: ShellEvents) -> FakeShell:
-            shells.append(FakeShell(events))
-            return shells[0]
-
-        Deferred.fromCoroutine(self.hub.start(opener))
-        self.shell = shells[0]
+        self.shell = start_on_fake_shell(self.hub)
 
 
 def test_a_slow_joiner_is_dropped_while_the_owner_and_another_go_on_at_full_pace() -> (

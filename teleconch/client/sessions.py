@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from teleconch.client import openssh
+from teleconch.client.cli_common import print_table, require_profile
 from teleconch.client.errors import UsageError
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.login import read_cert
@@ -43,13 +44,7 @@ def proxy_login(store: KeyStore, profile: Profile) -> str:
     return logins[0]
 
 
-def _profile(store: KeyStore) -> Profile:
-    profile = store.current_profile()
-    if profile is None:
-        raise UsageError(
-            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
-        )
-    return profile
+_profile = require_profile
 
 
 def live_sessions(store: KeyStore, profile: Profile) -> list[dict[str, Any]]:
@@ -81,12 +76,9 @@ def sessions_ls(args: argparse.Namespace, store: KeyStore) -> int:
         )
         for s in sessions
     ]
-    headers = ("Session ID", "User", "Login@Node", "Started", "Parties", "You may")
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(
+        ("Session ID", "User", "Login@Node", "Started", "Parties", "You may"), rows
+    )
     if not rows:
         print("(no live session you may join)")
     return 0
