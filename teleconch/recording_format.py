@@ -18,6 +18,8 @@ Each record is one event, a JSON object with ``e`` (its kind) and ``ms``
 - ``input``: ``len``; what a party typed follows, as print's bytes do
   (recorded only where ``record_input`` is on)
 - ``resize``: ``cols rows``
+- ``session.join``, ``session.leave``: ``user mode party_id client_addr``
+  (``leave``: and ``reason``): someone joined or left the session
 - ``session.end``: ``exit_code`` (or null) and ``reason``
 
 A frame holds at most `MAX_BATCH` bytes of records before compression (one

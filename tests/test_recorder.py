@@ -189,6 +189,30 @@ def test_a_sessions_output_resizes_and_end_reach_the_auth_service_in_order(
     ]  # fmt: skip
 
 
+def test_joins_and_leaves_are_recorded_with_who_and_how(tmp_path: Path) -> None:
+    """A joiner's arrival and leaving are session.join / session.leave
+    records, at their times, with the user, mode and address."""
+    rig = Rig(tmp_path)
+    hub, shell, _ = rig.hub()
+    rig.clock.advance(1.0)
+    bob = FakeParty(record=Party("party-2", "bob", "10.0.0.8:1", mode="observer"))
+    hub.join(bob)
+    rig.clock.advance(2.0)
+    hub.leave(bob, "bob closed the terminal")
+    shell.events.shell_ended(ExitStatus(code=0))
+    events = rig.agent.events(hub.id)
+    assert [e.kind for e in events] == [
+        "session.start", "session.join", "session.leave", "session.end"
+    ]  # fmt: skip
+    join, leave = events[1], events[2]
+    assert (join.ms, leave.ms) == (1000, 3000)
+    assert join.fields == {
+        "user": "bob", "mode": "observer", "party_id": "party-2",
+        "client_addr": "10.0.0.8:1",
+    }  # fmt: skip
+    assert leave.fields["reason"] == "bob closed the terminal"
+
+
 def test_the_auth_service_away_loses_nothing_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:

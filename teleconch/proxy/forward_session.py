@@ -25,6 +25,7 @@ from __future__ import annotations
 import shlex
 import struct
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from twisted.conch.ssh import connection
@@ -38,7 +39,9 @@ from teleconch.conch.session import ExitStatus
 from teleconch.conch.wire import take_string
 from teleconch.proxy.forward_relay import RelayChannel, open_twin
 from teleconch.proxy.forward_user import AGENT_REQUIRED, ForwardedUser, UpstreamFailed
+from teleconch.proxy.join_subsystem import notice
 from teleconch.proxy.routing import emit
+from teleconch.proxy.session_protocols import joined_line, left_line
 from teleconch.proxy.sessions import HubHandle, SessionHub, ShellEvents
 
 log = Logger()
@@ -89,11 +92,25 @@ class NodeSessionChannel(RelayChannel):
 
 
 class _Owner:
-    """The client's channel as the hub's owner party (its bytes flow directly)."""
+    """The client's channel as the hub's owner party (its bytes flow directly;
+    who joins and leaves is said on its stderr, which never mixes into an
+    exec's output)."""
 
-    def __init__(self, user: str, remote_addr: str, now: float) -> None:
-        self.record = Party(str(uuid.uuid4()), user, remote_addr, "peer", now)
+    def __init__(
+        self, user: str, remote_addr: str, now: float, say: Callable[[bytes], None]
+    ) -> None:
+        self.record = Party(str(uuid.uuid4()), user, remote_addr, "owner", now)
         self.hub: HubHandle | None = None
+        self._say = say
+
+    def party_joined(self, party: Party) -> None:
+        self._say(notice(joined_line(party)))
+
+    def party_left(self, party: Party, reason: str) -> None:
+        self._say(notice(left_line(party, reason)))
+
+    def dropped(self, reason: str) -> None:
+        """The owner paces the session: it is never dropped."""
 
     def attached(self, hub: HubHandle) -> None:
         self.hub = hub
@@ -256,7 +273,12 @@ class ClientSessionChannel(RelayChannel):
         f, user = self._user.forwarding, self._user
         target = user.upstream.route.target
         now = f.clock.seconds()
-        self._owner = _Owner(user.login.grant.user, user.login.client_address, now)
+        self._owner = _Owner(
+            user.login.grant.user,
+            user.login.client_address,
+            now,
+            lambda text: self.writeExtended(connection.EXTENDED_DATA_STDERR, text),
+        )
         recorder = None
         if f.recorders is not None:
             recorder = f.recorders.make(user.login.client_address, self._command)
@@ -269,9 +291,10 @@ class ClientSessionChannel(RelayChannel):
                 node_id=target.node.id if target.node else "",
                 node_addr=f"{target.host}:{target.port}", login=user.login.login,
                 proxy=f.proxy_name, created=now, last_active=now, cols=cols,
-                rows=rows, kind="ssh",
+                rows=rows, kind="ssh", owner_roles=tuple(user.login.grant.roles),
             ),
             on_end=f.sessions.remove,
+            audit=f.agent.emit_event,
             taps=(recorder,) if recorder is not None else (),
         )  # fmt: skip
         hub.join(self._owner)

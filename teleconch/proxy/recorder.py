@@ -1,6 +1,7 @@
-"""The recorder: a session's start, output, input, resizes and end, to the spool as it goes.
+"""The recorder: a session's start, output, input, resizes, joins and end, to the spool as it goes.
 
-A `Recorder` is a `SessionTap` of one hub.  It turns what it sees into
+A `Recorder` is a `SessionTap` of one hub.  It turns what it sees (the
+start, output, resizes, ``session.join``/``session.leave``, the end) into
 `teleconch.recording_format` records, batches them (up to `MAX_BATCH`
 bytes, or `FLUSH_EVERY` seconds), and hands each batch to a thread that
 compresses it into a frame and appends it to the spool file
@@ -32,7 +33,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from teleconch.auth.types import ActiveSession
+from teleconch.auth.types import ActiveSession, Party
 from teleconch.proxy.sessions import Ending
 from teleconch.proxy.settings import ClusterSettingsCache
 from teleconch.proxy.spool import InThread, Spool
@@ -145,6 +146,17 @@ class Recorder:
         if self.state is RecorderState.RECORDING:
             self._add(encode_record("resize", self._ms(), cols=cols, rows=rows))
 
+    def joined(self, party: Party) -> None:
+        if self.state is RecorderState.RECORDING:
+            self._add(encode_record("session.join", self._ms(), **_party(party)))
+
+    def left(self, party: Party, reason: str) -> None:
+        if self.state is RecorderState.RECORDING:
+            fields = _party(party)
+            self._add(
+                encode_record("session.leave", self._ms(), reason=reason, **fields)
+            )
+
     def ended(self, ending: Ending) -> None:
         if self.state is RecorderState.WAITING:
             self.never_started()
@@ -215,6 +227,15 @@ class Recorder:
 def _pieces(data: bytes) -> list[bytes]:
     """``data`` in pieces one record may carry."""
     return [data[at : at + MAX_PRINT] for at in range(0, len(data), MAX_PRINT)]
+
+
+def _party(party: Party) -> dict[str, Any]:
+    return {
+        "user": party.user,
+        "mode": party.mode,
+        "party_id": party.id,
+        "client_addr": party.remote_addr,
+    }
 
 
 class Recorders:

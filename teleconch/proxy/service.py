@@ -31,6 +31,7 @@ from teleconch.pki import (
 )
 from teleconch.proxy.forward_certs import ForwardingHostCerts
 from teleconch.proxy.forward_server import Forwarding
+from teleconch.proxy.joining import Joining
 from teleconch.proxy.node import NodeTransport, TCPNodeTransport
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Route, Router
@@ -116,6 +117,7 @@ class ProxyService(StartingService):
         self.ssh_listening = ""
         self.router: Router | None = None
         self.ssh_factory: ProxySSHFactory | None = None
+        self.joining: Joining | None = None
         #: The terminal sessions this proxy holds.
         self.terminal_sessions = Sessions(reactor)
         #: How people reach us, as advertised once the listeners are bound.
@@ -241,8 +243,12 @@ class ProxyService(StartingService):
         limits = SSHLimits(
             **{k: getattr(s.proxy, k) for k in attrs.fields_dict(SSHLimits)}
         )
+        #: Joining live sessions, by SSH and from the web (peering: set .peers).
+        self.joining = Joining(
+            agent=self.agent, router=router, sessions=self.terminal_sessions
+        )
         self.ssh_factory = make_factory(
-            router, policy, host_key, host_cert, self.clock, limits
+            router, policy, host_key, host_cert, self.clock, limits, self.joining
         )
         ssh_port = await self._listen(
             "proxy_service.listen_addr",
@@ -295,6 +301,7 @@ class ProxyService(StartingService):
                 idle_timeout=s.proxy.web_idle_timeout,
                 public_addr=lambda: str(self.public_addr),
                 recorders=self.recorders,
+                joining=self.joining,
             ),
             threads=self.reactor,
         )

@@ -38,6 +38,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from teleconch.addresses import parse_host_port
+from teleconch.proxy.joining import Joining
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
@@ -355,6 +356,7 @@ def make_terminal(
     idle_timeout: int,
     public_addr: Callable[[], str],
     recorders: Recorders | None = None,
+    joining: Joining | None = None,
 ) -> TerminalResource:
     """The ``connect`` route of a proxy, with everything its sockets share."""
     terminals = WebTerminals(
@@ -373,6 +375,7 @@ def make_terminal(
         terminals=terminals,
         idle_timeout=idle_timeout,
         audit=refusal_audit(clock, agent.emit_event),
+        joining=joining,
     )
     return TerminalResource(services, public_addr)
 
