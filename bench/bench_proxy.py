@@ -253,14 +253,18 @@ def start_sshd(
     raise RuntimeError(f"sshd did not start: {log.read_text()}")
 
 
-def start_cluster(rig: Rig) -> tuple[int, int]:
+def start_cluster(rig: Rig, auth: dict[str, Any] | None = None) -> tuple[int, int]:
     data = rig.tmp / "data"
     config = rig.tmp / "teleconch.yaml"
     config.write_text(
         json.dumps(
             {
                 "teleconch": {"nodename": "bench", "data_dir": str(data)},
-                "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER},
+                "auth_service": {
+                    "listen_addr": "127.0.0.1:0",
+                    "cluster_name": CLUSTER,
+                    **(auth or {}),
+                },
                 "proxy_service": {
                     "listen_addr": "127.0.0.1:0",
                     "web_listen_addr": "127.0.0.1:0",
@@ -346,9 +350,10 @@ def sign_up_and_login(rig: Rig, ctl: list[str], web_port: int) -> None:
     )
 
 
-def build_rig(tmp: Path, procs: Procs) -> Rig:
+def build_rig(tmp: Path, procs: Procs, auth: dict[str, Any] | None = None) -> Rig:
+    """The cluster (``auth``: extra auth_service settings), node, jump host, client."""
     rig = Rig(tmp, procs, home=tmp / "tsh")
-    auth_port, web_port = start_cluster(rig)
+    auth_port, web_port = start_cluster(rig, auth)
     ctl = [
         str(VENV_BIN / "teleconch-ctl"),
         "--data-dir",

@@ -72,6 +72,8 @@ class AuthSettings:
     record_input: bool = False
     #: Lifetime of the host certificate a node gets from `teleconch join openssh`.
     node_cert_ttl: int = 30 * 86400
+    #: Seconds a recording is kept after its end; None: forever.
+    recordings_retention: int | None = None
 
 
 @attrs.frozen
@@ -195,6 +197,26 @@ def _enum(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+#: The shortest ``recordings_retention``: anything shorter would remove
+#: recordings that are still being uploaded.
+MIN_RETENTION = 3600
+
+
+def parse_retention(value: Any) -> int | None:
+    """``recordings_retention``: ``forever`` (None) or a duration of 1h or more."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    text = str(value).strip().lower()
+    if text == "forever":
+        return None
+    seconds = parse_duration(text)
+    if seconds < MIN_RETENTION:
+        raise ValueError(
+            f"{value!r} is shorter than 1h; write e.g. 90d or 12h, or forever"
+        )
+    return seconds
+
+
 def _cluster_name(value: Any) -> str:
     text = _str(value)
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?", text):
@@ -304,6 +326,7 @@ _AUTH_KEYS = {
     "proxy_checks_host_keys",
     "record_input",
     "node_cert_ttl",
+    "recordings_retention",
 }
 _PROXY_KEYS = {
     "enabled",
@@ -360,7 +383,6 @@ def parse(
         log=_get(g, "teleconch", "log", _log, LogSettings()),
         storage=_get(g, "teleconch", "storage", _storage, StorageSettings()),
     )
-    _refuse_unbuilt(a)
     auth = AuthSettings(
         enabled=_get(a, "auth_service", "enabled", _bool, True),
         listen_addr=_get(
@@ -380,6 +402,9 @@ def parse(
         record_input=_get(a, "auth_service", "record_input", _bool, False),
         node_cert_ttl=_get(
             a, "auth_service", "node_cert_ttl", _node_cert_ttl, 30 * 86400
+        ),
+        recordings_retention=_get(
+            a, "auth_service", "recordings_retention", parse_retention, None
         ),
     )
 
@@ -462,22 +487,6 @@ def _advertised_host(listen_addr: str, public_host: str) -> str:
 
 
 #: Recognised keys whose feature has not landed: refused rather than ignored.
-NOT_YET = "the recording proxy is not available yet"
-
-
-def _refuse_unbuilt(a: Mapping[str, Any]) -> None:
-    if a.get("session_recording") == "proxy":
-        raise ConfigError(
-            f"auth_service.session_recording: 'proxy': {NOT_YET}; use 'node' (the "
-            "default: nodes' sessions are not recorded) or remove the key"
-        )
-    if "proxy_checks_host_keys" in a:
-        raise ConfigError(
-            f"auth_service.proxy_checks_host_keys applies to recording proxy mode: "
-            f"{NOT_YET}; remove the key"
-        )
-
-
 def _check_consistency(s: Settings) -> None:
     if not (s.auth.enabled or s.proxy.enabled):
         raise ConfigError(

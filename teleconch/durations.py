@@ -1,8 +1,10 @@
-"""Durations as people type them: ``8h``, ``30m``, ``1h30m``, ``90s`` or seconds."""
+"""Durations as people type them: ``8h``, ``30m``, ``1h30m``, ``90s`` or seconds;
+and a moment (``--since``) as a duration ago or a date."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"(\d+)([dhms])")
@@ -29,3 +31,20 @@ def format_duration(seconds: float) -> str:
             out.append(f"{seconds // size}{unit}")
             seconds %= size
     return "".join(out)
+
+
+def parse_since(text: str, now: float) -> float:
+    """The moment ``text`` names, in seconds since the epoch: a duration ago
+    (``2h``, ``7d``) or a date, ISO 8601 (``2026-12-01``, ``2026-12-01T09:30``,
+    local time unless it says its offset)."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration ago (e.g. 2h, 7d) nor a date "
+            "(e.g. 2026-12-01 or 2026-12-01T09:30)"
+        ) from None

@@ -15,7 +15,11 @@ Each record is one event, a JSON object with ``e`` (its kind) and ``ms``
   (``time``: the start, seconds since the epoch)
 - ``print``: ``offset`` (of its first byte in the session's output) and
   ``len``; the output bytes follow the JSON, apart from it (never base64)
+- ``input``: ``len``; what a party typed follows, as print's bytes do
+  (recorded only where ``record_input`` is on)
 - ``resize``: ``cols rows``
+- ``session.join``, ``session.leave``: ``user mode party_id client_addr``
+  (``leave``: and ``reason``): someone joined or left the session
 - ``session.end``: ``exit_code`` (or null) and ``reason``
 
 A frame holds at most `MAX_BATCH` bytes of records before compression (one
@@ -65,7 +69,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.kind, "ms": self.ms, **self.fields}
-        if self.kind == "print":
+        if self.kind in ("print", "input"):
             out["data"] = self.data.decode("utf-8", "replace")
         return out
 
@@ -142,17 +146,33 @@ def split_frames(buf: bytes) -> tuple[list[bytes], int]:
     return frames, at
 
 
+class FrameReader:
+    """A stream's events as its pieces come, of any size: only the bytes of
+    an unfinished frame are held between pieces."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        self._pending += chunk
+        frames, used = split_frames(self._pending)
+        self._pending = self._pending[used:]
+        return [event for frame in frames for event in decode_frame(frame)]
+
+    def end(self) -> None:
+        """The stream is over: BadRecording if it stopped inside a frame."""
+        if self._pending:
+            raise BadRecording(
+                f"the recording ends inside a frame ({len(self._pending)} bytes)"
+            )
+
+
 def decode_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
     """Every event of a stream read in pieces of any size."""
-    pending = b""
+    reader = FrameReader()
     for chunk in chunks:
-        pending += chunk
-        frames, used = split_frames(pending)
-        pending = pending[used:]
-        for frame in frames:
-            yield from decode_frame(frame)
-    if pending:
-        raise BadRecording(f"the recording ends inside a frame ({len(pending)} bytes)")
+        yield from reader.feed(chunk)
+    reader.end()
 
 
 # --- exports
@@ -160,12 +180,14 @@ def decode_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
 
 class Asciicast:
     """asciicast v2, an event at a time: a header line (from session.start),
-    then ``[seconds, "o", text]`` and ``[seconds, "r", "COLSxROWS"]`` lines.
-    Output is decoded as UTF-8 across print events (a character split
+    then ``[seconds, "o", text]``, ``[seconds, "i", text]`` (input, where it
+    was recorded) and ``[seconds, "r", "COLSxROWS"]`` lines.  Output and
+    input are each decoded as UTF-8 across events (a character split
     between two stays whole)."""
 
     def __init__(self) -> None:
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._input = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, event: Event) -> Iterator[str]:
         if event.kind == "session.start":
@@ -186,6 +208,10 @@ class Asciicast:
             text = self._decoder.decode(event.data)
             if text:
                 yield json.dumps([event.ms / 1000, "o", text])
+        elif event.kind == "input":
+            typed = self._input.decode(event.data)
+            if typed:
+                yield json.dumps([event.ms / 1000, "i", typed])
         elif event.kind == "resize":
             size = f"{event.fields['cols']}x{event.fields['rows']}"
             yield json.dumps([event.ms / 1000, "r", size])

@@ -66,11 +66,25 @@ class FakeShell:
         self.events.shell_ended(ExitStatus(code=code, signal=signal))
 
 
+def start_on_fake_shell(hub: SessionHub) -> FakeShell:
+    """Start ``hub`` with an opener whose FakeShell answers at once; that shell."""
+    shells: list[FakeShell] = []
+
+    async def opener(events: ShellEvents) -> FakeShell:
+        shells.append(FakeShell(events))
+        return shells[0]
+
+    Deferred.fromCoroutine(hub.start(opener))
+    return shells[0]
+
+
 @attrs.define
 class FakeRegistry:
     """The auth service's live-session calls, recorded; ``hold`` delays answers."""
 
     calls: list[tuple[str, Any]] = attrs.field(factory=list)
+    #: Audit events (`emit_event`): (event, user, success, fields).
+    events: list[tuple[str, str, bool, dict[str, Any]]] = attrs.field(factory=list)
     hold: list[Deferred[None]] | None = None
     fail: Exception | None = None
 
@@ -92,6 +106,11 @@ class FakeRegistry:
         self.calls.append(("end", (id, exit_code, reason)))
         await self._answer()
 
+    async def emit_event(
+        self, event: str, user: str = "", success: bool = True, **fields: Any
+    ) -> None:
+        self.events.append((event, user, success, fields))
+
     def kinds(self) -> list[str]:
         return [name for name, _ in self.calls]
 
@@ -100,13 +119,18 @@ class FakeRegistry:
 class FakeParty:
     """A SessionParty that takes output while ``wants`` is set."""
 
-    record: Party = attrs.field(factory=lambda: Party("party-1", "alice", "10.0.0.9"))
+    record: Party = attrs.field(
+        factory=lambda: Party("party-1", "alice", "10.0.0.9", mode="owner")
+    )
     wants: bool = True
     hub: HubHandle | None = None
     started: list[ActiveSession] = attrs.field(factory=list)
     received: list[bytes] = attrs.field(factory=list)
     blocked: list[bool] = attrs.field(factory=list)
     endings: list[Ending] = attrs.field(factory=list)
+    #: What it was told of others, in order: ("joined"|"left", user, mode[, reason]).
+    notices: list[tuple[str, ...]] = attrs.field(factory=list)
+    dropped_for: list[str] = attrs.field(factory=list)
 
     def attached(self, hub: HubHandle) -> None:
         self.hub = hub
@@ -123,8 +147,22 @@ class FakeParty:
     def input_blocked(self, blocked: bool) -> None:
         self.blocked.append(blocked)
 
+    def party_joined(self, party: Party) -> None:
+        self.notices.append(("joined", party.user, party.mode))
+
+    def party_left(self, party: Party, reason: str) -> None:
+        self.notices.append(("left", party.user, party.mode, reason))
+
+    def dropped(self, reason: str) -> None:
+        self.dropped_for.append(reason)
+
     def session_ended(self, ending: Ending) -> None:
         self.endings.append(ending)
+
+
+def joiner(pid: str, user: str, mode: str = "observer", **kw: Any) -> FakeParty:
+    """A party joining an open session."""
+    return FakeParty(record=Party(pid, user, "10.0.0.8", mode=mode), **kw)
 
 
 @attrs.define

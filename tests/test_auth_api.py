@@ -115,7 +115,9 @@ def test_the_json_chunk_cap_of_arguments_agrees_with_the_box_limit() -> None:
         for _, argument in command.arguments
         if isinstance(argument, api.JSON)
     ]
-    assert len(json_arguments) == 6  # ... and StartRecording's meta
+    assert (
+        len(json_arguments) == 7
+    )  # ... StartRecording's meta, SetClusterSettings' values
     assert {a.max_chunks for a in json_arguments} == {api.ARGUMENT_CHUNKS}
     with pytest.raises(ValueError, match="too large"):
         api.EmitAuditEvent.makeArguments(

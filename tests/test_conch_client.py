@@ -30,8 +30,9 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
 from teleconch.ca import SSHCertificateAuthority
-from teleconch.conch.agent import certificate_blob, connect_agent
+from teleconch.conch.agent import AgentClient, certificate_blob, connect_agent
 from teleconch.conch.client import (
+    AgentClientCredentials,
     AgentCredentials,
     CommandResult,
     ExitStatus,
@@ -47,6 +48,7 @@ from teleconch.conch.userauth_server import (
     CertificateChecker,
     CertificateUserAuthServer,
 )
+from tests.fake_agent import FakeAgent, loopback_agent
 from tests.test_conch_agent import agent_sock  # noqa: F401  (a fixture)
 from tests.test_conch_hostcert import (
     ED_CERT,
@@ -128,6 +130,11 @@ def in_memory_login(
     key: Any,
     host_name: str = "node1",
     signing_ca: SSHCertificateAuthority | None = None,
+    *,
+    credentials: AgentClientCredentials | None = None,
+    present_certificate: bool = True,
+    check_host_certificate: bool = True,
+    host_signing_ca: SSHCertificateAuthority | None = None,
 ) -> tuple[Deferred[NodeConnection], MemoryEndpoint, Clock]:
     clock = Clock()
     clock.advance(NOW)
@@ -141,7 +148,11 @@ def in_memory_login(
         Portal(Realm(), [CertificateChecker()]),
         Policy([user_ca.public_key_line()]),
         host_key,
-        host_cert(host_ca, host_key, ["node1"]),
+        (
+            host_cert(host_signing_ca or host_ca, host_key, ["node1"])
+            if present_certificate
+            else None
+        ),
     )
     factory.clock = clock  # type: ignore[attr-defined]  # for EchoSession
     factory.services = {**factory.services, b"ssh-userauth": ClockedAuth}
@@ -153,9 +164,11 @@ def in_memory_login(
             clock,
             endpoint,
             "alice",
-            KeyCredentials(key, user_cert(signing_ca or user_ca, key, "alice")),
+            credentials
+            or KeyCredentials(key, user_cert(signing_ca or user_ca, key, "alice")),
             [host_ca.public_key_line()],
             host_name,
+            check_host_certificate=check_host_certificate,
         )
     )
     settle(endpoint, clock)
@@ -163,7 +176,8 @@ def in_memory_login(
 
 
 def settle(endpoint: MemoryEndpoint, clock: Clock) -> None:
-    assert endpoint.pump is not None
+    if endpoint.pump is None:
+        return  # connect_ssh failed before it dialled
     for _ in range(5):
         endpoint.pump.flush()
         clock.advance(0)
@@ -217,14 +231,116 @@ def test_a_refused_user_certificate_raises_login_refused_with_the_banner() -> No
     )
 
 
+def test_an_agent_already_connected_signs_the_login_and_stays_open() -> None:
+    """AgentClientCredentials: the certificate is found in the agent, the agent
+    signs the login, and connect_ssh leaves the agent open for its owner."""
+    host_ca, user_ca = new_ca(), new_ca()
+    key = Ed25519PrivateKey.generate()
+    agent_end = FakeAgent([(key, user_cert(user_ca, key, "alice"))])
+    agent = loopback_agent(agent_end)
+    d, endpoint, clock = in_memory_login(
+        host_ca, user_ca, key, credentials=AgentClientCredentials(agent)
+    )
+    conn = result_of(d)
+    assert isinstance(conn, NodeConnection), conn
+    assert len(agent_end.signed) == 1
+    assert agent_end.transport is not None
+    assert not agent_end.transport.disconnecting  # type: ignore[attr-defined]
+    listed = Deferred.fromCoroutine(agent.list_identities())
+    assert len(result_of(listed)) == 2
+    conn.close()
+    settle(endpoint, clock)
+
+
+def test_an_agent_without_a_certificate_for_the_login_is_refused() -> None:
+    """An agent that holds only a plain key: LoginRefused naming the login."""
+    key = Ed25519PrivateKey.generate()
+    agent = loopback_agent(FakeAgent([(key, None)]))
+    d, _, _ = in_memory_login(
+        new_ca(), new_ca(), key, credentials=AgentClientCredentials(agent)
+    )
+    failure = result_of(d)
+    assert failure.check(LoginRefused)
+    assert "holds no user certificate for 'alice'" in failure.getErrorMessage()
+
+
+def test_a_plain_host_key_is_refused_when_host_certificates_are_checked() -> None:
+    """The default: a plain key is HostKeyRefused, with the message the
+    recording proxy shows."""
+    d, _, _ = in_memory_login(
+        new_ca(), new_ca(), Ed25519PrivateKey.generate(), present_certificate=False
+    )
+    failure = result_of(d)
+    assert failure.check(HostKeyRefused)
+    assert (
+        "node1: remote host presented a public key, expected a host certificate"
+        in failure.getErrorMessage()
+    )
+
+
+def test_without_host_certificate_checks_a_plain_key_is_accepted_and_flagged() -> None:
+    """check_host_certificate=False: a plain host key logs in, and the
+    transport says there was no certificate (host_certificate is None) while
+    keeping the key it presented."""
+    host_ca, user_ca = new_ca(), new_ca()
+    d, endpoint, clock = in_memory_login(
+        host_ca,
+        user_ca,
+        Ed25519PrivateKey.generate(),
+        present_certificate=False,
+        check_host_certificate=False,
+    )
+    conn = result_of(d)
+    assert isinstance(conn, NodeConnection), conn
+    transport = conn.node_transport
+    assert transport.host_certificate is None
+    assert transport.keyAlg == b"ssh-ed25519"
+    assert (
+        transport.host_key == endpoint.server.factory.publicKeys[b"ssh-ed25519"].blob()
+    )
+    run = Deferred.fromCoroutine(conn.run("hi"))
+    settle(endpoint, clock)
+    assert result_of(run).status == ExitStatus(code=3)
+    conn.close()
+    settle(endpoint, clock)
+
+
+def test_without_host_certificate_checks_a_presented_certificate_is_still_checked() -> (
+    None
+):
+    """check_host_certificate=False does not wave a bad certificate through: one
+    from another CA, or for another name, is still HostKeyRefused."""
+    d, _, _ = in_memory_login(
+        new_ca(),
+        new_ca(),
+        Ed25519PrivateKey.generate(),
+        check_host_certificate=False,
+        host_signing_ca=new_ca(),
+    )
+    failure = result_of(d)
+    assert failure.check(HostKeyRefused)
+    assert "not issued by this cluster's certificate authority" in str(failure.value)
+    d, _, _ = in_memory_login(
+        new_ca(),
+        new_ca(),
+        Ed25519PrivateKey.generate(),
+        "node2",
+        check_host_certificate=False,
+    )
+    failure = result_of(d)
+    assert failure.check(HostKeyRefused)
+    assert "does not allow 'node2'" in failure.getErrorMessage()
+
+
 # -- against a real OpenSSH sshd ---------------------------------------------
 
 
 async def login_to(
     sshd: Any,
-    credentials: KeyCredentials | AgentCredentials,
+    credentials: KeyCredentials | AgentCredentials | AgentClientCredentials,
     host_ca: SSHCertificateAuthority,
     host_name: str = "127.0.0.1",
+    check_host_certificate: bool = True,
 ) -> NodeConnection:
     return await connect_ssh(
         reactor,
@@ -234,6 +350,7 @@ async def login_to(
         [host_ca.public_key_line()],
         host_name,
         login_timeout=15,
+        check_host_certificate=check_host_certificate,
     )
 
 
@@ -301,6 +418,47 @@ async def test_the_client_logs_in_to_sshd_through_an_agent_holding_key_and_cert(
         await sshd.stop()
 
 
+async def agent_holding_a_user_cert(
+    socket_path: str, user_ca: SSHCertificateAuthority, comment: str
+) -> AgentClient:
+    """Connected to the real ssh-agent at ``socket_path``, which now holds a new
+    key and its user certificate for LOGIN from ``user_ca``."""
+    agent = await connect_agent(cast(IReactorUNIX, reactor), socket_path)
+    key = Ed25519PrivateKey.generate()
+    cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
+    await agent.add_key(key, comment, certificate=certificate_blob(cert))
+    return agent
+
+
+@interop
+@pytest_twisted.ensureDeferred
+async def test_a_connected_agent_logs_in_to_sshd_with_a_plain_key_when_not_checking(
+    tmp_path: pathlib.Path,
+    agent_sock: str,  # noqa: F811  (the fixture)
+) -> None:
+    """A real ssh-agent, already connected, signs the login (AgentClientCredentials)
+    to an sshd with a plain host key (check_host_certificate=False); the agent
+    stays open afterwards and host_certificate says there was none."""
+    user_ca = new_ca()
+    sshd = await start_sshd(tmp_path, None, user_ca, LOGIN)
+    agent = await agent_holding_a_user_cert(agent_sock, user_ca, "alice")
+    try:
+        conn = await login_to(
+            sshd, AgentClientCredentials(agent), new_ca(), check_host_certificate=False
+        )
+        try:
+            assert conn.node_transport.host_certificate is None
+            assert (await conn.run("echo ok")).stdout == b"ok\n"
+        finally:
+            conn.close()
+            await conn.wait_closed()
+        assert len(await agent.list_identities()) == 2
+    finally:
+        agent.close()
+        await agent.wait_closed()
+        await sshd.stop()
+
+
 @interop
 @pytest_twisted.ensureDeferred
 async def test_the_client_refuses_sshd_whose_host_certificate_is_from_another_ca(
@@ -334,9 +492,8 @@ async def test_the_client_refuses_sshd_presenting_a_plain_host_key(
         cert = user_cert(user_ca, key, LOGIN, int(reactor.seconds()))
         with pytest.raises(HostKeyRefused) as caught:
             await login_to(sshd, KeyCredentials(key, cert), new_ca())
-        assert (
-            "remote host presented a public key (ssh-ed25519), expected a host "
-            "certificate" in str(caught.value)
+        assert "remote host presented a public key, expected a host certificate" in str(
+            caught.value
         )
     finally:
         await sshd.stop()

@@ -165,7 +165,7 @@ def test_verify_host_key_accepts_only_a_trusted_certificate_for_the_host() -> No
     verify(blob, b"").addCallback(results.append)
     assert results == [True]
     plain = Key(key).public().blob()
-    assert "remote host presented a public key (ssh-ed25519)" in refusal(
+    assert "remote host presented a public key, expected a host" in refusal(
         verify(plain, b"")
     )
     other = verify_host_key_with_ca([new_ca().public_key_line()], "node1", NOW)
@@ -619,9 +619,9 @@ async def test_conch_client_refuses_sshd_with_a_plain_host_key(
         assert await run_against(sshd, client) is None
         assert client.host_key_failure is not None
         assert (
-            "127.0.0.1: remote host presented a public key (ssh-ed25519), "
-            "expected a host certificate from the cluster's host CA; "
-            "refusing to connect"
+            "127.0.0.1: remote host presented a public key, expected a host "
+            "certificate from the cluster's host CA (its key is a plain "
+            "ssh-ed25519); refusing to connect"
         ) in client.host_key_failure.getErrorMessage()
     finally:
         await sshd.stop()

@@ -55,6 +55,11 @@ def test_unknown_key_names_the_key_and_suggests_the_right_one(tmp_path: Path) ->
         ),
         ({"auth_service": {"node_cert_ttl": "soon"}}, "auth_service.node_cert_ttl"),
         ({"auth_service": {"node_cert_ttl": "10m"}}, "between 1h and 366d"),
+        (
+            {"auth_service": {"recordings_retention": "soon"}},
+            "auth_service.recordings_retention",
+        ),
+        ({"auth_service": {"recordings_retention": "30m"}}, "shorter than 1h"),
         ({"proxy_service": {"login_grace_time": "soon"}}, "login_grace_time"),
         ({"proxy_service": {"login_grace_time": 0}}, "above 0"),
         ({"proxy_service": {"max_startups": 0}}, "proxy_service.max_startups"),
@@ -138,6 +143,15 @@ def test_example_config_file_is_valid() -> None:
     assert s.auth.cluster_name
 
 
+def test_recordings_are_kept_forever_unless_a_retention_is_set() -> None:
+    """``recordings_retention`` takes durations (days too) or ``forever``."""
+    assert cfg.parse({}).auth.recordings_retention is None
+    doc = {"auth_service": {"recordings_retention": "90d"}}
+    assert cfg.parse(doc).auth.recordings_retention == 90 * 86400
+    doc = {"auth_service": {"recordings_retention": "forever"}}
+    assert cfg.parse(doc).auth.recordings_retention is None
+
+
 def test_node_cert_ttl_is_30_days_unless_set() -> None:
     """Joined nodes' host certificates last 30 days; the key takes durations."""
     assert cfg.parse({}).auth.node_cert_ttl == 30 * 86400
@@ -174,18 +188,25 @@ def test_listen_addresses_become_endpoint_strings() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "auth",
-    [{"session_recording": "proxy"}, {"proxy_checks_host_keys": True}],
-)
-def test_settings_of_the_unbuilt_recording_proxy_are_refused(
-    auth: dict[str, object],
-) -> None:
-    """A key that would do nothing yet stops start-up saying so, never silently."""
-    with pytest.raises(cfg.ConfigError) as e:
-        cfg.parse({"auth_service": auth})
-    assert "not available yet" in str(e.value)
-    assert cfg.parse({"auth_service": {"session_recording": "off"}})
+def test_the_recording_proxy_mode_and_its_host_key_check_are_read() -> None:
+    """``session_recording: proxy`` and ``proxy_checks_host_keys`` reach the
+    auth settings (defaults: node, yes); an unknown mode is refused."""
+    s = cfg.parse(
+        {
+            "auth_service": {
+                "session_recording": "proxy",
+                "proxy_checks_host_keys": False,
+            }
+        }
+    )
+    assert (s.auth.session_recording, s.auth.proxy_checks_host_keys) == ("proxy", False)
+    default = cfg.parse({})
+    assert (default.auth.session_recording, default.auth.proxy_checks_host_keys) == (
+        "node",
+        True,
+    )
+    with pytest.raises(cfg.ConfigError):
+        cfg.parse({"auth_service": {"session_recording": "recorded"}})
 
 
 def test_storage_is_sqlite_in_the_data_dir_unless_set() -> None:

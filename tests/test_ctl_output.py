@@ -6,9 +6,10 @@ import argparse
 import re
 from typing import Any
 
+import pytest
 import pytest_twisted
 
-from teleconch.auth.types import AuditEvent, Role
+from teleconch.auth.types import AuditEvent, JoinRule, Role, RoleSpec
 from teleconch.client import ctl
 
 
@@ -20,7 +21,8 @@ class _Agent:
             Role(name="access", logins=["{{internal.logins}}"],
                  node_labels={"*": ["*"]}, max_session_ttl=43200, builtin=True),
             Role(name="dev", logins=["dev"], node_labels={"env": ["dev"]},
-                 max_session_ttl=3600, builtin=False),
+                 max_session_ttl=3600, builtin=False,
+                 join_sessions=[JoinRule(("dev",), ("observer", "peer"))]),
         ]  # fmt: skip
 
     async def search_events(self, **kw: Any) -> list[AuditEvent]:
@@ -45,9 +47,35 @@ async def test_roles_ls_has_a_header_for_every_column(capsys: Any) -> None:
         "Max",
         "session",
         "TTL",
+        "Joins",
         "Kind",
     ]
     assert access.endswith("built-in") and dev.endswith("custom")
+    assert "dev:observer,peer" in dev
+
+
+@pytest_twisted.ensureDeferred
+async def test_roles_add_takes_join_rules_and_says_how_to_write_one() -> None:
+    """``--join-sessions access,dev:observer,peer`` is one rule; a rule without
+    its modes is refused with the form to use."""
+    saved: list[RoleSpec] = []
+
+    class Saving:
+        async def upsert_role(self, role: RoleSpec) -> None:
+            saved.append(role)
+
+    args = argparse.Namespace(
+        name="pair", logins="", node_labels=None, max_session_ttl="1h",
+        join_sessions=["access,dev:observer,peer", "*:observer"],
+    )  # fmt: skip
+    await ctl.roles_add(Saving(), args)  # type: ignore[arg-type]
+    assert saved[0].join_sessions == (
+        JoinRule(("access", "dev"), ("observer", "peer")),
+        JoinRule(("*",), ("observer",)),
+    )
+    args.join_sessions = ["access"]
+    with pytest.raises(ctl.CtlError, match="expected OWNER_ROLES:MODES"):
+        await ctl.roles_add(Saving(), args)  # type: ignore[arg-type]
 
 
 @pytest_twisted.ensureDeferred

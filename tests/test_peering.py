@@ -356,15 +356,20 @@ def test_a_lost_peer_connection_takes_the_party_out_at_both_ends() -> None:
     assert "connection to the proxy holding the session was lost" in ending.reason
 
 
-def test_a_peers_resize_reaches_the_holders_hub() -> None:
+def test_a_peers_resize_reaches_the_holders_hub_whose_rule_decides() -> None:
     """A resize from the joiner's proxy reaches the hub at the holder, whose
-    rule decides the session's size (on main: the last party to resize)."""
+    rule decides the session's size: the owner's, while the owner is there;
+    a peer's once the owner has left."""
     rig = Rig()
     party, _proto, _holder, pump = rig.join()
     assert party.hub is not None
     party.hub.resize(party, 132, 43)
     pump.flush()
-    assert rig.shell.resized == [(132, 43)]
+    assert rig.shell.resized == []
+    rig.hub.leave(rig.owner, "the owner left")
+    party.hub.resize(party, 100, 30)
+    pump.flush()
+    assert rig.shell.resized == [(100, 30)]
 
 
 # -- refusals ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from twisted.internet.task import deferLater
 
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.proxy.peering import PeerJoinFailed
+from teleconch.proxy.routing import Grant
 from teleconch.proxy.service import ProxyService
 from tests.harness import (
     Cluster,
@@ -198,6 +199,30 @@ async def test_a_session_on_proxy_a_is_joined_from_proxy_b(two: TwoProxies) -> N
     await eventually(
         lambda: b"still-25" in browser.output, "the owner's session going on"
     )
+    browser.type("exit 0\r")
+    await browser.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_bs_joining_reaches_a_session_held_by_proxy_a(
+    two: TwoProxies,
+) -> None:
+    """What ``teleconch join`` and the web's join call at B (`Joining.join`,
+    after its may-join check) goes to A through peering for a session A
+    holds: the joiner sees the owner's output."""
+    browser = await open_terminal(two.a, two.secrets)
+    (frame,) = [t for t in browser.texts if t["type"] == "session"]
+    await two.live(frame["id"])
+    party = RemoteParty(record=Party("party-b-3", "alice", "127.0.0.1", "observer"))
+    assert two.proxy_b.joining is not None
+    grant = Grant("alice", ("access",), ())
+    hub = await two.proxy_b.joining.join(grant, frame["id"], party, "ssh")
+    assert hub.id == frame["id"]
+    browser.type("echo via-b-$((8*8))\r")
+    await eventually(
+        lambda: b"via-b-64" in b"".join(party.received), "owner's output at B"
+    )
+    hub.leave(party, "done")
     browser.type("exit 0\r")
     await browser.closed
 

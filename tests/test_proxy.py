@@ -89,6 +89,39 @@ async def _login(c: Cluster, home: Path, name: str, password: str, secret: str) 
     assert r.code == 0, r.err
 
 
+async def start_web1(auth: Cluster, tmp_path: Path, hosts: str = "web1") -> Sshd:
+    """A real sshd with a host certificate for ``hosts`` from ``auth``'s host CA,
+    trusting its user CA, registered as node web1 (env=test, role=web)."""
+    prefix = tmp_path / "node" / "web1"
+    prefix.parent.mkdir()
+    agent = auth.admin_agent()
+    r = await run(["teleconch-ctl", "--data-dir", str(auth.data_dir), "--auth-server",
+                   str(auth.auth_addr), "auth", "sign", "--host", hosts, "--out",
+                   str(prefix)])  # fmt: skip
+    assert r.code == 0, r.err
+    user_ca = (await agent.export_ca("user"))[0]
+    sshd = await start_sshd(
+        tmp_path / "sshd", prefix, Path(f"{prefix}-cert.pub"), [user_ca]
+    )
+    await agent.upsert_node(
+        "web1", f"127.0.0.1:{sshd.port}", {"env": "test", "role": "web"}
+    )
+    return sshd
+
+
+async def alice_logged_in(proxy: Cluster, tmp_path: Path) -> tuple[Path, Path]:
+    """alice (login root) signed up and logged in at ``proxy``: her
+    TELECONCH_HOME and the ssh_config `teleconch config` wrote."""
+    alice = await sign_up(proxy, logins=("root",))
+    home = tmp_path / "tsh"
+    await _login(proxy, home, "alice", alice.password, alice.totp_secret)
+    r = await run(["teleconch", "config"], env={"TELECONCH_HOME": str(home)})
+    assert r.code == 0, r.err
+    config = tmp_path / "ssh_config"
+    config.write_text(r.out)
+    return home, config
+
+
 @contextlib.asynccontextmanager
 async def make_world(
     tmp_path: Path, raw: Mapping[str, Any] | None = None
@@ -98,27 +131,8 @@ async def make_world(
     cluster = await start_cluster(tmp_path / "data", raw)
     sshd = None
     try:
-        prefix = tmp_path / "node" / "web1"
-        prefix.parent.mkdir()
-        agent = cluster.admin_agent()
-        r = await run(["teleconch-ctl", "--data-dir", str(cluster.data_dir), "--auth-server",
-                       str(cluster.auth_addr), "auth", "sign", "--host", "web1,web2", "--out",
-                       str(prefix)])  # fmt: skip
-        assert r.code == 0, r.err
-        user_ca = (await agent.export_ca("user"))[0]
-        sshd = await start_sshd(
-            tmp_path / "sshd", prefix, Path(f"{prefix}-cert.pub"), [user_ca]
-        )
-        await agent.upsert_node(
-            "web1", f"127.0.0.1:{sshd.port}", {"env": "test", "role": "web"}
-        )
-        alice = await sign_up(cluster, logins=("root",))
-        home = tmp_path / "tsh"
-        await _login(cluster, home, "alice", alice.password, alice.totp_secret)
-        r = await run(["teleconch", "config"], env={"TELECONCH_HOME": str(home)})
-        assert r.code == 0, r.err
-        config = tmp_path / "ssh_config"
-        config.write_text(r.out)
+        sshd = await start_web1(cluster, tmp_path, "web1,web2")
+        home, config = await alice_logged_in(cluster, tmp_path)
         yield World(cluster, sshd, home, config, tmp_path)
     finally:
         if sshd is not None:

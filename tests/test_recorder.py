@@ -22,6 +22,7 @@ from teleconch.auth.agent import AuthUnavailable
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.recordings import Recordings
+from teleconch.auth.types import Party
 from teleconch.conch.session import ExitStatus
 from teleconch.proxy import recorder as rec
 from teleconch.proxy.recorder import Recorder, Recorders, RecorderState
@@ -110,14 +111,18 @@ class Rig:
             on_closed=self.uploader.wake,
         )
         self.cluster_mode = "node"
+        self.record_input = False
 
     async def settings(self) -> api.ClusterSettings:
-        return api.ClusterSettings(session_recording=self.cluster_mode)
+        return api.ClusterSettings(
+            session_recording=self.cluster_mode, record_input=self.record_input
+        )
 
     def recorder(self) -> Recorder | None:
         return done(Deferred.fromCoroutine(self.recorders.recorder("10.0.0.9:5555")))
 
-    def hub(self) -> tuple[SessionHub, FakeShell, Recorder]:
+    def recorded_hub(self) -> tuple[SessionHub, Recorder]:
+        """A hub with a recorder as its tap, no party yet, not started."""
         recorder = self.recorder()
         assert recorder is not None
         hub = SessionHub(
@@ -126,7 +131,9 @@ class Rig:
             record=session_record(),
             taps=(recorder,),
         )
-        hub.join(FakeParty())
+        return hub, recorder
+
+    def start(self, hub: SessionHub) -> FakeShell:
         shells: list[FakeShell] = []
 
         async def opener(events: ShellEvents) -> FakeShell:
@@ -134,7 +141,12 @@ class Rig:
             return shells[0]
 
         done(Deferred.fromCoroutine(hub.start(opener)))
-        return hub, shells[0], recorder
+        return shells[0]
+
+    def hub(self) -> tuple[SessionHub, FakeShell, Recorder]:
+        hub, recorder = self.recorded_hub()
+        hub.join(FakeParty())
+        return hub, self.start(hub), recorder
 
 
 def test_a_sessions_output_resizes_and_end_reach_the_auth_service_in_order(
@@ -175,6 +187,30 @@ def test_a_sessions_output_resizes_and_end_reach_the_auth_service_in_order(
     assert cast[1:] == [
         '[0.0, "o", "$ echo hi\\r\\n"]', '[1.5, "r", "100x30"]', '[1.5, "o", "hi\\r\\n"]'
     ]  # fmt: skip
+
+
+def test_joins_and_leaves_are_recorded_with_who_and_how(tmp_path: Path) -> None:
+    """A joiner's arrival and leaving are session.join / session.leave
+    records, at their times, with the user, mode and address."""
+    rig = Rig(tmp_path)
+    hub, shell, _ = rig.hub()
+    rig.clock.advance(1.0)
+    bob = FakeParty(record=Party("party-2", "bob", "10.0.0.8:1", mode="observer"))
+    hub.join(bob)
+    rig.clock.advance(2.0)
+    hub.leave(bob, "bob closed the terminal")
+    shell.events.shell_ended(ExitStatus(code=0))
+    events = rig.agent.events(hub.id)
+    assert [e.kind for e in events] == [
+        "session.start", "session.join", "session.leave", "session.end"
+    ]  # fmt: skip
+    join, leave = events[1], events[2]
+    assert (join.ms, leave.ms) == (1000, 3000)
+    assert join.fields == {
+        "user": "bob", "mode": "observer", "party_id": "party-2",
+        "client_addr": "10.0.0.8:1",
+    }  # fmt: skip
+    assert leave.fields["reason"] == "bob closed the terminal"
 
 
 def test_the_auth_service_away_loses_nothing_and_duplicates_nothing(
@@ -279,12 +315,7 @@ def test_a_session_that_never_opens_leaves_nothing_in_the_spool(
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path)
-    recorder = rig.recorder()
-    assert recorder is not None
-    hub = SessionHub(
-        clock=rig.clock, registry=FakeRegistry(), record=session_record(),
-        taps=(recorder,),
-    )  # fmt: skip
+    hub, recorder = rig.recorded_hub()
     hub.join(FakeParty())
 
     async def refuse(events: ShellEvents) -> FakeShell:
@@ -315,3 +346,52 @@ def test_long_output_is_cut_into_print_events_and_frames_that_fit_one_amp_value(
     assert max(len(e.data) for e in prints) <= fmt.MAX_PRINT
     assert b"".join(e.data for e in prints) == blob
     assert rig.agent.appends >= len(blob) // fmt.MAX_BATCH
+
+
+def _typed_in_a_session(rig: Rig) -> list[fmt.Event]:
+    """The owner types before the node answers and after; an observer types
+    too; the recording's events once it is uploaded."""
+    hub, _ = rig.recorded_hub()
+    owner = FakeParty()
+    observer = FakeParty(record=Party("party-2", "bob", "10.0.0.8", mode="observer"))
+    hub.join(owner)
+    hub.join(observer)
+    hub.input(owner, b"early ")
+    shell = rig.start(hub)
+    rig.clock.advance(0.5)
+    hub.input(owner, b"ls\r")
+    hub.input(observer, b"rm -rf /\r")
+    shell.events.shell_output(b"file\r\n")
+    rig.clock.advance(0.5)
+    shell.events.shell_ended(ExitStatus(code=0))
+    assert shell.written == [b"early ", b"ls\r"]
+    return rig.agent.events(hub.id)
+
+
+def test_with_record_input_on_what_the_owner_types_is_recorded_but_no_observers(
+    tmp_path: Path,
+) -> None:
+    """Input records at their times (what was typed before the node answered
+    at the start), in order with the output; the observer's keys, dropped by
+    the hub, are not in it; asciicast shows them as "i" events, json as
+    input events."""
+    rig = Rig(tmp_path)
+    rig.record_input = True
+    events = _typed_in_a_session(rig)
+    assert [(e.kind, e.ms) for e in events] == [
+        ("session.start", 0), ("input", 0), ("input", 500), ("print", 500),
+        ("session.end", 1000),
+    ]  # fmt: skip
+    assert [e.data for e in events if e.kind == "input"] == [b"early ", b"ls\r"]
+    assert events[2].to_json() == {"event": "input", "ms": 500, "data": "ls\r"}
+    cast = list(fmt.asciicast(events))
+    assert cast[1:] == [
+        '[0.0, "i", "early "]', '[0.5, "i", "ls\\r"]', '[0.5, "o", "file\\r\\n"]'
+    ]  # fmt: skip
+    assert b"".join(fmt.text(events)) == b"file\r\n"
+
+
+def test_with_record_input_off_nothing_typed_is_recorded(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    events = _typed_in_a_session(rig)
+    assert [e.kind for e in events] == ["session.start", "print", "session.end"]

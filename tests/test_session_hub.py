@@ -18,13 +18,20 @@ from teleconch.auth.types import Party
 from teleconch.proxy.session_registration import CHANGE_DELAY
 from teleconch.proxy.sessions import (
     _MOVES,
+    Ending,
     HubState,
     SessionHub,
     SessionOver,
     Sessions,
     ShellEvents,
 )
-from tests.terminal_fakes import FakeParty, FakeRegistry, FakeShell, session_record
+from tests.terminal_fakes import (
+    FakeParty,
+    FakeRegistry,
+    FakeShell,
+    joiner,
+    session_record,
+)
 
 
 class Rig:
@@ -157,6 +164,28 @@ def test_parties_leaving_during_the_open_close_the_shell_when_it_comes() -> None
     assert rig.registry.calls == []
 
 
+def test_a_party_gone_before_the_open_begins_ends_the_session_without_opening() -> None:
+    """A browser that closed while its login was checked leaves at once on
+    joining; the open that follows opens nothing and is no error."""
+    hub = SessionHub(clock=Clock(), registry=FakeRegistry(), record=session_record())
+    party = FakeParty()
+    hub.join(party)
+    hub.leave(party, "the browser closed the terminal")
+    opened: list[ShellEvents] = []
+
+    async def opener(events: ShellEvents) -> FakeShell:
+        opened.append(events)
+        return FakeShell(events)
+
+    d = Deferred.fromCoroutine(hub.start(opener))
+    assert d.called and d.result is None
+    assert opened == []
+    assert hub.state is HubState.ENDED
+    ending = hub.ended.result
+    assert isinstance(ending, Ending)
+    assert ending.reason == "the browser closed the terminal"
+
+
 def test_joining_an_ended_session_is_refused() -> None:
     rig, shell = running()
     shell.exit(0)
@@ -185,33 +214,43 @@ def test_output_before_the_start_reaches_parties_after_they_hear_of_it() -> None
     assert rig.party.started and rig.party.received == [b"$ "]
 
 
-def test_the_window_opens_only_while_every_party_keeps_up() -> None:
-    """A party that cannot take more keeps the node's window shut; `ready` reopens it."""
+def test_the_window_opens_only_while_the_owner_keeps_up() -> None:
+    """The owner that cannot take more keeps the node's window shut; `ready`
+    reopens it.  A joiner that cannot take more does not (its backlog waits)."""
     rig, shell = running()
-    other = FakeParty(record=Party("party-2", "alice", "10.0.0.8"))
+    other = joiner("party-2", "bob", "peer", wants=False)
     rig.hub.join(other)
     rig.hub.shell_output(b"x" * 1000)
     assert shell.consumed_total == 1000
-    other.wants = False
+    assert rig.hub.backlog(other) == 1000 and other.received == []
+    rig.party.wants = False
     rig.hub.shell_output(b"y" * 500)
     rig.hub.shell_output(b"z" * 500)
     assert shell.consumed_total == 1000 and rig.hub.owed == 1000
-    assert other.received[-1] == b"z" * 500  # output still goes to everyone
+    assert rig.party.received[-1] == b"z" * 500  # output still goes to the owner
     rig.hub.ready()
     assert shell.consumed_total == 1000  # still behind
-    other.wants = True
+    rig.party.wants = True
     rig.hub.ready()
     assert shell.consumed_total == 2000 and rig.hub.owed == 0
+    other.wants = True
+    rig.hub.ready()
+    assert b"".join(other.received) == b"x" * 1000 + b"y" * 500 + b"z" * 500
 
 
-def test_a_slow_party_leaving_reopens_the_window() -> None:
+def test_without_its_owner_the_remaining_peers_pace_the_window() -> None:
+    """The owner left, a peer goes on: now that peer's pace is the session's."""
     rig, shell = running()
-    slow = FakeParty(record=Party("party-2", "bob", "10.0.0.8"), wants=False)
-    rig.hub.join(slow)
+    peer = joiner("party-2", "bob", "peer")
+    rig.hub.join(peer)
+    rig.hub.leave(rig.party, "closed")
+    assert rig.hub.state is HubState.RUNNING
+    peer.wants = False
     rig.hub.shell_output(b"x" * 100)
-    assert shell.consumed_total == 0
-    rig.hub.leave(slow, "left")
-    assert shell.consumed_total == 100
+    assert shell.consumed_total == 0 and rig.hub.backlog(peer) == 100
+    peer.wants = True
+    rig.hub.ready()
+    assert shell.consumed_total == 100 and peer.received == [b"x" * 100]
 
 
 def test_the_node_window_filling_blocks_every_partys_input() -> None:

@@ -20,6 +20,7 @@ from teleconch.auth.store import AlreadyExists, NotFound, Store, StoreError
 from teleconch.auth.types import (
     AuditEvent,
     JoinedIdentity,
+    JoinRule,
     Node,
     ProxyInfo,
     Role,
@@ -65,6 +66,7 @@ async def test_every_record_type_round_trips(store: Store) -> None:
         max_session_ttl=3600,
         rules=("node", "user"),
         builtin=True,
+        join_sessions=(JoinRule(("access", "dev"), ("observer", "peer")),),
     )
     token = _invite("alice")
     join = Token("hash-node", "abcd", "node", NOW, NOW + 60)

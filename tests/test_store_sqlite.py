@@ -27,6 +27,7 @@ from teleconch.auth.types import (
     ActiveSession,
     AuditEvent,
     LiveSession,
+    SettingOverride,
     User,
     WebSession,
 )
@@ -279,3 +280,27 @@ async def test_open_store_opens_sqlite_where_the_config_says(tmp_path: Path) -> 
             tmp_path,
             cast(IReactorFromThreads, reactor),
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema_5_is_migrated_keeping_its_settings_and_gains_overrides(
+    tmp_path: Path,
+) -> None:
+    """A database of schema 5 (before ``cluster set``) opens at the current
+    version with its settings intact, and stores overrides."""
+    conn = sqlite3.connect(_db(tmp_path))
+    for statements in MIGRATIONS[:5]:
+        for sql in statements:
+            conn.execute(sql)
+    conn.execute("PRAGMA user_version = 5")
+    conn.execute("INSERT INTO settings VALUES ('cluster_name', 'old.example')")
+    conn.commit()
+    conn.close()
+    async with opened(_db(tmp_path)) as store:
+        assert await store.get_setting("cluster_name") == "old.example"
+        override = SettingOverride("record_input", "yes", "admin", NOW)
+        await store.set_setting_overrides([override])
+        assert await store.list_setting_overrides() == [override]
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()

@@ -196,6 +196,7 @@ def test_an_open_socket_names_its_session_and_carries_bytes_both_ways() -> None:
         "login": "root",
         "cols": 100,
         "rows": 30,
+        "mode": "owner",
     }
     assert rig.terminals.opened[0]["server_id"] == "web1"
     party.message(b"echo $((6*7))\r", True)

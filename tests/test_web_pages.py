@@ -413,7 +413,7 @@ async def test_a_page_opened_without_a_session_logs_in_and_comes_back(
 ) -> None:
     """/web/sessions without a session goes to the login page and, logged in,
     back to itself, listing the live session a proxy registered: user,
-    node, login, start and parties."""
+    node, login, start, parties and how one may join (here: not at all)."""
     web1 = ui.nodes[0]
     now = ui.cluster.clock.seconds()
     proxy = ui.cluster.service.proxy
@@ -445,9 +445,10 @@ async def test_a_page_opened_without_a_session_logs_in_and_comes_back(
         await proxy.agent.end_active_session(live.id, 0, "the test is over")
 
     assert seen["rows"] == 1
-    user, node, login, started, parties = seen["cells"]
+    user, node, login, started, parties, join = seen["cells"]
     assert (user, node, login) == ("bob", "web1", "root")
-    assert started and parties == "bob (192.0.2.9)"
+    assert started and parties == "bob, peer (192.0.2.9)"
+    assert join.strip() == ""  # bob's session: no rule lets this person join it
     assert seen["violations"] == [] and seen["errors"] == []
 
 

@@ -685,9 +685,11 @@ def test_the_session_list_shows_live_sessions_on_reachable_nodes_only(web: Web) 
                         "user": "bob",
                         "remote_addr": "192.0.2.9",
                         "last_active": NOW + 5,
+                        "mode": "peer",
                     }
                 ],
                 "terminal_params": {"w": 120, "h": 40},
+                "join_modes": [],
             }
         ]
     }

@@ -158,6 +158,7 @@ def test_a_web_terminal_logs_in_with_the_sessions_key_and_checks_the_host_ca() -
         "root",
     )
     assert rig.terminals.sessions.get(hub.id) is hub
+    assert record.owner_roles == ("web-ops",)  # joiners' rules name these
 
 
 def test_the_shell_exiting_closes_the_connection_and_ends_the_hub() -> None:

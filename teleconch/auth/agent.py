@@ -345,6 +345,15 @@ class AuthAgent(MultiService):
     async def cluster_settings(self) -> api.ClusterSettings:
         return await self.call(api.GetClusterSettings, EMPTY)
 
+    async def show_cluster_settings(self) -> api.ClusterSettingsView:
+        return await self.call(api.ShowClusterSettings, EMPTY)
+
+    async def set_cluster_settings(
+        self, values: Mapping[str, str]
+    ) -> api.ClusterSettingsView:
+        request = api.ClusterSettingsChange(values)
+        return await self.call(api.SetClusterSettings, request)
+
     async def start_recording(
         self, id: str, meta: Mapping[str, Any]
     ) -> api.RecordingState:
@@ -368,6 +377,36 @@ class AuthAgent(MultiService):
 
     async def delete_recording(self, id: str) -> None:
         await self.call(api.DeleteRecording, api.Name(id))
+
+    async def find_recordings(
+        self,
+        viewer: str,
+        *,
+        user: str = "",
+        node: str = "",
+        since: float = 0.0,
+        text: str = "",
+        limit: int = 200,
+    ) -> tuple[api.RecordingEntry, ...]:
+        """The recordings ``viewer`` may see, newest first (see search_recordings
+        to learn whether a text search was cut short)."""
+        query = api.RecordingQuery(viewer, user, node, since, text, limit)
+        return (await self.search_recordings(query)).recordings
+
+    async def search_recordings(self, query: api.RecordingQuery) -> api.Recordings:
+        """FindRecordings with its whole answer, ``cut_short`` included."""
+        return await self.call(api.FindRecordings, query)
+
+    async def read_recording_as(
+        self, viewer: str, id: str, start: int, length: int
+    ) -> api.RecordingBytes:
+        request = api.ViewerRange(viewer, id, start, length)
+        return await self.call(api.ReadRecordingAs, request)
+
+    async def seek_recording(
+        self, viewer: str, id: str, ms: int
+    ) -> api.RecordingPosition:
+        return await self.call(api.SeekRecording, api.RecordingSeek(viewer, id, ms))
 
     async def search_events(
         self,
@@ -395,6 +434,13 @@ class AuthAgent(MultiService):
     ) -> api.HostCertificate:
         key = api.HostKey(public_key, tuple(hosts), ttl)
         return await self.call(api.SignHostCertificate, key)
+
+    async def sign_forwarding_host_certificate(
+        self, public_key: str, target: str
+    ) -> api.ForwardingHostCertificate:
+        """A host certificate for our key naming the registered node ``target``."""
+        key = api.ForwardingHostKey(public_key, target)
+        return await self.call(api.SignForwardingHostCertificate, key)
 
     async def join_openssh_node(
         self,

@@ -215,6 +215,9 @@ serve(api.UpsertNode, S.upsert_node)
 serve(api.ListNodes, S.list_nodes)
 serve(api.DeleteNode, S.delete_node)
 serve(api.SignHostCertificate, S.sign_host_certificate)
+serve(
+    api.SignForwardingHostCertificate, S.sign_forwarding_host_certificate, caller=True
+)
 serve(api.JoinOpenSSHNode, S.join_openssh_node)
 serve(api.RenewNodeCertificate, S.renew_node_certificate)
 serve(api.CreateWebSession, S.create_web_session)
@@ -230,12 +233,17 @@ serve(api.UpsertActiveSession, S.upsert_active_session, caller=True)
 serve(api.EndActiveSession, S.end_active_session, caller=True)
 serve(api.ListActiveSessions, S.list_active_sessions)
 serve(api.GetClusterSettings, S.cluster_settings)
+serve(api.ShowClusterSettings, S.show_cluster_settings)
+serve(api.SetClusterSettings, S.set_cluster_settings, caller=True)
 serve(api.StartRecording, S.start_recording, caller=True)
 serve(api.AppendRecording, S.append_recording, caller=True)
 serve(api.CompleteRecording, S.complete_recording, caller=True)
 serve(api.ListRecordings, S.list_recordings)
 serve(api.ReadRecording, S.read_recording)
 serve(api.DeleteRecording, S.delete_recording)
+serve(api.FindRecordings, S.find_recordings)
+serve(api.ReadRecordingAs, S.read_recording_as)
+serve(api.SeekRecording, S.seek_recording)
 del S
 
 

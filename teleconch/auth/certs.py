@@ -3,6 +3,7 @@ certificates for nodes, and the CAs' public keys in the forms sshd takes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import SSHCertPublicKeyTypes
 from twisted.internet.interfaces import IReactorTime
 
+from teleconch.addresses import parse_host_port
 from teleconch.auth import protocol as api
 from teleconch.auth.audit import AuditLog
 from teleconch.auth.login import Logins
@@ -226,6 +228,53 @@ class Certificates:
             ttl=ttl,
         )
         return HostCertificate(cert, tuple(principals))
+
+    async def sign_forwarding_host_certificate(
+        self, proxy: str, public_key: str, target: str
+    ) -> api.ForwardingHostCertificate:
+        """The recording proxy's key certified as the registered node ``target``.
+
+        Principals come from the node record only (its name, ``name.<cluster>``,
+        its address host), so a proxy cannot get a certificate for a name the
+        cluster does not know; the proxy's name is in the key id and the audit.
+        """
+        try:
+            key = parse_public_key(public_key)
+        except BadPublicKey as e:
+            raise api.BadParameter(str(e)) from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise api.BadParameter(
+                "a forwarding host certificate is for the proxy's ssh-ed25519 "
+                "host key only"
+            )
+        node = await self.store.get_node(target)
+        if node is None or node.name != target:
+            raise api.NotFoundError(
+                f"no registered node {target!r}: recording proxy mode reaches "
+                "registered nodes only (see `teleconch-ctl nodes ls`)"
+            )
+        principals = [node.name, f"{node.name}.{self.cluster_name}"]
+        with contextlib.suppress(ValueError):  # registration checked it
+            principals.append(parse_host_port(node.addr).host)
+        principals = list(dict.fromkeys(principals))
+        now = int(self._now())
+        valid_before = now + api.FORWARDING_CERT_TTL
+        cert = self._host_ca.sign_host_certificate(
+            key,
+            key_id=f"{proxy}:forwarding:{node.name}.{self.cluster_name}",
+            principals=principals,
+            valid_after=now - 60,
+            valid_before=valid_before,
+        )
+        await self.audit(
+            "cert.host.forwarding",
+            proxy=proxy,
+            node=node.name,
+            principals=principals,
+            key=fingerprint(key),
+            ttl=api.FORWARDING_CERT_TTL,
+        )
+        return api.ForwardingHostCertificate(cert, tuple(principals), valid_before)
 
     def sign_node_certificate(
         self,

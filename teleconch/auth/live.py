@@ -50,6 +50,10 @@ def _check(session: ActiveSession) -> None:
         raise api.BadParameter(
             f"a terminal of {session.cols}x{session.rows} is out of range"
         )
+    if len(session.owner_roles) > MAX_PARTIES or not all(
+        r.isprintable() and len(r) <= MAX_ID for r in session.owner_roles
+    ):
+        raise api.BadParameter("a session's owner_roles are role names")
     if len(session.parties) > MAX_PARTIES:
         raise api.BadParameter(f"a session has at most {MAX_PARTIES} parties")
     if session.proxy_addr:

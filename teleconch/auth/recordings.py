@@ -12,12 +12,15 @@ stream ends, `append` takes one whole frame at an offset (a frame stored
 already is skipped, by the store's rule), and `complete` is audited once,
 as ``session.upload``.  A recording belongs to the proxy that started it;
 another may not add to it.
+
+Who may see a recording is decided apart, in
+`teleconch.auth.recording_access`, on top of this class.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +40,13 @@ from teleconch.text import printable
 INDEX_SUFFIX = ".index"
 KIND, INDEX_KIND = "recording", "recording-index"
 MAX_ID = 128
-META_KEYS = {"user", "login", "node", "client_addr", "cols", "rows", "start"}
+#: The session's own kind (web | ssh) goes under this key: ``kind`` in a
+#: stream's meta says what the stream is (a recording, its index).
+SESSION_KIND = "session_kind"
+META_KEYS = {
+    "user", "login", "node", "client_addr", "cols", "rows", "start", "command",
+    SESSION_KIND,
+}  # fmt: skip
 MAX_META_VALUE = 512
 
 
@@ -60,6 +69,13 @@ def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
             raise api.BadParameter(f"a recording's {key} is not a short value")
         out[key] = value
     return out
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 class Recordings:
@@ -160,16 +176,33 @@ class Recordings:
     async def offset_at(self, id: str, ms: int) -> int:
         """The offset of the last frame that starts at or before ``ms`` (0 for
         a time before the first): where a player seeking to ``ms`` reads."""
-        lo, hi = 0, await self._entries(id)
+        return (await self.position(await self.get(id), ms)).offset
+
+    async def position(self, info: StreamInfo, ms: int) -> api.RecordingPosition:
+        """The last frame starting at or before ``ms`` (the first frame for an
+        earlier time), by a binary search of the index, an entry at a time."""
+        id = info.stream_id
+        n = await self._entries(id)
+        last = (await self._entry(id, n - 1)) if n else (0, 0)
+        frames = n - 1 if info.complete and n else n  # the last entry is the end
+        lo, hi = 0, frames
         while lo < hi:
             mid = (lo + hi) // 2
             if (await self._entry(id, mid))[0] <= ms:
                 lo = mid + 1
             else:
                 hi = mid
-        return 0 if lo == 0 else (await self._entry(id, lo - 1))[1]
+        if frames == 0:
+            at_ms, offset = 0, 0
+        else:
+            at_ms, offset = await self._entry(id, max(lo - 1, 0))
+        return api.RecordingPosition(
+            offset=offset, ms=at_ms, duration_ms=last[0], size=info.size
+        )
 
-    async def _describe(self, info: StreamInfo) -> api.RecordingEntry:
+    async def describe(self, info: StreamInfo) -> api.RecordingEntry:
+        """A recording as listings show it, from its meta (an older
+        recording's missing keys take the entry's defaults)."""
         n = await self._entries(info.stream_id)
         duration = (await self._entry(info.stream_id, n - 1))[0] if n else 0
         m = info.meta
@@ -182,34 +215,56 @@ class Recordings:
             duration_ms=duration,
             size=info.size,
             complete=info.complete,
+            cols=_int(m.get("cols"), 80),
+            rows=_int(m.get("rows"), 24),
+            client_addr=str(m.get("client_addr", "")),
+            kind=str(m.get(SESSION_KIND, "web")),
+            command=str(m.get("command", "")),
         )
 
     async def list(self) -> list[api.RecordingEntry]:
-        streams = await self.store.list_streams()
-        return [await self._describe(s) for s in streams if s.meta.get("kind") == KIND]
+        return [await self.describe(s) for s in await self.streams()]
+
+    async def streams(
+        self, since: float | None = None, limit: int = 1000
+    ) -> Sequence[StreamInfo]:
+        """The recordings' streams (not their indexes), oldest first, of the
+        newest ``2 * limit`` streams created at or after ``since``."""
+        found = await self.store.list_streams(since=since, limit=2 * limit)
+        return [s for s in found if s.meta.get("kind") == KIND]
+
+    async def get(self, id: str, hint: str = "") -> StreamInfo:
+        """The recording ``id``; NotFoundError (with ``hint``) if there is none."""
+        _check_id(id)
+        info = await self.store.get_stream(id)
+        if info is None or info.meta.get("kind") != KIND:
+            raise api.NotFoundError(f"no recording {printable(id, MAX_ID)!r}{hint}")
+        return info
 
     async def read(self, id: str, start: int, length: int) -> api.RecordingBytes:
-        _check_id(id)
-        info = await self.store.get_stream(id)
-        if info is None or info.meta.get("kind") != KIND:
-            raise api.NotFoundError(f"no recording {printable(id, MAX_ID)!r}")
+        return await self.read_from(await self.get(id), start, length)
+
+    async def read_from(
+        self, info: StreamInfo, start: int, length: int
+    ) -> api.RecordingBytes:
         if start < 0 or length < 0:
             raise api.BadParameter("a range is not negative")
-        data = await self.store.read_range(id, start, min(length, api.RECORDING_READ))
+        length = min(length, api.RECORDING_READ)
+        data = await self.store.read_range(info.stream_id, start, length)
         return api.RecordingBytes(data, info.size, info.complete)
 
-    async def delete(self, id: str) -> None:
-        _check_id(id)
-        info = await self.store.get_stream(id)
-        if info is None or info.meta.get("kind") != KIND:
-            raise api.NotFoundError(
-                f"no recording {printable(id, MAX_ID)!r} (see `teleconch-ctl "
-                "recordings ls`)"
-            )
+    async def delete(self, id: str, reason: str | None = None) -> None:
+        """Remove the recording and its index; ``reason`` goes into the audit
+        event (``retention`` when `teleconch.auth.retention` removes it)."""
+        info = await self.get(id, " (see `teleconch-ctl recordings ls`)")
         await self.store.delete_stream(id)
         await self.store.delete_stream(id + INDEX_SUFFIX)
+        why: dict[str, Any] = {"reason": reason} if reason else {}
         await self.audit(
-            "recording.delete", user=str(info.meta.get("user", "")), session_id=id
+            "recording.delete",
+            user=str(info.meta.get("user", "")),
+            session_id=id,
+            **why,
         )
 
     async def _denied(self, proxy: str, info: StreamInfo) -> NoReturn:

@@ -2,12 +2,13 @@
 
 A thin facade: the rules live one concern per module (``rbac``, ``login``,
 ``tokens``, ``joining``, ``nodejoin``, ``certs``, ``nodes``, ``accounts``,
-``websessions``, ``selfservice``, ``live``, ``recordings``, ``audit``) and this class
-composes them over one store and one clock.  Its methods are the Auth API's:
-each answers one command of ``teleconch.auth.protocol`` with its request's
-fields as arguments and its response record (or, for a response of one
-field, that field's value).  It knows nothing of AMP or TLS:
-``teleconch.auth.api`` binds commands to these methods.
+``websessions``, ``selfservice``, ``live``, ``recordings``, ``settings``,
+``audit``) and this class composes them over one store and one clock.  Its
+methods are the Auth API's: each answers one command of
+``teleconch.auth.protocol`` with its request's fields as arguments and its
+response record (or, for a response of one field, that field's value).  It
+knows nothing of AMP or TLS: ``teleconch.auth.api`` binds commands to these
+methods.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ from teleconch.auth.protocol import (
     JoinToken,
 )
 from teleconch.auth.rbac import BUILTIN_ROLES
+from teleconch.auth.recording_access import RecordingAccess
+from teleconch.auth.recording_search import TextSearch, on_pool
 from teleconch.auth.recordings import Recordings
 from teleconch.auth.selfservice import AccountChanges
+from teleconch.auth.settings import ClusterSettingsKeeper
 from teleconch.auth.store import Store
 from teleconch.auth.tokens import Tokens
 from teleconch.auth.types import (
@@ -88,6 +92,7 @@ class AuthServer:
         tls_identity: TLSIdentity | None = None,
         node_cert_ttl: int = 30 * 86400,
         settings: api.ClusterSettings | None = None,
+        recordings_retention: int | None = None,
     ) -> None:
         self._clock = clock
         self.store = store
@@ -121,8 +126,17 @@ class AuthServer:
         self.accounts = Accounts(store, clock, self.log, self.tokens, self.web_sessions)
         self.live_sessions = LiveSessions(store, clock, self.log)
         self.recordings = Recordings(store, clock, self.log)
-        #: What the config says; ``teleconch-ctl cluster set`` will override it.
-        self.settings = settings or api.ClusterSettings()
+        self.recording_access = RecordingAccess(
+            store, self.recordings, self.log, TextSearch(store, on_pool(threads))
+        )
+        #: What the config says, under what ``teleconch-ctl cluster set`` stored.
+        self.settings = ClusterSettingsKeeper(
+            store,
+            clock,
+            self.log,
+            settings or api.ClusterSettings(),
+            recordings_retention,
+        )
         self.registrar = Registrar(
             store, clock, self.log, cluster_name, tls_ca, host_ca, default_public_addr
         )
@@ -351,10 +365,21 @@ class AuthServer:
     async def list_active_sessions(self) -> list[ActiveSession]:
         return await self.live_sessions.current()
 
-    # --- session recordings ------------------------------------------------
+    # --- the cluster's settings ----------------------------------------------
 
     async def cluster_settings(self) -> api.ClusterSettings:
-        return self.settings
+        """The effective settings: each stored override over the config."""
+        return await self.settings.current()
+
+    async def show_cluster_settings(self) -> api.ClusterSettingsView:
+        return await self.settings.show()
+
+    async def set_cluster_settings(
+        self, caller: Identity, values: Mapping[str, str]
+    ) -> api.ClusterSettingsView:
+        return await self.settings.set(caller.name, values)
+
+    # --- session recordings ------------------------------------------------
 
     async def start_recording(
         self, caller: Identity, id: str, meta: Mapping[str, Any]
@@ -371,8 +396,8 @@ class AuthServer:
     ) -> int:
         return await self.recordings.complete(caller.name, id, duration_ms)
 
-    async def list_recordings(self) -> list[api.RecordingEntry]:
-        return await self.recordings.list()
+    async def list_recordings(self) -> api.Recordings:
+        return api.Recordings(tuple(await self.recordings.list()))
 
     async def read_recording(
         self, id: str, start: int, length: int
@@ -381,6 +406,22 @@ class AuthServer:
 
     async def delete_recording(self, name: str) -> None:
         await self.recordings.delete(name)
+
+    # --- recordings for the people who may see them (recording_access) ----
+
+    async def find_recordings(self, **query: Any) -> api.Recordings:
+        return await self.recording_access.find(api.RecordingQuery(**query))
+
+    async def read_recording_as(
+        self, viewer: str, id: str, start: int, length: int
+    ) -> api.RecordingBytes:
+        request = api.ViewerRange(viewer, id, start, length)
+        return await self.recording_access.read(request)
+
+    async def seek_recording(
+        self, viewer: str, id: str, ms: int
+    ) -> api.RecordingPosition:
+        return await self.recording_access.seek(api.RecordingSeek(viewer, id, ms))
 
     # --- nodes and host certificates -----------------------------------------
 
@@ -399,6 +440,13 @@ class AuthServer:
         self, public_key: str, hosts: Sequence[str], ttl: int
     ) -> HostCertificate:
         return await self.certs.sign_host_certificate(public_key, hosts, ttl)
+
+    async def sign_forwarding_host_certificate(
+        self, caller: Identity, public_key: str, target: str
+    ) -> api.ForwardingHostCertificate:
+        return await self.certs.sign_forwarding_host_certificate(
+            caller.name, public_key, target
+        )
 
     def sign_node_certificate(
         self, key: SSHCertPublicKeyTypes, key_id: str, principals: Sequence[str]

@@ -1,4 +1,5 @@
-"""The auth service: the cluster's CAs, its storage, and the Auth API on mutual TLS."""
+"""The auth service: the cluster's CAs, its storage, the Auth API on mutual TLS,
+and the recordings retention loop (`teleconch.auth.retention`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from teleconch.auth import protocol as api
 from teleconch.auth.api import AuthAPIFactory
 from teleconch.auth.backends import open_store
 from teleconch.auth.joinclient import JoinSource
+from teleconch.auth.retention import RecordingRetention
 from teleconch.auth.server import AuthServer
 from teleconch.auth.store import Store
 from teleconch.ca import SSHCertificateAuthority
@@ -76,6 +78,7 @@ class AuthService(StartingService):
         #: What the listener is bound to (0.0.0.0:3025), for the banner.
         self.listening = ""
         self._store: Store | None = None
+        self._retention: RecordingRetention | None = None
 
     def _prepare_files(
         self,
@@ -132,8 +135,15 @@ class AuthService(StartingService):
                 record_input=s.auth.record_input,
                 proxy_checks_host_keys=s.auth.proxy_checks_host_keys,
             ),
+            recordings_retention=s.auth.recordings_retention,
         )
         await self.server.start()
+        self._retention = RecordingRetention(
+            self.clock,
+            self.server.recordings,
+            self.server.settings.recordings_retention,
+        )
+        self._retention.start()
         factory = TLSMemoryBIOFactory(
             identity.server_options(), False, AuthAPIFactory(self.server, self.reactor)
         )
@@ -152,6 +162,9 @@ class AuthService(StartingService):
         )
 
     async def _stop(self) -> None:
+        if self._retention is not None:
+            await self._retention.stop()
+            self._retention = None
         await super()._stop()
         if self._store is not None:
             await self._store.close()

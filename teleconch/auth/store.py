@@ -17,6 +17,7 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    SettingOverride,
     StreamInfo,
     Token,
     User,
@@ -94,6 +95,13 @@ class Store(Protocol):
     # cluster-wide settings (cluster name, schema facts, ...)
     async def get_setting(self, key: str) -> str | None: ...
     async def set_setting(self, key: str, value: str) -> None: ...
+
+    # overrides of the config's cluster settings (``teleconch-ctl cluster set``)
+    async def set_setting_overrides(self, overrides: Sequence[SettingOverride]) -> None:
+        """Store each (replacing one of the same key), all in one transaction."""
+
+    async def list_setting_overrides(self) -> list[SettingOverride]:
+        """Every override, by key."""
 
     # users
     async def create_user(self, user: User) -> None:

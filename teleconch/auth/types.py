@@ -35,12 +35,42 @@ def _freeze_fields(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @attrs.frozen
+class JoinRule:
+    """Whose sessions a role may join, and how: ``roles`` are roles of the
+    session's owner (``"*"``: any), ``modes`` of ``observer`` and ``peer``."""
+
+    roles: tuple[str, ...] = attrs.field(converter=_strings)
+    modes: tuple[str, ...] = attrs.field(converter=_strings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"roles": list(self.roles), "modes": list(self.modes)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> JoinRule:
+        if isinstance(data, JoinRule):
+            return data
+        if not isinstance(data, Mapping) or set(data) != {"roles", "modes"}:
+            raise BadParameter(
+                'a join_sessions rule is {"roles": [ROLE, ...], "modes": [MODE, ...]}'
+            )
+        roles, modes = data["roles"], data["modes"]
+        if not isinstance(roles, list | tuple) or not isinstance(modes, list | tuple):
+            raise BadParameter("a join_sessions rule's roles and modes are lists")
+        return cls(roles, modes)
+
+
+def _join_rules(value: Iterable[Any]) -> tuple[JoinRule, ...]:
+    return tuple(JoinRule.from_json(r) for r in value)
+
+
+@attrs.frozen
 class Role:
     """What a user holding this role may do.
 
     ``node_labels`` maps a label key to the values allowed for it; ``"*"``
     as key and value matches every node.  ``rules`` names the cluster
     resources the role may read or write (``"*"`` for all).
+    ``join_sessions`` says whose live sessions its holders may join.
     """
 
     name: str
@@ -51,6 +81,7 @@ class Role:
     max_session_ttl: int = 12 * 3600
     rules: tuple[str, ...] = attrs.field(converter=_strings, default=())
     builtin: bool = False
+    join_sessions: tuple[JoinRule, ...] = attrs.field(converter=_join_rules, default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +91,7 @@ class Role:
             "max_session_ttl": self.max_session_ttl,
             "rules": list(self.rules),
             "builtin": self.builtin,
+            "join_sessions": [r.to_json() for r in self.join_sessions],
         }
 
     @classmethod
@@ -71,6 +103,7 @@ class Role:
             max_session_ttl=data.get("max_session_ttl", 0),
             rules=data.get("rules", ()),
             builtin=data.get("builtin", False),
+            join_sessions=data.get("join_sessions", ()),
         )
 
 
@@ -85,6 +118,7 @@ class RoleSpec:
     logins: tuple[str, ...] = ()
     node_labels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     max_session_ttl: int = 12 * 3600
+    join_sessions: tuple[JoinRule, ...] = attrs.field(converter=_join_rules, default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +126,7 @@ class RoleSpec:
             "logins": list(self.logins),
             "node_labels": {k: list(v) for k, v in self.node_labels.items()},
             "max_session_ttl": self.max_session_ttl,
+            "join_sessions": [r.to_json() for r in self.join_sessions],
         }
 
     @classmethod
@@ -105,6 +140,7 @@ class RoleSpec:
                     for k, vs in spec.get("node_labels", {}).items()
                 },
                 max_session_ttl=int(spec.get("max_session_ttl", 12 * 3600)),
+                join_sessions=spec.get("join_sessions", ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadParameter(f"malformed role: {e}") from None
@@ -253,6 +289,17 @@ class StreamInfo:
     complete: bool = False
 
 
+@attrs.frozen
+class SettingOverride:
+    """A cluster setting set by ``teleconch-ctl cluster set``: it wins over the
+    config file's value; who set it and when, for ``cluster show``."""
+
+    key: str
+    value: str
+    set_by: str = ""
+    set_at: float = 0.0
+
+
 # --- what listings show of a record
 
 
@@ -331,12 +378,12 @@ class HostSigner:
 
 @attrs.frozen
 class Party:
-    """Someone attached to a live session: its owner, later observers and peers."""
+    """Someone attached to a live session: its owner, or a peer or observer who joined."""
 
     id: str
     user: str
     remote_addr: str
-    mode: str = "peer"  # peer | observer | moderator (joining: the recording issue)
+    mode: str = "peer"  # owner (opened it) | peer (joined, types) | observer (watches)
     last_active: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -378,6 +425,9 @@ class ActiveSession:
     #: The holding proxy's peer address (host:port): where another proxy of the
     #: cluster joins it (teleconch.proxy.peering).  Never shown to browsers.
     proxy_addr: str = ""
+    #: The owner's roles, set by whoever opens the session: the joiners' roles'
+    #: ``join_sessions`` rules name them (`teleconch.proxy.join_policy`).
+    owner_roles: tuple[str, ...] = attrs.field(converter=_strings, default=())
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -402,6 +452,7 @@ class ActiveSession:
                 parties=tuple(Party.from_json(p) for p in data.get("parties", ())),
                 kind=str(data.get("kind", "web")),
                 proxy_addr=str(data.get("proxy_addr", "")),
+                owner_roles=tuple(str(r) for r in data.get("owner_roles", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BadParameter(f"a session record is malformed: {e}") from None

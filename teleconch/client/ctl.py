@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from teleconch import config as cfg
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent, AuthUnavailable
-from teleconch.auth.types import RoleSpec
+from teleconch.auth.types import JoinRule, RoleSpec
 from teleconch.durations import format_duration, parse_duration
 from teleconch.files import write_private_file
 from teleconch.pki import TLSIdentity
@@ -143,6 +143,7 @@ async def roles_add(agent: AuthAgent, args: argparse.Namespace) -> None:
             ).items()
         },
         max_session_ttl=parse_duration(args.max_session_ttl),
+        join_sessions=tuple(_join_rule(r) for r in args.join_sessions or ()),
     )
     await agent.upsert_role(role)
     print(f"Role {args.name!r} has been saved.")
@@ -159,11 +160,28 @@ async def roles_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
             ",".join(r.logins) or "-",
             ",".join(f"{k}={v}" for k, vs in r.node_labels.items() for v in vs) or "-",
             format_duration(r.max_session_ttl),
+            " ".join(_join_text(j) for j in r.join_sessions) or "-",
             "built-in" if r.builtin else "custom",
         )
         for r in roles
     ]
-    print(_table(["Role", "Logins", "Node labels", "Max session TTL", "Kind"], rows))
+    headers = ["Role", "Logins", "Node labels", "Max session TTL", "Joins", "Kind"]
+    print(_table(headers, rows))
+
+
+def _join_rule(text: str) -> JoinRule:
+    """``--join-sessions ROLE[,ROLE]:MODE[,MODE]`` (the owner's roles, ``*``: any)."""
+    roles, sep, modes = text.partition(":")
+    if not sep or not _csv(roles) or not _csv(modes):
+        raise CtlError(
+            f"--join-sessions {text!r}: expected OWNER_ROLES:MODES, "
+            "e.g. access:observer,peer (or *:observer)"
+        )
+    return JoinRule(tuple(_csv(roles)), tuple(_csv(modes)))
+
+
+def _join_text(rule: JoinRule) -> str:
+    return f"{','.join(rule.roles)}:{','.join(rule.modes)}"
 
 
 async def roles_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
@@ -352,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-session-ttl", default="12h", help="longest certificate, e.g. 8h"
     )
+    p.add_argument(
+        "--join-sessions",
+        action="append",
+        metavar="OWNER_ROLES:MODES",
+        help="may join live sessions of owners with these roles, in these modes "
+        "(observer, peer), e.g. access:observer,peer or *:observer; repeatable",
+    )
     p.set_defaults(run=roles_add)
     p = roles.add_parser("ls", help="list roles")
     p.add_argument("--format", choices=["text", "json"], default="text")
@@ -415,11 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(run=events_ls)
 
-    from teleconch.client import ctl_recordings  # it uses this module's helpers
+    from teleconch.client import ctl_cluster, ctl_recordings  # they use its helpers
 
     ctl_recordings.add_commands(
         group("recordings", "list, export and remove recordings")
     )
+    ctl_cluster.add_commands(group("cluster", "show and set the cluster's settings"))
     return parser
 
 

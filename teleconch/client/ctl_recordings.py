@@ -1,38 +1,54 @@
 """``teleconch-ctl recordings ls|export|rm``: the session recordings the auth service keeps.
 
+``ls`` narrows by ``--user``, ``--node`` and ``--since`` (a duration ago or a
+date) on this side, over the whole list.
+
 ``export`` reads the recording in ranges (`api.RECORDING_READ` bytes at a
-time) and writes each event as it is decoded, so a long recording never
-sits in memory whole: ``asciicast`` (asciicast v2, for ``asciinema play``
-and ``asciinema cat``), ``json`` (one event per line) or ``text`` (the
-output bytes as the terminal got them).
+time) and writes each event as it is decoded, in the formats of
+`teleconch.client.recording_output` (shared with ``teleconch play``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from teleconch import recording_format as fmt
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthAgent
-from teleconch.client.ctl import CtlError, _table, _when
+from teleconch.client.ctl import CtlError
+from teleconch.client.recording_output import (
+    FORMATS,
+    EventWriter,
+    recordings_json,
+    recordings_table,
+)
+from teleconch.durations import parse_since
+
+
+def _wanted(args: argparse.Namespace) -> Callable[[api.RecordingEntry], bool]:
+    """The ``--user``, ``--node`` and ``--since`` filters (all must match)."""
+    since = None if args.since is None else parse_since(args.since, args.now)
+
+    def wanted(r: api.RecordingEntry) -> bool:
+        return (
+            (args.user is None or r.user == args.user)
+            and (args.node is None or r.node == args.node)
+            and (since is None or r.start >= since)
+        )
+
+    return wanted
 
 
 async def recordings_ls(agent: AuthAgent, args: argparse.Namespace) -> None:
-    found = await agent.list_recordings()
+    wanted = _wanted(args)
+    found = [r for r in await agent.list_recordings() if wanted(r)]
     if args.format == "json":
-        print(json.dumps([r.to_json() for r in found], indent=2))
-        return
-    rows = [
-        (r.id, r.user, r.node, r.login, _when(r.start), f"{r.duration_ms / 1000:.1f}s",
-         r.size, "yes" if r.complete else "no")
-        for r in found
-    ]  # fmt: skip
-    headers = ["ID", "User", "Node", "Login", "Start", "Duration", "Size", "Complete"]
-    print(_table(headers, rows))
+        print(recordings_json(found))
+    else:
+        print(recordings_table(found))
 
 
 async def _chunks(agent: AuthAgent, sid: str) -> AsyncIterator[bytes]:
@@ -45,36 +61,20 @@ async def _chunks(agent: AuthAgent, sid: str) -> AsyncIterator[bytes]:
         yield got.data
 
 
-async def _events(agent: AuthAgent, sid: str) -> AsyncIterator[fmt.Event]:
-    pending = b""
-    async for chunk in _chunks(agent, sid):
-        pending += chunk
-        frames, used = fmt.split_frames(pending)
-        pending = pending[used:]
-        for frame in frames:
-            for event in fmt.decode_frame(frame):
-                yield event
-    if pending:
-        raise CtlError(
-            f"recording {sid} ends inside a frame: it is still being uploaded, "
-            "or was cut short; try again later"
-        )
-
-
 async def recordings_export(agent: AuthAgent, args: argparse.Namespace) -> None:
     out = sys.stdout.buffer
-    cast = fmt.Asciicast()
+    writer = EventWriter(args.format, out)
+    reader = fmt.FrameReader()
     try:
-        async for event in _events(agent, args.id):
-            if args.format == "text":
-                out.write(event.data if event.kind == "print" else b"")
-            elif args.format == "json":
-                out.write(json.dumps(event.to_json()).encode("utf-8") + b"\n")
-            else:
-                for line in cast.feed(event):
-                    out.write(line.encode("utf-8") + b"\n")
+        async for chunk in _chunks(agent, args.id):
+            for event in reader.feed(chunk):
+                writer.write(event)
+        reader.end()
     except fmt.BadRecording as e:
-        raise CtlError(f"recording {args.id} cannot be read: {e}") from None
+        raise CtlError(
+            f"recording {args.id} cannot be read: {e}; if it is still being "
+            "uploaded, try again later"
+        ) from None
     out.flush()
 
 
@@ -86,12 +86,15 @@ async def recordings_rm(agent: AuthAgent, args: argparse.Namespace) -> None:
 def add_commands(group: Any) -> None:
     p = group.add_parser("ls", help="list session recordings, oldest first")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--user", help="only this user's sessions")
+    p.add_argument("--node", help="only the sessions on this node")
+    p.add_argument(
+        "--since", help="only sessions started since: a duration ago (2h) or a date"
+    )
     p.set_defaults(run=recordings_ls)
     p = group.add_parser("export", help="print a recording")
     p.add_argument("id", help="the session id (see `recordings ls`)")
-    p.add_argument(
-        "--format", choices=["asciicast", "json", "text"], default="asciicast"
-    )
+    p.add_argument("--format", choices=FORMATS, default="asciicast")
     p.set_defaults(run=recordings_export)
     p = group.add_parser("rm", help="remove a recording")
     p.add_argument("id")

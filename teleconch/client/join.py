@@ -450,9 +450,12 @@ def cron_line(plan: Plan) -> str:
     )
 
 
-def add_parser(sub: Any) -> None:
-    """``join openssh`` in the ``teleconch`` command line."""
-    join = sub.add_parser("join", help="make this machine a node of a cluster")
+def add_parser(sub: Any) -> Any:
+    """``join openssh`` in the ``teleconch`` command line; returns the kinds'
+    subparsers (``join session``: `teleconch.client.sessions`)."""
+    join = sub.add_parser(
+        "join", help="join a live session, or make this machine a node of a cluster"
+    )
     kinds = join.add_subparsers(dest="join_kind", required=True, metavar="KIND")
     p = kinds.add_parser(
         "openssh",
@@ -498,3 +501,4 @@ def add_parser(sub: Any) -> None:
         help="do not check the proxy's TLS certificate",
     )
     p.set_defaults(run=run_join)
+    return kinds

@@ -23,6 +23,7 @@ import attrs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from teleconch.client.errors import UsageError
 from teleconch.files import ensure_private_directory, write_private_file
 
 KNOWN_HOSTS_MARK = "teleconch-cluster="
@@ -158,3 +159,13 @@ class KeyStore:
             key_type, key_data = line.split()[:2]
             kept.append(f"@cert-authority {patterns} {key_type} {key_data} {mark}")
         _write(self.known_hosts, ("\n".join(kept) + "\n").encode())
+
+
+def require_profile(store: KeyStore) -> Profile:
+    """The current login's profile; UsageError saying how to log in if none."""
+    profile = store.current_profile()
+    if profile is None:
+        raise UsageError(
+            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
+        )
+    return profile

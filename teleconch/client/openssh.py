@@ -16,6 +16,10 @@ from teleconch.config import parse_host_port
 
 #: The proxy's subsystem listing the nodes a user may reach, as JSON.
 NODES_SUBSYSTEM = "teleconch-nodes"
+#: The proxy's subsystems listing the live sessions one may join (JSON), and
+#: joining one (``teleconch-join@SID:MODE``): `teleconch.proxy.join_subsystem`.
+SESSIONS_SUBSYSTEM = "teleconch-sessions"
+JOIN_SUBSYSTEM = "teleconch-join"
 
 #: For the hop to the proxy only (the node hop is end to end): the proxy
 #: decrypts it in Python, where AES-GCM costs about half of chacha20-poly1305,
@@ -68,6 +72,19 @@ def proxy_subsystem_argv(
 
 def nodes_argv(store: KeyStore, profile: Profile, login: str) -> list[str]:
     return [*proxy_hop(store, profile, login), "-T", "-s", NODES_SUBSYSTEM]
+
+
+def sessions_argv(store: KeyStore, profile: Profile, login: str) -> list[str]:
+    return [*proxy_hop(store, profile, login), "-T", "-s", SESSIONS_SUBSYSTEM]
+
+
+def join_argv(
+    store: KeyStore, profile: Profile, login: str, session_id: str, mode: str
+) -> list[str]:
+    """Attach this terminal to a live session: a PTY, so keys go as typed and
+    OpenSSH's ``~.`` escape works."""
+    subsystem = f"{JOIN_SUBSYSTEM}@{session_id}:{mode}"
+    return [*proxy_hop(store, profile, login), "-t", "-s", subsystem]
 
 
 def node_argv(

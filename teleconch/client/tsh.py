@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from teleconch import config as cfg
-from teleconch.client import join, openssh
+from teleconch.client import join, openssh, recordings, sessions
+from teleconch.client.cli_common import print_table, require_profile
 from teleconch.client.errors import UsageError
 from teleconch.client.keystore import KeyStore, Profile
 from teleconch.client.login import login, logout, read_cert, status
@@ -28,13 +29,7 @@ from teleconch.client.webapi import WebAPIError
 # --- commands that run the user's OpenSSH client ------------------------------
 
 
-def _profile(store: KeyStore) -> Profile:
-    profile = store.current_profile()
-    if profile is None:
-        raise UsageError(
-            "not logged in: run teleconch login --proxy HOST:3080 --user NAME"
-        )
-    return profile
+_profile = require_profile
 
 
 def _split_login(target: str, login: str | None, default: str) -> tuple[str, str]:
@@ -87,12 +82,7 @@ def ls(args: argparse.Namespace, store: KeyStore) -> int:
         )
         for n in nodes
     ]
-    headers = ("Node Name", "Address", "Labels", "Logins")
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(("Node Name", "Address", "Labels", "Logins"), rows)
     return 0
 
 
@@ -258,12 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="an ssh_config block for plain OpenSSH").set_defaults(
         sync=config
     )
-    join.add_parser(sub)
+    sessions.add_sessions_parser(sub)
+    sessions.add_join_parser(join.add_parser(sub))
+    recordings.add_parsers(sub)
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sessions.shorthand(words, ("openssh", "session")))
     store = KeyStore()
     if getattr(args, "sync", None) is not None:
         try:

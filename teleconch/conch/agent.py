@@ -378,6 +378,7 @@ class _AgentProtocol(protocol.Protocol):
         self._buffer = b""
         self._pending: collections.deque[defer.Deferred[bytes]] = collections.deque()
         self._lost: Failure | None = None
+        self._aborted = False
         self._close_waiters: list[defer.Deferred[None]] = []
 
     def request(self, message: bytes) -> defer.Deferred[bytes]:
@@ -389,6 +390,8 @@ class _AgentProtocol(protocol.Protocol):
         return d
 
     def dataReceived(self, data: bytes) -> None:
+        if self._aborted:
+            return  # the stream cannot be trusted: nothing more is kept
         self._buffer += data
         try:
             messages, self._buffer = split_frames(self._buffer)
@@ -402,6 +405,8 @@ class _AgentProtocol(protocol.Protocol):
             self._pending.popleft().callback(message)
 
     def _abort(self, reason: AgentError) -> None:
+        self._aborted = True
+        self._buffer = b""
         self._fail_pending(reason)
         if self.transport is not None:
             self.transport.loseConnection()

@@ -2,12 +2,15 @@
 
 `connect_ssh` dials a node, checks its host certificate against the host CA
 (no trust on first use), logs in with a user certificate whose key is in
-memory (`KeyCredentials`) or in an ssh-agent (`AgentCredentials`), and returns
-a `NodeConnection`. On it, `open_session` opens `SessionChannel` s (pty,
-exec or shell, window-change, exit status) whose bytes flow with flow
-control: set ``auto_window=False`` and call ``open_window`` once the bytes
-have been forwarded, so a slow reader throttles the node. The web terminal and
-the recording proxy use it.
+memory (`KeyCredentials`), in an ssh-agent on a socket (`AgentCredentials`)
+or in an agent already connected, e.g. forwarded over SSH
+(`AgentClientCredentials`), and returns a `NodeConnection`. On it,
+`open_session` opens `SessionChannel` s (pty, exec or shell, window-change,
+exit status) whose bytes flow with flow control: set ``auto_window=False``
+and call ``open_window`` once the bytes have been forwarded, so a slow reader
+throttles the node. The node may open channels back (agent forwarding) only
+of the types the caller registered and asked for (`NodeConnection`). The web
+terminal and the recording proxy use it.
 
     conn = await connect_ssh(
         reactor, ("10.0.0.5", 22), "alice",
@@ -23,12 +26,14 @@ the recording proxy use it.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.serialization import SSHCertPrivateKeyTypes
 from twisted.conch.error import ConchError
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.connection import OPEN_UNKNOWN_CHANNEL_TYPE
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -40,6 +45,7 @@ from teleconch.conch.flow import FlowControlledConnection
 from teleconch.conch.hostcert import (
     CertificateClientTransport,
     HostKeyRefused,
+    is_plain_host_key,
     verify_host_key_with_ca,
 )
 from teleconch.conch.session import CommandResult, ExitStatus, SessionChannel
@@ -51,7 +57,9 @@ from teleconch.conch.userauth_client import (
 )
 
 __all__ = [
+    "AgentClientCredentials",
     "AgentCredentials",
+    "ChannelFactory",
     "CommandResult",
     "ExitStatus",
     "KeyCredentials",
@@ -83,6 +91,24 @@ class AgentCredentials:
     certificate: str | None = None
 
 
+@attrs.frozen
+class AgentClientCredentials:
+    """An agent already connected (e.g. the client's, forwarded over SSH).
+
+    `connect_ssh` signs with it and leaves it open: it belongs to the caller.
+    Without `certificate`, the agent's first user certificate that allows the
+    login is used.
+    """
+
+    agent: AgentClient = attrs.field(repr=False)
+    certificate: str | None = None
+
+
+#: Makes the channel for a channel the node opens: (its window, its max packet,
+#: the open's type-specific data) -> our channel. Raise ConchError to refuse.
+ChannelFactory = Callable[[int, int, bytes], SSHChannel]
+
+
 class LoginRefused(ConchError):
     """The node refused our user certificate; `banners` holds what it said."""
 
@@ -102,10 +128,16 @@ class NodeClientTransport(ModernTransportMixin, CertificateClientTransport):
         host_ca_keys: Sequence[str],
         host_name: str,
         now: float,
+        check_host_certificate: bool = True,
     ) -> None:
-        self._check_host_key = verify_host_key_with_ca(host_ca_keys, host_name, now)
-        #: The node's host certificate, once key exchange has checked it.
+        self._check_host_key = verify_host_key_with_ca(
+            host_ca_keys, host_name, now, require_certificate=check_host_certificate
+        )
+        #: The node's host certificate, once key exchange has checked it; None
+        #: if it presented a plain key (only with check_host_certificate=False).
         self.host_certificate: Certificate | None = None
+        #: The host key blob the node presented (a certificate or a plain key).
+        self.host_key: bytes | None = None
         self.userauth = userauth
         self.connection = connection
         self.lost: Deferred[None] = Deferred()
@@ -139,18 +171,49 @@ class NodeClientTransport(ModernTransportMixin, CertificateClientTransport):
 
     def verifyHostKey(self, pubKey: bytes, fingerprint: bytes) -> Deferred[bool]:
         def checked(ok: bool) -> bool:
-            self.host_certificate = parse_certificate(pubKey)
+            self.host_key = pubKey
+            if not is_plain_host_key(pubKey):
+                self.host_certificate = parse_certificate(pubKey)
             return ok
 
         return self._check_host_key(pubKey, fingerprint).addCallback(checked)
 
 
 class NodeConnection(FlowControlledConnection):
-    """``ssh-connection`` to a node once logged in: open sessions on it."""
+    """``ssh-connection`` to a node once logged in: open sessions on it.
+
+    The node may open channels towards us only of a type registered in
+    `channel_handlers` and only once we asked for them (`accept_channels`,
+    which e.g. `teleconch.conch.agent_forwarding.request_agent_forwarding`
+    calls after the node agreed); anything else is refused as an unknown
+    channel type, as a client that never asked would.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.ready: Deferred[NodeConnection] = Deferred()
+        #: What makes our end of a channel the node opens, by channel type
+        #: (e.g. ``auth-agent@openssh.com``: ``AgentRelay.channel_for``).
+        self.channel_handlers: dict[bytes, ChannelFactory] = {}
+        self._accepting: set[bytes] = set()
+
+    def accept_channels(self, channel_type: bytes) -> None:
+        """From now on the node may open ``channel_type`` channels (we asked)."""
+        self._accepting.add(channel_type)
+
+    def getChannel(
+        self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes
+    ) -> SSHChannel:
+        handler = self.channel_handlers.get(channelType)
+        if handler is None or channelType not in self._accepting:
+            self._log.info(
+                "the node opened a {kind!r} channel we did not ask for: refused",
+                kind=channelType[:64],
+            )
+            raise ConchError("unknown channel", OPEN_UNKNOWN_CHANNEL_TYPE)
+        channel = handler(windowSize, maxPacket, data)
+        channel.conn = self
+        return channel
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -204,26 +267,35 @@ async def connect_ssh(
     reactor: Any,
     endpoint: IStreamClientEndpoint | tuple[str, int],
     login: str,
-    credentials: KeyCredentials | AgentCredentials,
+    credentials: KeyCredentials | AgentCredentials | AgentClientCredentials,
     host_ca_keys: Sequence[str],
     host_name: str,
     login_timeout: float = 30,
+    *,
+    check_host_certificate: bool = True,
 ) -> NodeConnection:
     """Connect and log in to a node; the logged-in connection.
 
     Raises `HostKeyRefused` (the node's host certificate is missing, from
     another CA, or not for `host_name`), `LoginRefused` (our certificate was
-    turned down, with the node's banners), or a connection error.
+    turned down, with the node's banners), or a connection error. With
+    ``check_host_certificate=False`` a plain host key is accepted (the
+    transport's ``host_certificate`` is then None: the caller warns), but a
+    certificate, if presented, must still be valid.
     """
     if isinstance(endpoint, tuple):
         endpoint = HostnameEndpoint(reactor, *endpoint, timeout=int(login_timeout))
     connection = NodeConnection()
-    agent: AgentClient | None = None
+    agent: AgentClient | None = None  # ours to close
     userauth: _OneCertificateClient
     if isinstance(credentials, KeyCredentials):
         userauth = CertificateUserAuthClient(
             login, connection, credentials.private_key, credentials.certificate
         )
+    elif isinstance(credentials, AgentClientCredentials):
+        given = credentials.agent
+        line = credentials.certificate or await _agent_certificate(given, login)
+        userauth = AgentCertificateUserAuthClient(login, connection, given, line)
     else:
         agent = await connect_agent(reactor, credentials.socket_path)
         try:
@@ -234,7 +306,12 @@ async def connect_ssh(
             raise
     clock: IReactorTime = reactor
     transport = NodeClientTransport(
-        userauth, connection, host_ca_keys, host_name, clock.seconds()
+        userauth,
+        connection,
+        host_ca_keys,
+        host_name,
+        clock.seconds(),
+        check_host_certificate,
     )
     try:
         await connectProtocol(endpoint, transport)

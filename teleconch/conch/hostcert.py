@@ -65,6 +65,7 @@ __all__ = [
     "CertificateSSHFactory",
     "HostKeyRefused",
     "host_keys_with_certificate",
+    "is_plain_host_key",
     "verify_host_key_with_ca",
     "verify_host_signature",
 ]
@@ -175,26 +176,39 @@ class CertificateSSHFactory(SSHFactory):
 # -- client: checking the server's host certificate --------------------------
 
 
+def is_plain_host_key(host_key_blob: bytes) -> bool:
+    """Whether the server presented a plain key rather than a ``*-cert-v01`` one."""
+    try:
+        key_type = take_string(host_key_blob)[0].decode("ascii", "replace")
+    except ValueError:
+        return False  # unparseable: parse_certificate will say why
+    return bool(key_type) and not key_type.endswith(_CERT_SUFFIX)
+
+
 def verify_host_key_with_ca(
-    trusted_host_ca_lines: Sequence[str], hostname: str, now: float
+    trusted_host_ca_lines: Sequence[str],
+    hostname: str,
+    now: float,
+    require_certificate: bool = True,
 ) -> Callable[[bytes, bytes], Deferred[bool]]:
     """A ``verifyHostKey`` accepting only a trusted CA's certificate for `hostname`.
 
     A plain host key is refused: nodes in the cluster all have host
-    certificates, and trust on first use would defeat the host CA.
+    certificates, and trust on first use would defeat the host CA. With
+    ``require_certificate=False`` (``proxy_checks_host_keys: no``) a plain
+    key is accepted, but a certificate, if presented, must still be valid.
     """
 
     def verify(host_key_blob: bytes, fingerprint: bytes) -> Deferred[bool]:
-        try:
+        if is_plain_host_key(host_key_blob):
+            if not require_certificate:
+                return defer.succeed(True)
             key_type = take_string(host_key_blob)[0].decode("ascii", "replace")
-        except ValueError:
-            key_type = ""
-        if key_type and not key_type.endswith(_CERT_SUFFIX):
             return defer.fail(
                 HostKeyRefused(
-                    f"{hostname}: remote host presented a public key ({key_type}), "
-                    "expected a host certificate from the cluster's host CA; "
-                    "refusing to connect"
+                    f"{hostname}: remote host presented a public key, expected a "
+                    "host certificate from the cluster's host CA (its key is a "
+                    f"plain {key_type}); refusing to connect"
                 )
             )
         try:

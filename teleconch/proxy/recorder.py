@@ -1,6 +1,7 @@
-"""The recorder: a session's start, output, resizes and end, to the spool as it goes.
+"""The recorder: a session's start, output, input, resizes, joins and end, to the spool as it goes.
 
-A `Recorder` is a `SessionTap` of one hub.  It turns what it sees into
+A `Recorder` is a `SessionTap` of one hub.  It turns what it sees (the
+start, output, resizes, ``session.join``/``session.leave``, the end) into
 `teleconch.recording_format` records, batches them (up to `MAX_BATCH`
 bytes, or `FLUSH_EVERY` seconds), and hands each batch to a thread that
 compresses it into a frame and appends it to the spool file
@@ -12,6 +13,10 @@ Life (`RecorderState`): WAITING (made; the node side is opening) ->
 RECORDING (``started``) -> CLOSING (``ended``: the last batch and the
 ``.done`` marker are being written) -> CLOSED.  WAITING -> CLOSED when the
 session never started (nothing was written).
+
+What the parties type is recorded too (``input`` records) where the
+cluster's ``record_input`` is on; the hub passes each recorder the input it
+sends to the node (an observer's is dropped before).
 
 Whether to record at all is the cluster's ``session_recording``, which
 `teleconch.proxy.settings.ClusterSettingsCache` asks the auth service for, at
@@ -28,7 +33,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from teleconch.auth.types import ActiveSession
+from teleconch.auth.types import ActiveSession, Party
 from teleconch.proxy.sessions import Ending
 from teleconch.proxy.settings import ClusterSettingsCache
 from teleconch.proxy.spool import InThread, Spool
@@ -37,6 +42,8 @@ from teleconch.recording_format import MAX_BATCH, MAX_PRINT, encode_frame, encod
 log = Logger()
 
 FLUSH_EVERY = 1.0
+#: What of a long command the recording's description keeps.
+MAX_COMMAND = 512
 
 
 class RecorderState(enum.Enum):
@@ -66,11 +73,15 @@ class Recorder:
         in_thread: InThread,
         client_addr: str,
         on_closed: Callable[[str], None] = lambda sid: None,
+        command: str = "",
+        record_input: bool = False,
     ) -> None:
         self._clock = clock
+        self._record_input = record_input
         self._spool = spool
         self._in_thread = in_thread
         self._client_addr = client_addr
+        self._command = command  # exec's command; "" for a shell
         self._on_closed = on_closed
         self.state = RecorderState.WAITING
         self.sid = ""
@@ -106,7 +117,10 @@ class Recorder:
             "cols": session.cols,
             "rows": session.rows,
             "start": self._t0,
+            "session_kind": session.kind,
         }
+        if self._command:
+            meta["command"] = self._command[:MAX_COMMAND]
         self._chain(self._spool.begin, self.sid, meta)
         fields: dict[str, Any] = {k: v for k, v in meta.items() if k != "start"}
         self._add(
@@ -117,14 +131,31 @@ class Recorder:
         if self.state is not RecorderState.RECORDING:
             return
         ms = self._ms()
-        for at in range(0, len(data), MAX_PRINT):
-            piece = data[at : at + MAX_PRINT]
+        for piece in _pieces(data):
             self._add(encode_record("print", ms, piece, offset=self._offset))
             self._offset += len(piece)
+
+    def input(self, data: bytes) -> None:
+        """Recorded only where the cluster's ``record_input`` is on."""
+        if self._record_input and self.state is RecorderState.RECORDING:
+            ms = self._ms()
+            for piece in _pieces(data):
+                self._add(encode_record("input", ms, piece))
 
     def resized(self, cols: int, rows: int) -> None:
         if self.state is RecorderState.RECORDING:
             self._add(encode_record("resize", self._ms(), cols=cols, rows=rows))
+
+    def joined(self, party: Party) -> None:
+        if self.state is RecorderState.RECORDING:
+            self._add(encode_record("session.join", self._ms(), **_party(party)))
+
+    def left(self, party: Party, reason: str) -> None:
+        if self.state is RecorderState.RECORDING:
+            fields = _party(party)
+            self._add(
+                encode_record("session.leave", self._ms(), reason=reason, **fields)
+            )
 
     def ended(self, ending: Ending) -> None:
         if self.state is RecorderState.WAITING:
@@ -193,6 +224,20 @@ class Recorder:
         self.closed.callback(None)
 
 
+def _pieces(data: bytes) -> list[bytes]:
+    """``data`` in pieces one record may carry."""
+    return [data[at : at + MAX_PRINT] for at in range(0, len(data), MAX_PRINT)]
+
+
+def _party(party: Party) -> dict[str, Any]:
+    return {
+        "user": party.user,
+        "mode": party.mode,
+        "party_id": party.id,
+        "client_addr": party.remote_addr,
+    }
+
+
 class Recorders:
     """Makes a recorder for each new web terminal session, unless the mode is `off`."""
 
@@ -213,14 +258,23 @@ class Recorders:
         self.active: set[Recorder] = set()
 
     async def recorder(self, client_addr: str) -> Recorder | None:
-        if (await self._settings.current()).session_recording == "off":
+        settings = await self._settings.current()
+        if settings.session_recording == "off":
             return None
+        return self.make(client_addr, record_input=settings.record_input)
+
+    def make(
+        self, client_addr: str, command: str = "", *, record_input: bool = False
+    ) -> Recorder:
+        """A recorder, whatever the mode (the recording proxy has decided)."""
         rec = Recorder(
             clock=self._clock,
             spool=self._spool,
             in_thread=self._in_thread,
             client_addr=client_addr,
             on_closed=self._on_closed,
+            command=command,
+            record_input=record_input,
         )
         self.active.add(rec)
         rec.closed.addBoth(lambda _: self.active.discard(rec))

@@ -312,6 +312,15 @@ class Router:
             self._cache.put(("roles", names), roles)
         return list(roles)
 
+    async def roles_of(self, grant: Grant) -> list[Role]:
+        """The grant's roles (cached as routing's), for checks beyond routing:
+        who may join a session (`teleconch.proxy.joining`)."""
+        return await self._roles(grant.roles)
+
+    async def node_by_id(self, node_id: str) -> Node | None:
+        """The registered node with this id (cached), or None."""
+        return next((n for n in await self._nodes() if n.id == node_id), None)
+
     async def route(
         self,
         grant: Grant,

@@ -29,9 +29,13 @@ from teleconch.pki import (
     public_key_pem,
     self_signed_certificate,
 )
+from teleconch.proxy.forward_certs import ForwardingHostCerts
+from teleconch.proxy.forward_server import Forwarding
+from teleconch.proxy.joining import Joining
+from teleconch.proxy.node import NodeTransport, TCPNodeTransport
 from teleconch.proxy.peering import PeerClient, PeerService
 from teleconch.proxy.recorder import Recorders
-from teleconch.proxy.routing import Router
+from teleconch.proxy.routing import Route, Router
 from teleconch.proxy.sessions import Sessions
 from teleconch.proxy.settings import ClusterSettingsCache
 from teleconch.proxy.spool import InThread, Spool
@@ -114,6 +118,7 @@ class ProxyService(StartingService):
         self.ssh_listening = ""
         self.router: Router | None = None
         self.ssh_factory: ProxySSHFactory | None = None
+        self.joining: Joining | None = None
         #: The terminal sessions this proxy holds.
         self.terminal_sessions = Sessions(reactor)
         #: How people reach us, as advertised once the listeners are bound.
@@ -131,6 +136,8 @@ class ProxyService(StartingService):
         self.recorders: Recorders | None = None
         #: The cluster's recording settings, as the auth service says (once joined).
         self.cluster_settings: ClusterSettingsCache | None = None
+        #: Recording proxy mode's shared parts (`teleconch.proxy.forward_server`).
+        self.forwarding: Forwarding | None = None
 
     def _ssh_host_key(self) -> ed25519.Ed25519PrivateKey:
         path = self.files.ssh_host_key
@@ -236,13 +243,23 @@ class ProxyService(StartingService):
             self.reactor,
             info.cluster_name,
             s.proxy.allow_unregistered_nodes,
+            node_side=self._node_side,
         )
         policy = ProxyPolicy(self.agent, self.reactor, lambda: str(self.public_addr))
+        self._start_forwarding(router, policy, host_key)
         limits = SSHLimits(
             **{k: getattr(s.proxy, k) for k in attrs.fields_dict(SSHLimits)}
         )
+        #: Joining live sessions, by SSH and from the web; those held by other
+        #: proxies through the peering client.
+        self.joining = Joining(
+            agent=self.agent,
+            router=router,
+            sessions=self.terminal_sessions,
+            peers=self.peers,
+        )
         self.ssh_factory = make_factory(
-            router, policy, host_key, host_cert, self.clock, limits
+            router, policy, host_key, host_cert, self.clock, limits, self.joining
         )
         ssh_port = await self._listen(
             "proxy_service.listen_addr",
@@ -296,7 +313,9 @@ class ProxyService(StartingService):
                 public_addr=lambda: str(self.public_addr),
                 recorders=self.recorders,
                 peer_addr=lambda: str(self.peer_public_addr),
+                joining=self.joining,
             ),
+            threads=self.reactor,
         )
         self.web_site = site
         port = await self._listen(
@@ -345,6 +364,32 @@ class ProxyService(StartingService):
             "proxy peering listener on {addr} (advertised as {public})",
             addr=listening_address(port),
             public=str(self.peer_public_addr),
+        )
+
+    def _node_side(self, route: Route) -> NodeTransport:
+        """TCP to the node, or, in recording proxy mode, our SSH server."""
+        plain = TCPNodeTransport.hostname(self.reactor)
+        if self.forwarding is None:
+            return plain
+        return self.forwarding.node_side(route, plain)
+
+    def _start_forwarding(
+        self, router: Router, policy: ProxyPolicy, host_key: ed25519.Ed25519PrivateKey
+    ) -> None:
+        """What recording proxy mode needs (used only while the cluster is in it)."""
+        assert self.agent is not None and self.cluster_settings is not None
+        self.forwarding = Forwarding(
+            reactor=self.reactor,
+            clock=self.clock,
+            agent=self.agent,
+            router=router,
+            policy=policy,
+            host_key=host_key,
+            host_certs=ForwardingHostCerts(self.clock, self.agent, host_key),
+            settings=self.cluster_settings,
+            sessions=self.terminal_sessions,
+            proxy_name=self.settings.teleconch.nodename,
+            recorders=self.recorders,
         )
 
     def _start_recording(self, agent: AuthAgent) -> None:

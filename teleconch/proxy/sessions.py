@@ -2,36 +2,47 @@
 
 A `SessionHub` owns the node side of one live session (a `NodeShell`: an SSH
 channel with a PTY, opened by whoever starts the hub) and fans its output
-out to the session's parties.  Today a session has one, the browser that
-opened it (`teleconch.web.terminal_party.BrowserParty`); a recorder and
-joining parties (the recording issue) attach here the same way, so the hub
-never assumes there is only one.  A recorder is a `SessionTap`: it sees the
-start, the output, the resizes and the end, but is no party (it neither
-holds the window nor keeps the session alive).
+out to the session's parties: its owner (who opened it: a browser,
+`teleconch.web.terminal_party.BrowserParty`, or an SSH client's channel in
+recording mode) and those who joined it (`teleconch.proxy.joining`), peers
+who may type and observers whose keys are dropped.  A recorder is a
+`SessionTap`: it sees the start, the output, the resizes, the joins and
+leaves and the end, but is no party (it neither holds the window nor keeps
+the session alive).
 
-Flow control: the node's SSH window is given back only for bytes every
-party can take (`SessionParty.wants_output`).  A party that falls behind (a
-browser that has not acknowledged, a socket that backs up) keeps the window
-shut, so the node's output waits in the node, not in this process.
+Flow control: the node's SSH window is given back only for bytes the owner
+has taken (`SessionParty.wants_output`): an owner that falls behind keeps
+the window shut, so the node's output waits in the node.  Every other party
+has its own backlog of at most JOINER_BUFFER bytes; one that would overflow
+it is dropped (`SessionParty.dropped`), so a slow joiner never slows the
+owner or anyone else.  Without an owner (it left; peers go on) every
+remaining party paces the window.  Only the owner's resizes change the
+session's size (anyone's, once the owner has gone).
+
+Each party hears who joins and leaves (``party_joined``/``party_left``); the
+taps record them; the audit log gets ``session.join``/``session.leave``
+from here, the hub that holds the party (refused joins are audited where
+they are refused, `teleconch.proxy.joining`).  The owner's arrival and its
+leaving with the session are ``session.start``/``session.end``, which the
+auth service writes from the registration.
 
 While it lives the hub is registered with the auth service (at start, after
 each change, every heartbeat: `teleconch.proxy.session_registration`), so
 any proxy of the cluster lists it; its end is registered with the exit
-status and the reason.  The auth service audits both, as ``session.start``
-and ``session.end``.
+status and the reason.
 
 Life (`HubState`): STARTING (the node side is opening; input, resizes and
 early output are held) -> RUNNING -> ENDING (the proxy closes the node: the
-last party left, or the proxy ended it) -> ENDED (the shell exited or the
-node went away; parties told, registration ended).  STARTING -> ENDED when
-the open fails; STARTING -> ENDING when every party leaves during the open.
+last party who could type left, or the proxy ended it) -> ENDED (the shell
+exited or the node went away; parties told, registration ended).  STARTING
+-> ENDED when the open fails; STARTING -> ENDING when every party leaves
+during the open.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -40,7 +51,53 @@ from twisted.logger import Logger
 
 from teleconch.auth.types import ActiveSession, Party
 from teleconch.conch.session import ExitStatus
+from teleconch.proxy.session_protocols import (
+    FELL_BEHIND,
+    JOIN_MODES,
+    JOINER_BUFFER,
+    OBSERVER,
+    OWNER,
+    PEER,
+    Audit,
+    Backlog,
+    Ending,
+    HubHandle,
+    NodeShell,
+    Opener,
+    SessionOver,
+    SessionParty,
+    SessionTap,
+    ShellEvents,
+    describe_exit,
+    joined_line,
+    left_line,
+)
 from teleconch.proxy.session_registration import Registration, Registry
+
+__all__ = [  # re-exported: import these from here
+    "FELL_BEHIND",
+    "JOINER_BUFFER",
+    "JOIN_MODES",
+    "OBSERVER",
+    "OWNER",
+    "PEER",
+    "Audit",
+    "Backlog",
+    "Ending",
+    "HubHandle",
+    "HubState",
+    "NodeShell",
+    "Opener",
+    "SessionHub",
+    "SessionOver",
+    "SessionParty",
+    "SessionTap",
+    "Sessions",
+    "ShellEvents",
+    "describe_exit",
+    "joined_line",
+    "left_line",
+]
 
 log = Logger()
 
@@ -66,123 +123,6 @@ _MOVES: dict[HubState, frozenset[HubState]] = {
 }
 
 
-class SessionOver(Exception):
-    """A party tried to join a session that has ended (or is ending)."""
-
-
-@attrs.frozen
-class Ending:
-    """How a session ended: the shell's exit status (if it gave one) and why."""
-
-    status: ExitStatus | None
-    reason: str
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.status.code if self.status is not None else None
-
-
-class NodeShell(Protocol):
-    """The node side of a session (`teleconch.proxy.websession_ssh.WebShell`).
-
-    It reports to the hub's `ShellEvents`; after `close` (or on its own) it
-    calls ``shell_ended`` exactly once.
-    """
-
-    def write(self, data: bytes) -> None: ...
-
-    def resize(self, cols: int, rows: int) -> None: ...
-
-    def consumed(self, n: int) -> None:
-        """``n`` output bytes have been taken by every party: re-open the window."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class ShellEvents(Protocol):
-    """What a `NodeShell` tells its hub."""
-
-    def shell_output(self, data: bytes) -> None: ...
-
-    def shell_writable(self, writable: bool) -> None: ...
-
-    def shell_ended(self, status: ExitStatus | None) -> None: ...
-
-
-class HubHandle(Protocol):
-    """What a party calls on the session it is in: a `SessionHub` here, or a
-    session held by another proxy and joined through it (proxy peering), which
-    offers the same calls."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def record(self) -> ActiveSession: ...
-
-    def input(self, party: SessionParty, data: bytes) -> None: ...
-
-    def resize(self, party: SessionParty, cols: int, rows: int) -> None: ...
-
-    def leave(self, party: SessionParty, reason: str) -> None: ...
-
-    def ready(self) -> None: ...
-
-
-class SessionParty(Protocol):
-    """Someone attached to a session: the browser today, later a recorder or a joiner."""
-
-    @property
-    def record(self) -> Party: ...
-
-    def attached(self, hub: HubHandle) -> None:
-        """The party joined ``hub`` (it may send input and resizes to it now)."""
-        ...
-
-    def session_started(self, session: ActiveSession) -> None:
-        """The node side is open; output follows."""
-        ...
-
-    def output(self, data: bytes) -> None: ...
-
-    def wants_output(self) -> bool:
-        """Whether the party can take more output now (else the window stays shut);
-        when it can again it calls `SessionHub.ready`."""
-        ...
-
-    def input_blocked(self, blocked: bool) -> None:
-        """The node's window is full (True): stop reading input until False."""
-        ...
-
-    def session_ended(self, ending: Ending) -> None: ...
-
-
-class SessionTap(Protocol):
-    """Something that sees a session without being a party of it (the
-    recorder, `teleconch.proxy.recorder`): it never holds the window and
-    never keeps a session alive."""
-
-    def started(self, session: ActiveSession) -> None: ...
-
-    def output(self, data: bytes) -> None: ...
-
-    def resized(self, cols: int, rows: int) -> None: ...
-
-    def ended(self, ending: Ending) -> None: ...
-
-
-Opener = Callable[[ShellEvents], Awaitable[NodeShell]]
-
-
-def describe_exit(status: ExitStatus | None) -> str:
-    if status is None or (status.code is None and status.signal is None):
-        return "the node closed the session"
-    if status.signal is not None:
-        return f"the shell was killed by signal {status.signal}"
-    return f"the shell exited with status {status.code}"
-
-
 class SessionHub:
     """One live terminal session: the node side, its parties, its registration."""
 
@@ -194,14 +134,18 @@ class SessionHub:
         record: ActiveSession,
         on_end: Callable[[SessionHub], None] | None = None,
         taps: Sequence[SessionTap] = (),
+        audit: Audit | None = None,
     ) -> None:
         self._clock = clock
         self._taps = tuple(taps)
         self._registry = registry
         self._record = record
         self._on_end = on_end
+        self._audit = audit
         self._state = HubState.STARTING
         self._parties: dict[str, SessionParty] = {}
+        self._owner: str | None = None  # the owner party's id, while it is in
+        self._backlogs: dict[str, Backlog] = {}  # every other party's
         self._shell: NodeShell | None = None
         self._held_input: list[bytes] = []
         self._held_len = 0
@@ -232,8 +176,13 @@ class SessionHub:
 
     @property
     def owed(self) -> int:
-        """Output bytes held back from the node's window (a party is behind)."""
+        """Output bytes held back from the node's window (the owner is behind)."""
         return self._owed
+
+    def backlog(self, party: SessionParty) -> int:
+        """Output bytes waiting for a joined party (0 for the owner)."""
+        found = self._backlogs.get(party.record.id)
+        return found.size if found is not None else 0
 
     def _move(self, to: HubState) -> None:
         if to not in _MOVES[self._state]:
@@ -243,22 +192,57 @@ class SessionHub:
     # -- parties ----------------------------------------------------------
 
     def join(self, party: SessionParty) -> None:
+        """Add ``party``: the owner if its record says so (one per session),
+        else a joiner; SessionOver once the session is ending."""
         if self._state not in (HubState.STARTING, HubState.RUNNING):
             raise SessionOver(f"session {self.id} has ended")
-        self._parties[party.record.id] = party
+        record = party.record
+        if record.mode == OWNER:
+            if self._owner is not None and self._owner != record.id:
+                raise ValueError(f"session {self.id} has an owner already")
+            self._owner = record.id
+        else:
+            self._backlogs[record.id] = Backlog()
+        self._parties[record.id] = party
         party.attached(self)
         if self._state is HubState.RUNNING:
             party.session_started(self.record)
             self._registration.changed()
+        if record.mode != OWNER:
+            self._announce_join(record)
 
     def leave(self, party: SessionParty, reason: str) -> None:
         if self._parties.pop(party.record.id, None) is None:
             return
-        if not self._parties:
-            self.end(reason)
-        else:
-            self._registration.changed()
-            self._maybe_reopen()  # the one that left may have held the window
+        self._gone(party.record, reason)
+
+    def _gone(self, record: Party, reason: str) -> None:
+        """``record``'s party is out: end the session if nobody left may type."""
+        self._backlogs.pop(record.id, None)
+        if self._owner == record.id:
+            self._owner = None
+        typists = [p for p in self._parties.values() if p.record.mode != OBSERVER]
+        if not typists:
+            watching = bool(self._parties)
+            self.end(f"{record.user} left: {reason}" if watching else reason)
+            if not watching:
+                return
+        self._registration.changed()
+        self._announce_leave(record, reason)
+        self._maybe_reopen()  # the one that left may have held the window
+
+    def _drop(self, party: SessionParty) -> None:
+        """A joiner overflowed its backlog: out, told why."""
+        if self._parties.pop(party.record.id, None) is None:
+            return
+        log.info(
+            "session {id}: {user} fell behind and was dropped",
+            id=self.id,
+            user=party.record.user,
+        )
+        self._backlogs.pop(party.record.id, None)
+        party.dropped(FELL_BEHIND)
+        self._gone(party.record, "fell too far behind")
 
     def end(self, reason: str) -> None:
         """End the session from the proxy's side (its parties left, a logout)."""
@@ -272,7 +256,8 @@ class SessionHub:
             self._shell.close()
 
     def input(self, party: SessionParty, data: bytes) -> None:
-        if party.record.mode == "observer" or not data:
+        record = party.record
+        if record.mode == OBSERVER or not data or record.id not in self._parties:
             return
         self._record = attrs.evolve(self._record, last_active=self._clock.seconds())
         if self._state is HubState.STARTING:
@@ -286,9 +271,16 @@ class SessionHub:
         elif self._state is HubState.RUNNING:
             assert self._shell is not None
             self._shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
 
     def resize(self, party: SessionParty, cols: int, rows: int) -> None:
-        """The terminal's size: the last party to resize sets it."""
+        """The terminal's size follows the owner (anyone's, once it has gone)."""
+        owner = self._owner
+        if party.record.id != owner and (
+            owner is not None or not self._may_type(party)
+        ):
+            return
         if (cols, rows) == (self._record.cols, self._record.rows):
             return
         self._record = attrs.evolve(self._record, cols=cols, rows=rows)
@@ -299,14 +291,68 @@ class SessionHub:
             for tap in self._taps:
                 tap.resized(cols, rows)
 
+    def _may_type(self, party: SessionParty) -> bool:
+        return party.record.id in self._parties and party.record.mode != OBSERVER
+
     def ready(self) -> None:
-        """A party can take output again: maybe re-open the node's window."""
+        """A party can take output again: hand joiners their backlogs, and
+        maybe re-open the node's window."""
+        for pid, backlog in list(self._backlogs.items()):
+            party = self._parties.get(pid)
+            if party is not None:
+                backlog.drain(party)
         self._maybe_reopen()
+
+    # -- joins and leaves, as every party, tap and the audit log see them ----
+
+    def _announce_join(self, record: Party) -> None:
+        for other in self.parties:
+            if other.record.id != record.id:
+                other.party_joined(record)
+        if self._state is HubState.RUNNING:
+            for tap in self._taps:
+                tap.joined(record)
+        self._emit("session.join", record)
+
+    def _announce_leave(self, record: Party, reason: str) -> None:
+        for other in self.parties:
+            other.party_left(record, reason)
+        if self._state is HubState.RUNNING:
+            for tap in self._taps:
+                tap.left(record, reason)
+        self._emit("session.leave", record, reason=reason)
+
+    def _emit(self, event: str, party: Party, **fields: str) -> None:
+        if self._audit is None:
+            return
+        s = self._record
+        d = Deferred.fromCoroutine(
+            self._audit(
+                event,
+                user=party.user,
+                success=True,
+                session_id=s.id,
+                session_user=s.user,
+                node=s.node,
+                login=s.login,
+                mode=party.mode,
+                party_id=party.id,
+                client_addr=party.remote_addr,
+                **fields,
+            )
+        )
+        d.addErrback(lambda f: log.failure("could not audit {event}", f, event=event))
 
     # -- the node side ----------------------------------------------------
 
     async def start(self, opener: Opener) -> None:
         """Open the node side with ``opener``; raise why not (the session has ENDED)."""
+        if self._state is HubState.ENDING and self._shell is None:
+            # every party left before the open began (a browser that closed
+            # while its login was checked): nothing to open, nobody to tell
+            self._move(HubState.ENDED)
+            self._finished(Ending(None, self._reason or "every party left"))
+            return
         if self._state is not HubState.STARTING:
             raise SessionOver(f"session {self.id} has started already")
         size = (self._record.cols, self._record.rows)
@@ -331,6 +377,8 @@ class SessionHub:
         held, self._held_input, self._held_len = self._held_input, [], 0
         for data in held:
             shell.write(data)
+            for tap in self._taps:
+                tap.input(data)
         early, self._early_output = self._early_output, []
         for data in early:
             self._fan_out(data)
@@ -354,7 +402,12 @@ class SessionHub:
         self._move(HubState.ENDED)
         ending = Ending(status, self._reason or describe_exit(status))
         parties, self._parties = self.parties, {}
+        backlogs, self._backlogs = self._backlogs, {}
+        self._owner = None
         for party in parties:
+            backlog = backlogs.get(party.record.id)
+            if backlog is not None:  # its last bytes (bounded), then the end
+                backlog.drain(party, force=True)
             party.session_ended(ending)
         for tap in self._taps:
             tap.ended(ending)
@@ -383,12 +436,18 @@ class SessionHub:
         for tap in self._taps:
             tap.output(data)
         for party in self.parties:
-            party.output(data)
+            backlog = self._backlogs.get(party.record.id)
+            if backlog is None:
+                party.output(data)  # the owner: the window paces it
+            elif not backlog.offer(party, data):
+                self._drop(party)
 
     def _maybe_reopen(self) -> None:
         if self._state is not HubState.RUNNING or not self._owed or not self._parties:
             return
-        if all(p.wants_output() for p in self._parties.values()):
+        owner = self._owner
+        pacers = [self._parties[owner]] if owner is not None else self.parties
+        if all(p.wants_output() and not self.backlog(p) for p in pacers):
             n, self._owed = self._owed, 0
             assert self._shell is not None
             self._shell.consumed(n)

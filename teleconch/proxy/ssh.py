@@ -42,6 +42,9 @@ from teleconch.conch.userauth_server import (
     CertificateChecker,
     CertificateUserAuthServer,
 )
+from teleconch.proxy import join_subsystem
+from teleconch.proxy.joining import Joining
+from teleconch.proxy.recordings_subsystem import RECORDINGS_SUBSYSTEM, serve_recordings
 from teleconch.proxy.routing import Cache, Grant, OnClose, Router, RoutingError, emit
 from teleconch.proxy.splice import SplicingChannel
 
@@ -113,12 +116,24 @@ class ProxyPolicy:
 class ProxyAvatar(ConchUser):
     """A connected user: their session channels and direct-tcpip requests."""
 
-    def __init__(self, session: Session, router: Router) -> None:
+    def __init__(
+        self, session: Session, router: Router, joining: Joining | None = None
+    ) -> None:
         super().__init__()
         self.session = session
         self.router = router
+        #: Joining live sessions (`teleconch join`); None: not on this proxy.
+        self.joining = joining
         self.channelLookup[b"session"] = self._session_channel
         self.channelLookup[b"direct-tcpip"] = self._direct_tcpip
+
+    @property
+    def grant(self) -> Grant:
+        return self.session.grant
+
+    @property
+    def client_address(self) -> str:
+        return self.session.client_address
 
     def _session_channel(self, **kw: Any) -> ProxySessionChannel:
         kw["avatar"] = self
@@ -193,9 +208,17 @@ class ProxySessionChannel(SplicingChannel):
         if not self._first_request():
             return False
         name = common.getNS(data)[0].decode("utf-8", "replace")
+        if join_subsystem.handles(name):  # teleconch join / teleconch sessions ls
+            return Deferred.fromCoroutine(
+                join_subsystem.serve(self, name, self._avatar, self._refuse, self._exit)
+            )
         if name == NODES_SUBSYSTEM.decode():
             Deferred.fromCoroutine(self._list_nodes())
             return True
+        if name == RECORDINGS_SUBSYSTEM:
+            return serve_recordings(
+                self, self._avatar.session.certificate.key_id, self._avatar.router
+            )
         # A refusal accepts the request, then explains on stderr and exits 1 (as
         # Teleport does): OpenSSH drops a channel's stderr once a request fails.
         m = _PROXY_SUBSYSTEM.fullmatch(name)
@@ -301,8 +324,9 @@ class ProxySessionChannel(SplicingChannel):
 class ProxyRealm:
     """Turns a verified certificate login into a ProxyAvatar."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, joining: Joining | None = None) -> None:
         self.router = router
+        self.joining = joining
 
     def requestAvatar(
         self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any
@@ -314,7 +338,7 @@ class ProxyRealm:
             certificate=mind.certificate,
             client_address=mind.client_address or "",
         )
-        avatar = ProxyAvatar(session, self.router)
+        avatar = ProxyAvatar(session, self.router, self.joining)
         return IConchUser, avatar, lambda: None
 
 
@@ -355,12 +379,13 @@ def make_factory(
     host_certificate: str | None,
     clock: IReactorTime,
     limits: SSHLimits | None = None,
+    joining: Joining | None = None,
 ) -> ProxySSHFactory:
     class UserAuth(CertificateUserAuthServer):
         """Certificate validity read from the given clock."""
 
     UserAuth.clock = clock
-    portal = Portal(ProxyRealm(router), [CertificateChecker()])
+    portal = Portal(ProxyRealm(router, joining), [CertificateChecker()])
     factory = ProxySSHFactory(
         portal, policy, host_key, host_certificate, clock, limits or SSHLimits()
     )

@@ -85,6 +85,10 @@ class TerminalAgent(Protocol):
         self, id: str, exit_code: int | None, reason: str
     ) -> None: ...
 
+    async def emit_event(
+        self, event: str, user: str = "", success: bool = True, **fields: Any
+    ) -> None: ...
+
 
 Connect = Callable[..., Awaitable[NodeConnection]]
 
@@ -220,9 +224,11 @@ class WebTerminals:
                 cols=cols,
                 rows=rows,
                 proxy_addr=self._peer_addr(),
+                owner_roles=tuple(info.roles),
             ),
             on_end=self.sessions.remove,
             taps=(recorder,) if recorder is not None else (),
+            audit=self._agent.emit_event,
         )
         hub.join(party)
         self.sessions.add(hub)

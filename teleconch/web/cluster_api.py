@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from teleconch.auth.types import ActiveSession
+from teleconch.proxy.join_policy import join_modes
 from teleconch.proxy.routing import Router
 from teleconch.totp import qr_svg
 from teleconch.web.http import ErrorResource, HTTPError
@@ -42,6 +43,8 @@ class SitesResource(SessionResource):
         cluster.putChild(b"sessions", ActiveSessionsResource(sessions, router))
         cluster.putChild(b"connect", terminal or ErrorResource(503, NO_TERMINAL))
         self.putChild(cluster_name.encode(), cluster)
+        #: The cluster's routes, for other modules' to be added (recordings).
+        self.cluster = cluster
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":
@@ -110,6 +113,7 @@ def session_item(s: ActiveSession) -> dict[str, Any]:
                 "user": p.user,
                 "remote_addr": p.remote_addr,
                 "last_active": p.last_active,
+                "mode": p.mode,
             }
             for p in s.parties
         ],
@@ -119,18 +123,26 @@ def session_item(s: ActiveSession) -> dict[str, Any]:
 
 class ActiveSessionsResource(SessionResource):
     """GET /v1/webapi/sites/<cluster>/sessions: the live sessions of the
-    cluster (whichever proxy holds them) on nodes this person may reach."""
+    cluster (whichever proxy holds them) on nodes this person may reach, or
+    that they may join; ``join_modes`` says how (`join_policy`)."""
 
     def __init__(self, sessions: WebSessions, router: Router) -> None:
         super().__init__(sessions)
         self._router = router
 
     async def on_get(self, request: Request, session: Session) -> Any:
-        nodes = await self._router.reachable(session.grant)
-        ids = {n["id"] for n in nodes}
+        grant = session.grant
+        ids = {n["id"] for n in await self._router.reachable(grant)}
+        roles = await self._router.roles_of(grant)
         live = await self.sessions.agent.list_active_sessions()
-        visible = sorted((s for s in live if s.node_id in ids), key=lambda s: s.created)
-        return {"sessions": [session_item(s) for s in visible]}
+        items = []
+        for s in sorted(live, key=lambda s: s.created):
+            node = await self._router.node_by_id(s.node_id)
+            labels = dict(node.labels) if node is not None else None
+            modes = join_modes(roles, grant.user, s, labels)
+            if s.node_id in ids or modes:
+                items.append({**session_item(s), "join_modes": modes})
+        return {"sessions": items}
 
 
 class PasswordResource(SessionResource):

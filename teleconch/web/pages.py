@@ -35,6 +35,8 @@ PAGES = {
     b"sessions": "sessions.html",
     b"account": "account.html",
     b"console": "console.html",
+    b"recordings": "recordings.html",
+    b"player": "player.html",
 }
 
 

@@ -10,7 +10,8 @@ pages in ``pages``.
 Two places are the web terminal's: ``terminal``, the resource for
 ``/v1/webapi/sites/<cluster>/connect`` (absent: a JSON 503 saying so), and
 the page ``/web/console/<node>/<login>`` (``static/console.html``, served
-when it is there).
+when it is there).  Recordings (``recordings_api``) are under the cluster's
+routes too, and their pages are ``/web/recordings`` and ``/web/player/<sid>``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from teleconch.web.public_api import (
     PingResource,
     SSHCertsResource,
 )
+from teleconch.web.recording_ranges import Decoder, ThreadedReactor
+from teleconch.web.recordings_api import RecordingsResource
 from teleconch.web.static_files import StaticFiles
 from teleconch.web.webconfig import WebConfig
 from teleconch.web.websession import (
@@ -82,6 +85,7 @@ def make_site(
     router: Router | None = None,
     keys: WebSessionKeys | None = None,
     terminal: Resource | None = None,
+    threads: ThreadedReactor | None = None,
 ) -> ProxySite:
     limiter = limiter or RateLimiter(clock)
     # Renewals are signed by a node's own key (nothing to guess), and many
@@ -116,8 +120,12 @@ def make_site(
     )
     web_sessions.putChild(b"renew", RenewResource(sessions))
     webapi.putChild(b"sessions", web_sessions)
-    webapi.putChild(
-        b"sites", SitesResource(sessions, config.cluster_name, router, terminal)
+    sites = SitesResource(sessions, config.cluster_name, router, terminal)
+    webapi.putChild(b"sites", sites)
+    # Recordings decode off the reactor where there is a thread pool (not in
+    # unit tests, which run on a Clock).
+    sites.cluster.putChild(
+        b"recordings", RecordingsResource(sessions, Decoder(threads))
     )
     webapi.putChild(b"mfa", mfa)
     mfa.putChild(b"authenticator", AuthenticatorResource(sessions))

@@ -38,6 +38,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from teleconch.addresses import parse_host_port
+from teleconch.proxy.joining import Joining
 from teleconch.proxy.recorder import Recorders
 from teleconch.proxy.routing import Router
 from teleconch.proxy.sessions import Sessions
@@ -356,6 +357,7 @@ def make_terminal(
     public_addr: Callable[[], str],
     recorders: Recorders | None = None,
     peer_addr: Callable[[], str] = str,
+    joining: Joining | None = None,
 ) -> TerminalResource:
     """The ``connect`` route of a proxy, with everything its sockets share."""
     terminals = WebTerminals(
@@ -375,6 +377,7 @@ def make_terminal(
         terminals=terminals,
         idle_timeout=idle_timeout,
         audit=refusal_audit(clock, agent.emit_event),
+        joining=joining,
     )
     return TerminalResource(services, public_addr)
 

@@ -2,14 +2,17 @@
 
 The browser opens ``wss://<proxy>/v1/webapi/sites/<cluster>/connect?params=<JSON>``
 with ``params`` = ``{"server_id": NODE, "login": LOGIN, "term": {"w": COLS,
-"h": ROWS}}`` (Teleport's shape).  Its first frame is the text ``{"token":
-"<bearer>"}``.  After that, terminal bytes are binary frames both ways, and
-control messages are JSON text frames with a ``type``:
+"h": ROWS}}`` (Teleport's shape), or, to join a live session,
+``{"sid": SESSION_ID, "mode": "observer"|"peer", "term": {...}}``.  Its
+first frame is the text ``{"token": "<bearer>"}``.  After that, terminal
+bytes are binary frames both ways, and control messages are JSON text frames with a ``type``:
 
 - browser -> proxy: ``resize`` ``{cols, rows}``; ``ack`` ``{bytes}``: how many
   output bytes xterm.js has processed since the last ack (flow control);
-- proxy -> browser: ``session`` (the session's id, node, login, size),
-  ``exit`` ``{status, signal, message}``, ``error`` ``{message}``.
+- proxy -> browser: ``session`` (the session's id, node, login, size and
+  the party's ``mode``), ``party`` ``{action: joined|left, user, mode,
+  message}`` (someone joined or left), ``exit`` ``{status, signal,
+  message}``, ``error`` ``{message}``.
 
 Everything here is pure: parsing raises `BadMessage`, whose text is for the
 person at the browser (it goes into an ``error`` frame and the close reason).
@@ -22,7 +25,9 @@ from typing import Any
 
 import attrs
 
+from teleconch.auth.types import Party
 from teleconch.conch.session import ExitStatus
+from teleconch.proxy.session_protocols import joined_line, left_line
 
 #: A terminal's columns and rows are each 1..MAX_TERMINAL_SIZE.
 MAX_TERMINAL_SIZE = 1000
@@ -40,6 +45,7 @@ CLOSE_FLOOD = (
 )
 CLOSE_LOGIN = 4001  # no valid token: log in again
 CLOSE_DENIED = 4003  # routing or RBAC refused the node or login
+CLOSE_GONE = 4410  # dropped from a joined session: it fell too far behind
 CLOSE_MALFORMED = 4400  # a frame the protocol does not allow
 CLOSE_TOKEN_LATE = 4408  # no first frame within FIRST_FRAME_SECONDS
 CLOSE_INTERNAL = 4500
@@ -62,6 +68,10 @@ class TermRequest:
     login: str
     cols: int
     rows: int
+    #: Join this live session instead of opening one (Teleport's ``sid``) ...
+    session_id: str = ""
+    #: ... as ``observer`` or ``peer``; a new session's party is its owner.
+    mode: str = "owner"
 
 
 @attrs.frozen
@@ -116,11 +126,18 @@ def parse_params(raw: str | None) -> TermRequest:
     term = data.get("term")
     if not isinstance(term, dict):
         raise BadMessage('params.term must be {"w": COLUMNS, "h": ROWS}')
+    cols = _size(term.get("w"), "params.term.w")
+    rows = _size(term.get("h"), "params.term.h")
+    if data.get("sid"):
+        mode = data.get("mode", "observer")
+        if mode not in ("observer", "peer"):
+            raise BadMessage('params.mode must be "observer" or "peer"')
+        return TermRequest("", "", cols, rows, _name(data, "sid"), mode)
     return TermRequest(
         server_id=_name(data, "server_id"),
         login=_name(data, "login"),
-        cols=_size(term.get("w"), "params.term.w"),
-        rows=_size(term.get("h"), "params.term.h"),
+        cols=cols,
+        rows=rows,
     )
 
 
@@ -154,7 +171,7 @@ def parse_control(payload: bytes) -> Resize | Ack:
 
 
 def session_message(
-    session_id: str, node: str, login: str, cols: int, rows: int
+    session_id: str, node: str, login: str, cols: int, rows: int, mode: str = "owner"
 ) -> dict[str, Any]:
     return {
         "type": "session",
@@ -163,6 +180,7 @@ def session_message(
         "login": login,
         "cols": cols,
         "rows": rows,
+        "mode": mode,
     }
 
 
@@ -172,6 +190,18 @@ def exit_message(status: ExitStatus | None, message: str) -> dict[str, Any]:
         "status": status.code if status is not None else None,
         "signal": status.signal if status is not None else None,
         "message": message,
+    }
+
+
+def party_message(action: str, party: Party, reason: str = "") -> dict[str, Any]:
+    """Someone joined or left the session (``action``: joined | left)."""
+    text = joined_line(party) if action == "joined" else left_line(party, reason)
+    return {
+        "type": "party",
+        "action": action,
+        "user": party.user,
+        "mode": party.mode,
+        "message": text,
     }
 
 

@@ -39,7 +39,8 @@ from twisted.protocols import amp
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
 from teleconch.auth.types import ActiveSession, Party
-from teleconch.proxy.routing import RoutingError
+from teleconch.proxy.joining import Joining, JoinRefused
+from teleconch.proxy.routing import Grant, RoutingError
 from teleconch.proxy.sessions import Ending, HubHandle, SessionHub
 from teleconch.proxy.websession_ssh import ShellOpenFailed
 from teleconch.web import terminal_messages as msg
@@ -154,6 +155,8 @@ class TerminalServices:
     #: The proxy's web-session keys: a logout here forgets the session's
     #: key, which ends its terminals at once.
     keys: WebSessionKeys | None = None
+    #: Joining live sessions (params ``sid``/``mode``); None: refused here.
+    joining: Joining | None = None
 
 
 class BrowserParty:
@@ -169,7 +172,10 @@ class BrowserParty:
         self._state = SocketState.AWAITING_TOKEN
         self._size = (upgrade.request.cols, upgrade.request.rows)
         self._record = Party(
-            id=str(uuid.uuid4()), user="", remote_addr=upgrade.client_addr
+            id=str(uuid.uuid4()),
+            user="",
+            remote_addr=upgrade.client_addr,
+            mode=upgrade.request.mode,
         )
         self._creds: api.WebCredentials | None = None
         self._hub: HubHandle | None = None
@@ -284,6 +290,9 @@ class BrowserParty:
         request = self._upgrade.request
         cols, rows = self._size
         try:
+            if request.session_id:
+                await self._join(info)
+                return
             await s.terminals.open(
                 info=info,
                 creds=creds,
@@ -294,12 +303,20 @@ class BrowserParty:
                 party=self,
                 client_addr=self._upgrade.client_addr,
             )
-        except RoutingError as e:
+        except (RoutingError, JoinRefused) as e:  # audited where refused
             self.refuse(msg.CLOSE_DENIED, str(e), e.reason, audit=False)
         except ShellOpenFailed as e:
             self.refuse(msg.CLOSE_NODE, str(e), e.reason, audit=False)
         except Exception as e:
             self._failed(e, "could not open the session")
+
+    async def _join(self, info: api.WebSessionInfo) -> None:
+        """Join the live session the params name (`teleconch.proxy.joining`)."""
+        joining = self._services.joining
+        if joining is None:
+            raise JoinRefused("joining sessions is not available on this proxy", "off")
+        grant = Grant(info.user, info.roles, info.logins)
+        await joining.join(grant, self._upgrade.request.session_id, self, "web")
 
     def _failed(self, e: Exception, reason: str) -> None:
         """An auth service call failed: say what to do, by kind of failure."""
@@ -342,7 +359,12 @@ class BrowserParty:
         self._move(SocketState.OPEN)
         self._wire.send_json(
             msg.session_message(
-                session.id, session.node, session.login, session.cols, session.rows
+                session.id,
+                session.node,
+                session.login,
+                session.cols,
+                session.rows,
+                self._record.mode,
             )
         )
 
@@ -359,6 +381,24 @@ class BrowserParty:
             self._wire.pause_reading()
         else:
             self._wire.resume_reading()
+
+    def party_joined(self, party: Party) -> None:
+        if self._state is SocketState.OPEN:
+            self._wire.send_json(msg.party_message("joined", party))
+
+    def party_left(self, party: Party, reason: str) -> None:
+        if self._state is SocketState.OPEN:
+            self._wire.send_json(msg.party_message("left", party, reason))
+
+    def dropped(self, reason: str) -> None:
+        """Out of a joined session (it fell behind): say so and close; the
+        hub has audited the leave."""
+        self._hub = None
+        if self._state in (SocketState.CONNECTING, SocketState.OPEN):
+            self._cancel_timers()
+            self._wire.send_json(msg.error_message(reason))
+            self._wire.close(msg.CLOSE_GONE, msg.close_reason(reason))
+            self._move(SocketState.CLOSING)
 
     def session_ended(self, ending: Ending) -> None:
         self._hub = None

@@ -34,6 +34,7 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    SettingOverride,
     StreamInfo,
     Token,
     User,
@@ -77,6 +78,7 @@ class _Stream:
 @attrs.define
 class _Data:
     settings: dict[str, str] = attrs.Factory(dict)
+    overrides: dict[str, SettingOverride] = attrs.Factory(dict)
     users: dict[str, User] = attrs.Factory(dict)
     roles: dict[str, Role] = attrs.Factory(dict)
     tokens: dict[str, Token] = attrs.Factory(dict)
@@ -127,6 +129,13 @@ class MemoryStore(MemorySessions):
 
     async def set_setting(self, key: str, value: str) -> None:
         self._d.settings[key] = value
+
+    async def set_setting_overrides(self, overrides: Sequence[SettingOverride]) -> None:
+        for o in overrides:
+            self._d.overrides[o.key] = o
+
+    async def list_setting_overrides(self) -> list[SettingOverride]:
+        return [self._d.overrides[k] for k in sorted(self._d.overrides)]
 
     # -- users ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from teleconch.auth.backends import sqlite_streams as streams
+from teleconch.auth.backends.sqlite_overrides import SQLiteOverrides
 from teleconch.auth.backends.sqlite_schema import (
     EVENTS,
     IDENTITIES,
@@ -75,10 +76,11 @@ _FIND_NODE = (
 )
 
 
-class SQLiteStore(SQLiteSessions):
+class SQLiteStore(SQLiteSessions, SQLiteOverrides):
     """The Store on one SQLite file, worked on by a one-thread pool.
 
-    Sessions and self-service account changes are in ``sqlite_sessions``.
+    Sessions and self-service account changes are in ``sqlite_sessions``,
+    the overrides of cluster settings in ``sqlite_overrides``.
     """
 
     def __init__(self, path: str, reactor: IReactorFromThreads) -> None:

@@ -20,6 +20,7 @@ from teleconch.auth.types import (
     Node,
     ProxyInfo,
     Role,
+    SettingOverride,
     StreamInfo,
     Token,
     User,
@@ -102,14 +103,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             id TEXT PRIMARY KEY, proxy TEXT NOT NULL, created REAL NOT NULL,
             heard REAL NOT NULL, record TEXT NOT NULL)""",
     ),
+    (
+        # What `teleconch-ctl cluster set` stored over the config's values.
+        """CREATE TABLE setting_overrides (
+            key TEXT PRIMARY KEY, value TEXT NOT NULL, set_by TEXT NOT NULL,
+            set_at REAL NOT NULL)""",
+    ),
+    # Whose sessions a role's holders may join (teleconch.proxy.join_policy).
+    ("ALTER TABLE roles ADD COLUMN join_sessions TEXT NOT NULL DEFAULT '[]'",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _plain(value: Any) -> Any:
+    """A record with ``to_json`` (a role's join rule) as its JSON; else its str."""
+    to_json = getattr(value, "to_json", None)
+    return to_json() if callable(to_json) else str(value)
+
+
 def dump(value: Any) -> str:
     # default=str: an odd value in an audit field must not lose the event.
-    return json.dumps(value, sort_keys=True, default=str)
+    return json.dumps(value, sort_keys=True, default=_plain)
 
 
 class Table(Generic[_R]):
@@ -153,7 +168,10 @@ class Table(Generic[_R]):
 
 USERS = Table("users", User, json=("logins", "roles"))
 ROLES = Table(
-    "roles", Role, json=("logins", "node_labels", "rules"), bools=("builtin",)
+    "roles",
+    Role,
+    json=("logins", "node_labels", "rules", "join_sessions"),
+    bools=("builtin",),
 )
 TOKENS = Table("tokens", Token)
 EVENTS = Table("events", AuditEvent, json=("fields",), bools=("success",), auto="id")
@@ -162,6 +180,7 @@ PROXIES = Table("proxies", ProxyInfo)
 IDENTITIES = Table("identities", JoinedIdentity, json=("principals",))
 STREAMS = Table("streams", StreamInfo, json=("meta",), bools=("complete",))
 WEB_SESSIONS = Table("web_sessions", WebSession, json=("roles", "logins"))
+OVERRIDES = Table("setting_overrides", SettingOverride)
 
 
 def create_private(path: str) -> None:

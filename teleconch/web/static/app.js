@@ -127,6 +127,7 @@ export function element(tag, attributes, text) {
 const NAV = [
   ['nodes', 'Nodes', '/web/nodes'],
   ['sessions', 'Sessions', '/web/sessions'],
+  ['recordings', 'Recordings', '/web/recordings'],
   ['account', 'Account', '/web/account'],
 ];
 

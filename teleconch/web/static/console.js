@@ -1,5 +1,6 @@
 // The console page, /web/console/<node>/<login>: one terminal on a node,
-// over the proxy's WebSocket (teleconch/web/terminal.py).
+// over the proxy's WebSocket (teleconch/web/terminal.py); or
+// /web/console/session/<sid>?mode=observer|peer: a live session, joined.
 //
 // - The bearer token is the socket's first frame, never in the URL.
 // - Terminal bytes are binary frames both ways, handed to xterm.js as
@@ -27,6 +28,7 @@ const where = document.getElementById('where');
 const statusLine = document.getElementById('status');
 const reconnectButton = document.getElementById('reconnect');
 const box = document.getElementById('terminal');
+const notices = document.getElementById('notices');
 
 function say(text, problem) {
   statusLine.textContent = text;
@@ -37,18 +39,33 @@ function target() {
   const parts = location.pathname.split('/').filter(Boolean); // web console node login
   if (parts.length !== 4 || parts[0] !== 'web' || parts[1] !== 'console') return null;
   try {
+    if (parts[2] === 'session') {
+      const mode = new URLSearchParams(location.search).get('mode') === 'peer'
+        ? 'peer' : 'observer';
+      return { sid: decodeURIComponent(parts[3]), mode };
+    }
     return { node: decodeURIComponent(parts[2]), login: decodeURIComponent(parts[3]) };
   } catch (e) {
     return null;
   }
 }
 
+function notice(text) {
+  const line = document.createElement('li');
+  line.textContent = text;
+  notices.append(line);
+  notices.hidden = false;
+  console.info(`[teleconch] ${text}`);
+}
+
 class Console {
-  constructor(term, fit, node, login, cluster) {
+  constructor(term, fit, found, cluster) {
     this.term = term;
     this.fit = fit;
-    this.node = node;
-    this.login = login;
+    this.node = found.node;
+    this.login = found.login;
+    this.sid = found.sid; // joining this session, as found.mode
+    this.mode = found.mode || 'owner';
     this.cluster = cluster;
     this.socket = null;
     this.pendingAck = 0;
@@ -61,11 +78,10 @@ class Console {
   }
 
   url() {
-    const params = JSON.stringify({
-      server_id: this.node,
-      login: this.login,
-      term: { w: this.term.cols, h: this.term.rows },
-    });
+    const term = { w: this.term.cols, h: this.term.rows };
+    const params = JSON.stringify(this.sid
+      ? { sid: this.sid, mode: this.mode, term }
+      : { server_id: this.node, login: this.login, term });
     const cluster = encodeURIComponent(this.cluster);
     return `wss://${location.host}/v1/webapi/sites/${cluster}/connect?params=` +
       encodeURIComponent(params);
@@ -79,7 +95,7 @@ class Console {
     }
     this.ended = null; // what the proxy said before closing: exit or error
     this.pendingAck = 0;
-    say(`Connecting to ${this.login}@${this.node}…`);
+    say(this.sid ? `Joining session ${this.sid}…` : `Connecting to ${this.login}@${this.node}…`);
     reconnectButton.hidden = true;
     const socket = new WebSocket(this.url());
     socket.binaryType = 'arraybuffer';
@@ -133,8 +149,17 @@ class Console {
     }
     if (message.type === 'session') {
       this.sessionId = message.id;
-      say(`Connected to ${message.login}@${message.node}.`);
+      if (message.mode === 'observer') {
+        say(`Connected to ${message.login}@${message.node} as observer: your keys are not sent.`);
+      } else if (message.mode === 'peer') {
+        say(`Connected to ${message.login}@${message.node} as peer.`);
+      } else {
+        say(`Connected to ${message.login}@${message.node}.`);
+      }
+      if (this.sid) this.term.resize(message.cols, message.rows); // the owner's size
       this.term.focus();
+    } else if (message.type === 'party') {
+      notice(message.message);
     } else if (message.type === 'exit') {
       this.ended = message;
     } else if (message.type === 'error') {
@@ -173,6 +198,7 @@ class Console {
   }
 
   send(bytes) {
+    if (this.mode === 'observer') return; // the proxy would drop them anyway
     if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(bytes);
   }
 
@@ -194,9 +220,10 @@ async function main() {
     say('This page opens a node: /web/console/<node>/<login>. Choose one on the Nodes page.', true);
     return;
   }
-  const { node, login } = found;
-  document.title = `${login}@${node}`;
-  where.textContent = `${login}@${node}`;
+  const title = found.sid ? `session ${found.sid} (${found.mode})`
+    : `${found.login}@${found.node}`;
+  document.title = title;
+  where.textContent = title;
   if (!session()) {
     toLogin();
     return;
@@ -216,14 +243,14 @@ async function main() {
   const fit = new FitAddon();
   term.loadAddon(fit);
   term.open(box);
-  fit.fit();
+  if (!found.sid) fit.fit(); // a joined session keeps its owner's size
   let pending = false;
   window.addEventListener('resize', () => {
     if (pending) return;
     pending = true;
     requestAnimationFrame(() => {
       pending = false;
-      fit.fit();
+      if (!found.sid) fit.fit();
     });
   });
   let cluster;
@@ -233,7 +260,7 @@ async function main() {
     say(e.message || String(e), true);
     return;
   }
-  const console_ = new Console(term, fit, node, login, cluster);
+  const console_ = new Console(term, fit, found, cluster);
   window.teleconchConsole = console_; // for tests and the curious
   console_.connect();
 }

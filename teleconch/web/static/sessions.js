@@ -18,10 +18,18 @@ function row(s) {
   const parties = element('td');
   const list = element('ul', { class: 'parties' });
   for (const p of s.parties) {
-    list.append(element('li', {}, p.remote_addr ? `${p.user} (${p.remote_addr})` : p.user));
+    const who = p.mode ? `${p.user}, ${p.mode}` : p.user;
+    list.append(element('li', {}, p.remote_addr ? `${who} (${p.remote_addr})` : who));
   }
   parties.append(list);
   tr.append(parties);
+  const join = element('td');
+  for (const mode of s.join_modes || []) {
+    const href = `/web/console/session/${encodeURIComponent(s.id)}?mode=${mode}`;
+    join.append(element('a', { class: 'button', href, 'data-mode': mode },
+      mode === 'peer' ? 'Join as peer' : 'Observe'), ' ');
+  }
+  tr.append(join);
   return tr;
 }
 
