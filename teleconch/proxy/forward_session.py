@@ -170,6 +170,13 @@ class ClientSessionChannel(RelayChannel):
         self._failed = False
         self._recorder: Any = None
 
+    def dataReceived(self, data: bytes) -> None:
+        """What the owner types: to the node, and to the recording where the
+        cluster records input (the recorder decides; it keeps nothing else)."""
+        if self._recorder is not None:
+            self._recorder.input(data)
+        super().dataReceived(data)
+
     # -- opening the twin ---------------------------------------------------
 
     def channelOpen(self, specificData: bytes) -> None:
@@ -281,7 +288,11 @@ class ClientSessionChannel(RelayChannel):
         )
         recorder = None
         if f.recorders is not None:
-            recorder = f.recorders.make(user.login.client_address, self._command)
+            recorder = f.recorders.make(
+                user.login.client_address,
+                self._command,
+                record_input=user.upstream.settings.record_input,
+            )
         cols, rows = self._term_size
         hub = SessionHub(
             clock=f.clock,

@@ -42,6 +42,8 @@ from teleconch.recording_format import MAX_BATCH, MAX_PRINT, encode_frame, encod
 log = Logger()
 
 FLUSH_EVERY = 1.0
+#: Input typed before the session started, held for its recording, at most.
+MAX_EARLY_INPUT = 64 * 1024
 #: What of a long command the recording's description keeps.
 MAX_COMMAND = 512
 
@@ -88,6 +90,8 @@ class Recorder:
         self._t0 = 0.0
         self._offset = 0  # output bytes recorded
         self._batch = bytearray()
+        self._early_input: list[bytes] = []
+        self._early_len = 0
         self._batch_ms = 0
         self._timer: IDelayedCall | None = None
         self._tail: Deferred[Any] = succeed(None)
@@ -126,6 +130,9 @@ class Recorder:
         self._add(
             encode_record("session.start", 0, id=session.id, time=self._t0, **fields)
         )
+        early, self._early_input = self._early_input, []
+        for data in early:
+            self.input(data)
 
     def output(self, data: bytes) -> None:
         if self.state is not RecorderState.RECORDING:
@@ -136,7 +143,14 @@ class Recorder:
             self._offset += len(piece)
 
     def input(self, data: bytes) -> None:
-        """Recorded only where the cluster's ``record_input`` is on."""
+        """Recorded only where the cluster's ``record_input`` is on.  What is
+        typed while the node side opens (a recording proxy's client sends as
+        soon as it likes) is held, up to `MAX_EARLY_INPUT`, for the start."""
+        if self._record_input and self.state is RecorderState.WAITING:
+            if self._early_len + len(data) <= MAX_EARLY_INPUT:
+                self._early_input.append(data)
+                self._early_len += len(data)
+            return
         if self._record_input and self.state is RecorderState.RECORDING:
             ms = self._ms()
             for piece in _pieces(data):
