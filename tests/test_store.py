@@ -256,6 +256,28 @@ async def test_advance_totp_counter_refuses_equal_and_lower_steps(store: Store) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_claim_setting_keeps_the_first_value_offered(store: Store) -> None:
+    """Two auth servers offering their own CA for one key both get the first:
+    a claim never replaces, and says what is stored."""
+    assert await store.claim_setting("ca.user", "first") == "first"
+    assert await store.claim_setting("ca.user", "second") == "first"
+    assert await store.get_setting("ca.user") == "first"
+
+
+@pytest_twisted.ensureDeferred
+async def test_racing_claims_have_one_winner(store: Store) -> None:
+    """Claims made at once all return the one value that was stored."""
+    results = await defer.gatherResults(
+        [
+            defer.Deferred.fromCoroutine(store.claim_setting("ca.host", f"v{i}"))
+            for i in range(8)
+        ]
+    )
+    assert len(set(results)) == 1
+    assert await store.get_setting("ca.host") == results[0]
+
+
+@pytest_twisted.ensureDeferred
 async def test_search_events_filters_by_time_type_and_user(store: Store) -> None:
     """since is inclusive, until exclusive; types and user narrow further."""
     for i, (kind, user) in enumerate(

@@ -96,6 +96,15 @@ class Store(Protocol):
     async def get_setting(self, key: str) -> str | None: ...
     async def set_setting(self, key: str, value: str) -> None: ...
 
+    async def claim_setting(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there already, in one
+        atomic step; return the value stored (ours or the earlier one).
+
+        How several auth servers starting together on one backend agree on
+        the cluster's CAs: each offers its own, one wins, all use the winner's.
+        """
+        ...
+
     # overrides of the config's cluster settings (``teleconch-ctl cluster set``)
     async def set_setting_overrides(self, overrides: Sequence[SettingOverride]) -> None:
         """Store each (replacing one of the same key), all in one transaction."""

@@ -130,6 +130,9 @@ class MemoryStore(MemorySessions):
     async def set_setting(self, key: str, value: str) -> None:
         self._d.settings[key] = value
 
+    async def claim_setting(self, key: str, value: str) -> str:
+        return self._d.settings.setdefault(key, value)
+
     async def set_setting_overrides(self, overrides: Sequence[SettingOverride]) -> None:
         for o in overrides:
             self._d.overrides[o.key] = o

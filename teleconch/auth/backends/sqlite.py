@@ -170,6 +170,20 @@ class SQLiteStore(SQLiteSessions, SQLiteOverrides):
         sql = "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)"
         await self._write(sql, (key, value))
 
+    async def claim_setting(self, key: str, value: str) -> str:
+        def op(c: sqlite3.Connection) -> str:
+            with c:
+                c.execute(
+                    "INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)",
+                    (key, value),
+                )
+                row = c.execute(
+                    "SELECT value FROM settings WHERE key = ?", (key,)
+                ).fetchone()
+            return str(row["value"])
+
+        return await self._run(op)
+
     # -- users ----------------------------------------------------------------
 
     async def create_user(self, user: User) -> None:
