@@ -280,15 +280,12 @@ class SplicingChannel(FlowControlledChannel):
                 self._node.pauseProducing()
 
     def _maybe_reopen(self) -> None:
-        """Give written bytes back to the client, in OpenSSH-sized steps."""
+        """Bytes the node's transport took are consumed, unless it asked us to
+        pause; `open_window` batches the adjusts (OpenSSH's rule)."""
         if self._node_full or not self._unreopened:
             return
-        if (
-            self._unreopened > 3 * self.localMaxPacket
-            or self.localWindowLeft < self.localWindowSize // 2
-        ):
-            n, self._unreopened = self._unreopened, 0
-            self.open_window(n)
+        n, self._unreopened = self._unreopened, 0
+        self.open_window(n)
 
     def _to_node(self, data: bytes) -> None:
         assert self._node is not None
