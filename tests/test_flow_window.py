@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.conch.ssh import common, connection
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 
 from teleconch.conch.flow import (
     DEFAULT_MAX_PACKET,
@@ -149,10 +149,11 @@ def test_the_data_path_emits_no_log_event_and_our_observer_formats_none(
     each way emits nothing to the global log publisher, and the process's
     observer (as twistd is given it, at the default info) writes nothing."""
     events: list[LogEvent] = []
+    watch = cast(ILogObserver, events.append)
     path = tmp_path / "teleconch.log"
     process_log = make_observer(LogSettings(output=str(path)))
     rig = Rig().open()
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(watch)
     globalLogPublisher.addObserver(process_log)
     try:
         up, down = payload(MB, seed=5), payload(MB, seed=6)
@@ -162,7 +163,7 @@ def test_the_data_path_emits_no_log_event_and_our_observer_formats_none(
             sent_down += rig.node_sends(down[sent_down : sent_down + 200_000])
             rig.client.consume()
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(watch)
         globalLogPublisher.removeObserver(process_log)
         process_log.close()
     assert rig.tcp.value() == up and bytes(rig.client.received) == down
@@ -175,15 +176,16 @@ def test_a_stock_channels_automatic_adjust_emits_no_debug_event() -> None:
     """Channels left to Conch's automatic re-open (stock ``ssh_CHANNEL_DATA``)
     get our adjustWindow too: no debug event on them either."""
     events: list[LogEvent] = []
+    watch = cast(ILogObserver, events.append)
     rig = Rig()
     rig.client.open(kind=b"session")
     rig.client.poll()
     assert rig.client.server_id is not None
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(watch)
     try:
         for _ in range(3000):  # 3 MB: more than a window, so adjusts go out
             rig.client._send(connection.MSG_CHANNEL_DATA, common.NS(b"y" * 1000))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(watch)
     assert rig.client.adjusts
     assert [e for e in events if e["log_level"] is LogLevel.debug] == []
