@@ -62,15 +62,22 @@ _ADJUST = struct.Struct(">2L")
 def adjust_due(window: int, left: int, max_packet: int, consumed: int) -> bool:
     """Whether a WINDOW_ADJUST for ``consumed`` bytes should go out now.
 
-    OpenSSH's ``channel_check_window`` (channels.c): once bytes have been
-    consumed, adjust when more than three packets' worth of the window is
-    outstanding (received and not yet given back), or when less than half
-    of it is left.  Smaller amounts wait and go out together: a 2 MiB
-    window with 32 KiB packets takes one adjust per ~96 KiB, not one per
-    packet, and the peer never stalls on bytes we have consumed (a window
-    at zero is below half).
+    OpenSSH's ``channel_check_window`` (channels.c) adjusts once more than
+    three packets' worth is outstanding or less than half the window is
+    left, and runs once per poll loop, after a whole read's packets: that
+    batches its adjusts.  We check per consumption, so the "less than
+    half left" arm would send one adjust per chunk whenever the consumer
+    lags (the node slow, a browser acking in small pieces).  Here the
+    amount consumed decides: three packets' worth (``local_maxpacket*3``)
+    or half the window, whichever is smaller; a 2 MiB window with 32 KiB
+    packets takes one adjust per 96 KiB.  And so that batching never
+    stalls the peer (a consumer holding a partial message waits for more
+    input): once the peer cannot send a full packet, whatever was
+    consumed goes back at once.
     """
-    return consumed > 0 and (window - left > 3 * max_packet or left < window // 2)
+    if consumed <= 0:
+        return False
+    return consumed >= min(window // 2, 3 * max_packet) or left < max_packet
 
 
 class FlowControlledChannel(SSHChannel):
@@ -466,6 +473,8 @@ class FlowControlledConnection(connection.SSHConnection):
             return
         channel.localWindowLeft -= dataLength
         channel.dataReceived(data)
+        if channel.localWindowLeft < channel.localMaxPacket and channel.unadjusted:
+            channel.open_window(0)  # the peer is nearly shut out: give back now
 
     def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
         """Opted-in channels get extended data without a window re-open, too."""
@@ -479,6 +488,8 @@ class FlowControlledConnection(connection.SSHConnection):
             return
         channel.localWindowLeft -= dataLength
         channel.extReceived(typeCode, data)
+        if channel.localWindowLeft < channel.localMaxPacket and channel.unadjusted:
+            channel.open_window(0)
 
     def _over_limit(self, channel: SSHChannel, declared: int, actual: int) -> bool:
         if declared == actual and declared <= min(

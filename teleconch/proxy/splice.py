@@ -227,10 +227,12 @@ class SplicingChannel(FlowControlledChannel):
             self._reached = True
         if to is SpliceState.CLOSED:
             self._log.info(
-                "splice closed: {reason}, {up} bytes up, {down} down",
+                "splice closed: {reason}, {up} bytes up, {down} down, "
+                "{adjusts} window adjusts",
                 reason=self._reason,
                 up=self.bytes_up,
                 down=self.bytes_down,
+                adjusts=self.adjusts_sent,
             )
             try:
                 self._on_close(
