@@ -85,7 +85,8 @@ def _no_reconnecting_client_left(nodeid: str) -> None:
     left = [
         call
         for call in reactor.getDelayedCalls()
-        if call.active() and getattr(call.func, "__name__", "") == "_reconnect"
+        if call.active()
+        and getattr(getattr(call, "func", None), "__name__", "") == "_reconnect"
     ]
     for call in left:
         call.cancel()
