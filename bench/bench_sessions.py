@@ -42,6 +42,8 @@ from bench.cluster import (
     ratio,
     rss_kb,
     run,
+    smaps_breakdown,
+    threads,
     wait_for_log,
 )
 
@@ -282,12 +284,18 @@ class Memory:
     rounds: int
     rss_before_kb: int
     rss_after_kb: list[int]
+    rss_trimmed_before_kb: int
+    rss_trimmed_after_kb: list[int]
     objects_before: int
     objects_after: int
     growth_by_type: list[tuple[str, int]]
     traced_growth: list[tuple[str, int, int]]  # site, bytes, blocks
     traced_before_kb: float = 0.0
     traced_after_kb: float = 0.0
+    smaps_before: dict[str, int] = field(default_factory=dict)
+    smaps_after: dict[str, int] = field(default_factory=dict)
+    threads_before: int = 0
+    threads_after: int = 0
 
     @property
     def ratio_after(self) -> float:
@@ -332,7 +340,11 @@ async def memory(rig: Rig, memdir: Path, sessions: int, rounds: int) -> Memory:
     await close_all(warm)
     await asyncio.sleep(3)
     first = await asyncio.to_thread(memdump, rig, memdir)
-    afters = []
+    smaps_before, threads_before = (
+        smaps_breakdown(rig.proxy_pid),
+        threads(rig.proxy_pid),
+    )
+    afters, trimmed = [], []
     last = first
     for _ in range(rounds):
         errors: list[str] = []
@@ -343,6 +355,7 @@ async def memory(rig: Rig, memdir: Path, sessions: int, rounds: int) -> Memory:
         await asyncio.sleep(5)  # the registry's end calls, the node's closes
         last = await asyncio.to_thread(memdump, rig, memdir)
         afters.append(last["rss_kb"])
+        trimmed.append(last["rss_trimmed_kb"])
     traced = first.get("tracemalloc") or (0, 0)
     traced_last = last.get("tracemalloc") or (0, 0)
     return Memory(
@@ -350,12 +363,18 @@ async def memory(rig: Rig, memdir: Path, sessions: int, rounds: int) -> Memory:
         rounds,
         first["rss_kb"],
         afters,
+        first["rss_trimmed_kb"],
+        trimmed,
         first["gc_objects"],
         last["gc_objects"],
         type_growth(first, last),
         traced_growth(memdir, first["n"], last["n"]),
         traced[0] / 1024,
         traced_last[0] / 1024,
+        smaps_before,
+        smaps_breakdown(rig.proxy_pid),
+        threads_before,
+        threads(rig.proxy_pid),
     )
 
 
@@ -367,6 +386,15 @@ def print_memory(m: Memory) -> None:
         f"{m.objects_before} -> {m.objects_after}",
         flush=True,
     )
+    print(
+        f"  after malloc_trim: before {m.rss_trimmed_before_kb} kB, after "
+        f"{m.rss_trimmed_after_kb} kB"
+    )
+    print(f"  threads {m.threads_before} -> {m.threads_after}; RSS by mapping (kB):")
+    for kind in sorted(set(m.smaps_before) | set(m.smaps_after)):
+        b, a = m.smaps_before.get(kind, 0), m.smaps_after.get(kind, 0)
+        if a != b:
+            print(f"    {kind:50} {b:8} -> {a:8} ({a - b:+})")
     if m.traced_before_kb:
         print(
             f"  tracemalloc: {m.traced_before_kb:.0f} kB -> {m.traced_after_kb:.0f} kB"
@@ -392,14 +420,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--trace-frames", type=int, default=0)
+    ap.add_argument(
+        "--proxy-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the proxy (e.g. MALLOC_ARENA_MAX=2), to experiment",
+    )
     args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.proxy_env)
     raise_nofile()
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="bench-sessions-") as t:
         tmp = Path(t)
         memdir = tmp / "memdebug"
         try:
-            rig = build_rig(tmp, procs, proxy_env=proxy_env(memdir, args.trace_frames))
+            rig = build_rig(
+                tmp, procs, proxy_env={**proxy_env(memdir, args.trace_frames), **extra}
+            )
             if args.memory_sessions:
                 print(f"memory after {args.memory_sessions} sessions ended", flush=True)
                 m = asyncio.run(memory(rig, memdir, args.memory_sessions, args.rounds))

@@ -2,8 +2,9 @@
 
 ``TELECONCH_MEMDEBUG=/some/dir`` (an existing directory owned by this user and
 writable by nobody else) makes SIGUSR1 run a full garbage collection and then
-write, under that directory, ``<n>.json`` (RSS, the collector's counts, the most
-numerous object types) and, when ``TELECONCH_MEMDEBUG_TRACE=<frames>`` started
+write, under that directory, ``<n>.json`` (RSS, the collector's counts, the
+most numerous object types; the RSS again after glibc's ``malloc_trim``) and,
+when ``TELECONCH_MEMDEBUG_TRACE=<frames>`` started
 ``tracemalloc`` at launch, ``<n>.tracemalloc`` (a ``tracemalloc.Snapshot``),
 then an empty ``<n>.done`` once both are complete. ``bench/bench_sessions.py``
 uses it to see what the proxy keeps after sessions end.
@@ -16,6 +17,8 @@ names and allocation sites, not object contents.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -52,6 +55,16 @@ def rss_kb() -> int:
     except OSError:
         pass
     return 0
+
+
+def malloc_trim() -> bool:
+    """Give the C allocator's free memory back to the system (glibc only)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    trim = getattr(libc, "malloc_trim", None)
+    return bool(trim(0)) if trim is not None else False
 
 
 def type_counts(limit: int = TOP_TYPES) -> list[tuple[str, int]]:
@@ -131,6 +144,10 @@ class MemoryDebug(Service):
             else None,
         }
         snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+        # What of the RSS is memory the C allocator holds free: after the trim,
+        # only what is in use (or fragmented in pymalloc arenas) stays.
+        summary["trimmed"] = malloc_trim()
+        summary["rss_trimmed_kb"] = rss_kb()
 
         def write() -> None:
             base = self.directory / str(n)
