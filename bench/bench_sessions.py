@@ -327,8 +327,11 @@ def traced_growth(memdir: Path, before: int, after: int) -> list[tuple[str, int,
     for stat in b.compare_to(a, "traceback")[:12]:
         if stat.size_diff <= 0:
             continue
+        # a Traceback runs from the oldest frame to the most recent: show the
+        # allocation site first, then its callers
         frames = " <- ".join(
-            f"{Path(f.filename).name}:{f.lineno}" for f in list(stat.traceback)[:6]
+            f"{Path(f.filename).name}:{f.lineno}"
+            for f in list(stat.traceback)[::-1][:6]
         )
         out.append((frames, stat.size_diff, stat.count_diff))
     return out
