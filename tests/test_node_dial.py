@@ -10,9 +10,15 @@ arenas grow while tracemalloc saw no Python object kept).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.interfaces import IHostnameResolver
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+)
 from twisted.internet.testing import MemoryReactorClock, SynchronousResolver
 from zope.interface import implementer
 
@@ -28,9 +34,18 @@ class RecordingResolver:
         self.asked: list[str] = []
         self._inner = SynchronousResolver()
 
-    def resolveHostName(self, receiver: Any, hostName: str, *a: Any, **kw: Any) -> Any:
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
         self.asked.append(hostName)
-        return self._inner.resolveHostName(receiver, hostName, *a, **kw)
+        return self._inner.resolveHostName(
+            resolutionReceiver, hostName, portNumber, addressTypes, transportSemantics
+        )
 
 
 class Events:
