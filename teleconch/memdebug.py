@@ -18,7 +18,6 @@ names and allocation sites, not object contents.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -59,11 +58,9 @@ def rss_kb() -> int:
 
 def malloc_trim() -> bool:
     """Give the C allocator's free memory back to the system (glibc only)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    libc = ctypes.CDLL(name)
-    trim = getattr(libc, "malloc_trim", None)
+    # The symbols already loaded in this process (libc's among them): no
+    # ctypes.util.find_library, which runs ldconfig in a subprocess.
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     return bool(trim(0)) if trim is not None else False
 
 
