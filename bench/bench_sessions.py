@@ -104,6 +104,21 @@ def start_tiny_node(rig: Rig) -> int:
     return p.pid
 
 
+async def routed(rig: Rig, node: str, timeout: float = 30) -> None:
+    """Until the proxy routes to ``node``: it caches the node list (10 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c, _ = await open_session(rig, node)
+        except asyncssh.ChannelOpenError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
+            continue
+        await c.close()
+        return
+
+
 @dataclass
 class Client:
     """One session: the connection to the proxy, the one through it, the process."""
@@ -227,7 +242,7 @@ class Concurrency:
 async def concurrency(
     rig: Rig, node_pid: int, memdir: Path, sessions: int, probes: int
 ) -> Concurrency:
-    await close_all([(await open_session(rig, "tiny"))[0]])  # warm the caches
+    await routed(rig, "tiny")  # the node list is fresh, the caches warm
     idle = await setup_times(rig, "tiny", probes)
     before = (await asyncio.to_thread(memdump, rig, memdir))["rss_kb"]
     errors: list[str] = []
