@@ -85,6 +85,16 @@ def main() -> None:
     os.environ["PATH"] = f"{VENV_BIN}:{os.environ['PATH']}"
     nofile = bench_sessions.raise_nofile()
     figs = Figures()
+    try:
+        run_parts(args, figs, nofile)
+    finally:  # what was measured is kept, even if a later part failed
+        figs.print_table()
+        figs.write(args.json, {k: str(v) for k, v in vars(args).items()})
+        if args.compare:
+            compare(args.compare, figs.as_json({}))
+
+
+def run_parts(args: argparse.Namespace, figs: Figures, nofile: int) -> None:
     procs = Procs()
     with ExitStack() as stack:
         tmp = Path(
@@ -198,11 +208,6 @@ def main() -> None:
                     "ms (baseline: idle)",
                     "lower",
                 )
-
-    figs.print_table()
-    figs.write(args.json, {k: str(v) for k, v in vars(args).items()})
-    if args.compare:
-        compare(args.compare, figs.as_json({}))
 
 
 if __name__ == "__main__":

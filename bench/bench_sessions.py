@@ -104,9 +104,9 @@ def start_tiny_node(rig: Rig) -> int:
     return p.pid
 
 
-async def routed(rig: Rig, node: str, timeout: float = 30) -> None:
+async def routed(rig: Rig, node: str, patience: float = 30) -> None:
     """Until the proxy routes to ``node``: it caches the node list (10 s)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience
     while True:
         try:
             c, _ = await open_session(rig, node)
