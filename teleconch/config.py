@@ -60,6 +60,8 @@ class GlobalSettings:
     ca_pin: str | None = None
     log: LogSettings = attrs.field(factory=LogSettings)
     storage: StorageSettings = attrs.field(factory=StorageSettings)
+    #: Where ``/healthz`` and ``/readyz`` are served (Teleport's key); None: off.
+    diag_addr: str | None = None
 
 
 @attrs.frozen
@@ -321,6 +323,7 @@ _LOG_KEYS = {"severity", "output", "max_size", "max_backups"}
 _GLOBAL_KEYS = {
     *("nodename", "data_dir", "auth_servers", "auth_token", "ca_pin", "log"),
     "storage",
+    "diag_addr",
 }
 _AUTH_KEYS = {
     "enabled",
@@ -389,6 +392,7 @@ def parse(
         ca_pin=_get(g, "teleconch", "ca_pin", _pin, None),
         log=_get(g, "teleconch", "log", _log, LogSettings()),
         storage=_get(g, "teleconch", "storage", _storage, StorageSettings()),
+        diag_addr=_get(g, "teleconch", "diag_addr", _listen, None),
     )
     auth = AuthSettings(
         enabled=_get(a, "auth_service", "enabled", _bool, True),

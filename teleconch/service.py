@@ -17,7 +17,9 @@ from twisted.logger import Logger
 from teleconch import config as cfg
 from teleconch.auth.joinclient import JoinSource
 from teleconch.auth.service import AuthService
+from teleconch.health import HealthSite, Readiness, auth_probe, proxy_probe
 from teleconch.proxy.service import ProxyService
+from teleconch.startup import Listener, listening_address
 
 log = Logger()
 
@@ -37,12 +39,29 @@ class TeleconchService(MultiService):
         self.settings = settings
         self.auth: AuthService | None = None
         self.proxy: ProxyService | None = None
+        #: Whether every role can do its work: /readyz on teleconch.diag_addr
+        #: and on the proxy's web listener.
+        self.readiness = Readiness(reactor)
         if settings.auth.enabled:
             self.auth = AuthService(reactor, settings, bcrypt_rounds, clock)
             self.auth.setServiceParent(self)
+            self.readiness.add("auth", auth_probe(self.auth))
         if settings.proxy.enabled:
-            self.proxy = ProxyService(reactor, settings, self._join_source, clock)
+            self.proxy = ProxyService(
+                reactor, settings, self._join_source, clock, self.readiness
+            )
             self.proxy.setServiceParent(self)
+            self.readiness.add("proxy", proxy_probe(self.proxy))
+        #: The diagnostics listener (``teleconch.diag_addr``), when configured.
+        self.diag: Listener | None = None
+        if settings.teleconch.diag_addr is not None:
+            self.diag = Listener(
+                reactor,
+                "teleconch.diag_addr",
+                settings.teleconch.diag_addr,
+                HealthSite(self.readiness, reactor),
+            )
+            self.diag.setServiceParent(self)
         self.ready: Deferred[None] = Deferred()
 
     async def _join_source(self, need_token: bool) -> JoinSource:
@@ -56,6 +75,12 @@ class TeleconchService(MultiService):
         Deferred.fromCoroutine(self._started()).chainDeferred(self.ready)
 
     async def _started(self) -> None:
+        if self.diag is not None:
+            port = await self.diag.bound
+            log.info(
+                "health endpoints on http://{addr}/healthz and /readyz",
+                addr=listening_address(port),
+            )
         for svc in (self.auth, self.proxy):
             if svc is not None:
                 await svc.ready

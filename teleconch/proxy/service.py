@@ -22,6 +22,7 @@ from teleconch.auth.joinclient import JoinRequest, JoinSource, join
 from teleconch.ca import public_key_line
 from teleconch.conch.limits import SSHLimits
 from teleconch.files import ensure_private_directory, write_private_file
+from teleconch.health import Readiness, proxy_probe
 from teleconch.pki import (
     ROLE_PROXY,
     TLSIdentity,
@@ -99,9 +100,14 @@ class ProxyService(StartingService):
         settings: cfg.Settings,
         join_source: Callable[[bool], Awaitable[JoinSource]],
         clock: IReactorTime | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         super().__init__(reactor)
         self.setName("proxy")
+        #: What the web listener's /readyz answers (the process's, or ours alone).
+        self.readiness = readiness or Readiness(reactor)
+        if readiness is None:
+            self.readiness.add("proxy", proxy_probe(self))
         #: What certificate validity is checked against (the reactor, but in tests).
         self.clock = clock or reactor
         self.settings = settings
@@ -323,6 +329,7 @@ class ProxyService(StartingService):
                 joining=self.joining,
             ),
             threads=self.reactor,
+            readiness=self.readiness,
         )
         self.web_site = site
         port = await self._listen(

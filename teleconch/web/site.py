@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from teleconch.auth.agent import AuthAgent
+from teleconch.health import Readiness, add_routes
 from teleconch.proxy.routing import Router
 from teleconch.web.cluster_api import (
     AuthenticatorResource,
@@ -86,6 +87,7 @@ def make_site(
     keys: WebSessionKeys | None = None,
     terminal: Resource | None = None,
     threads: ThreadedReactor | None = None,
+    readiness: Readiness | None = None,
 ) -> ProxySite:
     limiter = limiter or RateLimiter(clock)
     # Renewals are signed by a node's own key (nothing to guess), and many
@@ -131,4 +133,7 @@ def make_site(
     mfa.putChild(b"authenticator", AuthenticatorResource(sessions))
 
     root.putChild(b"web", web_tree(static))
+    # For load balancers: no session, no CSRF token, GET and HEAD only.
+    if readiness is not None:
+        add_routes(root, readiness)
     return ProxySite(root, clock, PeerCounter(max_connections_per_address), sessions)
