@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from teleconch.auth.agent import AuthUnavailable
+from teleconch.auth.agent import AuthAgent, AuthUnavailable
+from teleconch.auth.store import Store
 from teleconch.web.http import PeerCounter, WebSite, error_body
 from teleconch.web.jsonapi import Dir
 
@@ -145,14 +146,12 @@ class Readiness:
         running = Deferred.fromCoroutine(_call(probe))
 
         def too_late() -> None:
-            out.callback(
-                Check(name, False, f"no answer within {self.timeout:g} s")
-            )
+            out.callback(Check(name, False, f"no answer within {self.timeout:g} s"))
             running.cancel()
 
         timer = self._clock.callLater(self.timeout, too_late)
 
-        def settled(result: None | Failure) -> None:
+        def settled(result: Failure | None) -> None:
             if out.called:
                 return
             timer.cancel()
@@ -172,17 +171,16 @@ async def _call(probe: Probe) -> None:
 # --- the roles' probes --------------------------------------------------
 
 
-def auth_probe(auth: AuthService) -> Probe:
-    """The auth service is ready when its storage answers a point read."""
+def store_probe(current: Callable[[], Store | None]) -> Probe:
+    """Ready when the store ``current()`` gives answers a point read
+    (None: the auth service is not serving yet, or any more)."""
 
     async def probe() -> None:
-        server = auth.server
-        if not auth.running:
-            raise NotReady("the auth service is stopping")
-        if server is None or not auth.ready.called:
-            raise NotReady("the auth service is starting")
+        store = current()
+        if store is None:
+            raise NotReady("the auth service is starting or stopping")
         try:
-            await server.store.get_setting("cluster_name")
+            await store.get_setting("cluster_name")
         except Exception as e:
             raise NotReady(
                 f"the storage backend does not answer: {type(e).__name__}: {e}"
@@ -191,21 +189,39 @@ def auth_probe(auth: AuthService) -> Probe:
     return probe
 
 
-def proxy_probe(proxy: ProxyService) -> Probe:
-    """A proxy is ready when the auth service answers its AuthAgent."""
+def agent_probe(current: Callable[[], AuthAgent | None]) -> Probe:
+    """Ready when the auth service answers a ping through ``current()``
+    (None: the proxy has not joined the cluster yet, or is stopping)."""
 
     async def probe() -> None:
-        agent = proxy.agent
-        if not proxy.running:
-            raise NotReady("the proxy is stopping")
-        if agent is None or not proxy.ready.called:
-            raise NotReady("the proxy is starting (joining the cluster)")
+        agent = current()
+        if agent is None:
+            raise NotReady("the proxy is starting (joining the cluster) or stopping")
         try:
             await agent.ping()
         except AuthUnavailable as e:
             raise NotReady(f"the auth service is unreachable: {e}") from None
 
     return probe
+
+
+def auth_probe(auth: AuthService) -> Probe:
+    """The auth role: its storage, once it serves."""
+
+    def current() -> Store | None:
+        serving = auth.running and auth.ready.called and auth.server is not None
+        return auth.server.store if serving and auth.server else None
+
+    return store_probe(current)
+
+
+def proxy_probe(proxy: ProxyService) -> Probe:
+    """The proxy role: the auth service through its AuthAgent, once it serves."""
+
+    def current() -> AuthAgent | None:
+        return proxy.agent if proxy.running and proxy.ready.called else None
+
+    return agent_probe(current)
 
 
 # --- HTTP ---------------------------------------------------------------
