@@ -49,6 +49,9 @@ MAX_CONNECTIONS_PER_ADDRESS = 16
 #: A probe returns when its role is ready and raises `NotReady` (or anything
 #: else) saying why not.
 Probe = Callable[[], Awaitable[None]]
+#: What each role's probe asks, as a timeout names it.
+ASKS_STORAGE = "the storage backend"
+ASKS_AUTH = "the auth service"
 
 
 class NotReady(Exception):
@@ -104,13 +107,14 @@ class Readiness:
         self._clock = clock
         self.timeout = timeout
         self.cache_for = cache_for
-        self._probes: list[tuple[str, Probe]] = []
+        self._probes: list[tuple[str, Probe, str]] = []
         self._cached: tuple[float, Report] | None = None
         self._waiting: list[Deferred[Report]] | None = None
 
-    def add(self, name: str, probe: Probe) -> None:
-        """Check role ``name`` with ``probe`` from now on."""
-        self._probes.append((name, probe))
+    def add(self, name: str, probe: Probe, asks: str = "the check") -> None:
+        """Check role ``name`` with ``probe`` (which ``asks`` something: what a
+        timeout names) from now on."""
+        self._probes.append((name, probe, asks))
         self._cached = None
 
     def check(self) -> Deferred[Report]:
@@ -131,7 +135,7 @@ class Readiness:
         return d
 
     async def _run(self) -> None:
-        bounded = [self._bounded(name, probe) for name, probe in self._probes]
+        bounded = [self._bounded(*p) for p in self._probes]
         checks = [await b for b in bounded]
         report = Report(tuple(checks))
         self._cached = (self._clock.seconds(), report)
@@ -139,14 +143,15 @@ class Readiness:
         for d in waiting:
             d.callback(report)
 
-    def _bounded(self, name: str, probe: Probe) -> Deferred[Check]:
+    def _bounded(self, name: str, probe: Probe, asks: str) -> Deferred[Check]:
         """``probe``'s answer, or not ready once ``timeout`` has passed
         (the probe is cancelled then; whatever it does later is ignored)."""
         out: Deferred[Check] = Deferred()
         running = Deferred.fromCoroutine(_call(probe))
 
         def too_late() -> None:
-            out.callback(Check(name, False, f"no answer within {self.timeout:g} s"))
+            why = f"{asks} did not answer within {self.timeout:g} s"
+            out.callback(Check(name, False, why))
             running.cancel()
 
         timer = self._clock.callLater(self.timeout, too_late)
@@ -292,9 +297,12 @@ def add_routes(root: Resource, readiness: Readiness) -> None:
 class HealthSite(WebSite):
     """The diagnostics listener: ``/healthz`` and ``/readyz``, and a JSON 404
     for every other path (the web listener's guards: no body, no traceback,
-    a cap on connections per address)."""
+    a cap on connections per address), without an access log."""
 
     def __init__(self, readiness: Readiness, reactor: IReactorTime) -> None:
         root = Dir()
         add_routes(root, readiness)
         super().__init__(root, reactor, PeerCounter(MAX_CONNECTIONS_PER_ADDRESS))
+
+    def log(self, request: Request) -> None:
+        """No access log: a load balancer polling every second would fill it."""

@@ -17,7 +17,14 @@ from twisted.logger import Logger
 from teleconch import config as cfg
 from teleconch.auth.joinclient import JoinSource
 from teleconch.auth.service import AuthService
-from teleconch.health import HealthSite, Readiness, auth_probe, proxy_probe
+from teleconch.health import (
+    ASKS_AUTH,
+    ASKS_STORAGE,
+    HealthSite,
+    Readiness,
+    auth_probe,
+    proxy_probe,
+)
 from teleconch.proxy.service import ProxyService
 from teleconch.startup import Listener, listening_address
 
@@ -45,13 +52,13 @@ class TeleconchService(MultiService):
         if settings.auth.enabled:
             self.auth = AuthService(reactor, settings, bcrypt_rounds, clock)
             self.auth.setServiceParent(self)
-            self.readiness.add("auth", auth_probe(self.auth))
+            self.readiness.add("auth", auth_probe(self.auth), ASKS_STORAGE)
         if settings.proxy.enabled:
             self.proxy = ProxyService(
                 reactor, settings, self._join_source, clock, self.readiness
             )
             self.proxy.setServiceParent(self)
-            self.readiness.add("proxy", proxy_probe(self.proxy))
+            self.readiness.add("proxy", proxy_probe(self.proxy), ASKS_AUTH)
         #: The diagnostics listener (``teleconch.diag_addr``), when configured.
         self.diag: Listener | None = None
         if settings.teleconch.diag_addr is not None:

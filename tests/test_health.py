@@ -19,6 +19,7 @@ from teleconch.auth.agent import AuthAgent
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.backends.sqlite import SQLiteStore
 from teleconch.health import (
+    ASKS_AUTH,
     HealthSite,
     NotReady,
     Readiness,
@@ -123,7 +124,8 @@ def test_a_probe_that_does_not_answer_counts_as_not_ready_after_its_timeout() ->
     clock.advance(0.1)
     [answer] = wire.answers()
     assert answer.status == 503
-    assert answer.json()["checks"]["auth"]["reason"] == "no answer within 2 s"
+    reason = answer.json()["checks"]["auth"]["reason"]
+    assert reason == "the check did not answer within 2 s"
     assert hung.cancelled == 1
 
 
@@ -305,13 +307,13 @@ def test_the_agent_probe_is_not_ready_while_the_auth_service_does_not_answer() -
     agent.startService()
     try:
         readiness = Readiness(reactor)
-        readiness.add("proxy", agent_probe(lambda: agent))
+        readiness.add("proxy", agent_probe(lambda: agent), ASKS_AUTH)
         d = readiness.check()
         assert not d.called
         reactor.advance(readiness.timeout)
         report = cast(Report, d.result)
         assert not report.ready
-        assert report.checks[0].reason == "no answer within 2 s"
+        assert report.checks[0].reason == "the auth service did not answer within 2 s"
     finally:
         agent.stopService()
 
@@ -329,7 +331,7 @@ def test_diag_addr_is_off_by_default_and_a_listener_when_set(tmp_path: Path) -> 
     assert service.diag.name == "teleconch.diag_addr"
     assert service.diag.parent is service
     assert isinstance(service.diag.factory, HealthSite)
-    assert [name for name, _ in service.readiness._probes] == ["auth", "proxy"]
+    assert [p[0] for p in service.readiness._probes] == ["auth", "proxy"]
     assert service.proxy is not None and service.proxy.readiness is service.readiness
 
 

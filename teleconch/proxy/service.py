@@ -22,7 +22,7 @@ from teleconch.auth.joinclient import JoinRequest, JoinSource, join
 from teleconch.ca import public_key_line
 from teleconch.conch.limits import SSHLimits
 from teleconch.files import ensure_private_directory, write_private_file
-from teleconch.health import Readiness, proxy_probe
+from teleconch.health import ASKS_AUTH, Readiness, proxy_probe
 from teleconch.pki import (
     ROLE_PROXY,
     TLSIdentity,
@@ -107,7 +107,7 @@ class ProxyService(StartingService):
         #: What the web listener's /readyz answers (the process's, or ours alone).
         self.readiness = readiness or Readiness(reactor)
         if readiness is None:
-            self.readiness.add("proxy", proxy_probe(self))
+            self.readiness.add("proxy", proxy_probe(self), ASKS_AUTH)
         #: What certificate validity is checked against (the reactor, but in tests).
         self.clock = clock or reactor
         self.settings = settings
