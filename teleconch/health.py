@@ -304,5 +304,5 @@ class HealthSite(WebSite):
         add_routes(root, readiness)
         super().__init__(root, reactor, PeerCounter(MAX_CONNECTIONS_PER_ADDRESS))
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]
         """No access log: a load balancer polling every second would fill it."""
