@@ -335,6 +335,27 @@ def test_diag_addr_is_off_by_default_and_a_listener_when_set(tmp_path: Path) -> 
     assert service.proxy is not None and service.proxy.readiness is service.readiness
 
 
+@pytest_twisted.ensureDeferred
+async def test_roles_not_started_yet_are_not_ready(tmp_path: Path) -> None:
+    """Before a role serves (or once it stops), /readyz says so for each,
+    without touching a store or an agent that is not there."""
+    service = TeleconchService(MemoryReactorClock(), make_settings(tmp_path))
+    report = await service.readiness.check()
+    assert report.payload() == {
+        "status": "not ready",
+        "checks": {
+            "auth": {
+                "ready": False,
+                "reason": "the auth service is starting or stopping",
+            },
+            "proxy": {
+                "ready": False,
+                "reason": "the proxy is starting (joining the cluster) or stopping",
+            },
+        },
+    }
+
+
 def test_a_bad_diag_addr_is_refused_naming_the_key(tmp_path: Path) -> None:
     """A typo stops start-up with the key named, as for every other key."""
     with pytest.raises(cfg.ConfigError, match=r"teleconch\.diag_addr"):
