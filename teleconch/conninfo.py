@@ -66,4 +66,3 @@ def parse(conn_string: str) -> ConnInfo:
     if "," in parts.netloc:
         raise ValueError(f"{shown!r}: one host only; {hint}")
     return ConnInfo(parts.hostname, port or 5432, shown)
-

@@ -229,7 +229,10 @@ def test_postgresql_storage_takes_a_conn_string() -> None:
 @pytest.mark.parametrize(
     ("storage", "needle"),
     [
-        ({"type": "postgresql"}, "teleconch.storage.conn_string: type postgresql needs"),
+        (
+            {"type": "postgresql"},
+            "teleconch.storage.conn_string: type postgresql needs",
+        ),
         ({"type": "postgresql", "conn_string": ""}, "non-empty postgresql:// URI"),
         (
             {"type": "postgresql", "conn_string": "mysql://u:hunter2@h/db"},
