@@ -18,6 +18,7 @@ import attrs
 import yaml
 
 # Re-exported: addresses are part of what the settings are made of.
+from teleconch import conninfo
 from teleconch.addresses import HostPort as HostPort
 from teleconch.addresses import listen_endpoint as listen_endpoint
 from teleconch.addresses import local_dial_addr as local_dial_addr
@@ -40,15 +41,22 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says which key and why."""
 
 
+def _shown_conn_string(value: str | None) -> str:
+    return repr(None if value is None else conninfo.redact(value))
+
+
 @attrs.frozen
 class StorageSettings:
     """Where the auth service keeps its records (``teleconch.storage``).
 
     ``path`` is SQLite's file; None means ``<data_dir>/auth/teleconch.db``.
+    ``conn_string`` is PostgreSQL's URI (``type: postgresql`` only).
     """
 
     type: str = "sqlite"
     path: Path | None = None
+    #: PostgreSQL's URI; shown (repr, logs) without its password.
+    conn_string: str | None = attrs.field(default=None, repr=_shown_conn_string)
 
 
 @attrs.frozen
@@ -308,15 +316,29 @@ def _log(value: Any) -> LogSettings:
 
 def _storage(value: Any) -> StorageSettings:
     if not isinstance(value, Mapping):
-        raise ValueError("expected a mapping (type, and path for sqlite)")
+        raise ValueError(
+            "expected a mapping (type, and path for sqlite or conn_string for postgresql)"
+        )
     where = "teleconch.storage"
     kind = _get(value, where, "type", _enum(*STORAGE_TYPES), "sqlite")
     if kind == "postgresql":
-        raise ConfigError(
-            f"{where}.type: 'postgresql' is not available yet; use 'sqlite' (the default)"
-        )
+        _check_keys(value, {"type", "conn_string"}, where)
+        conn = _get(value, where, "conn_string", _conn_string, None)
+        if conn is None:
+            raise ConfigError(
+                f"{where}.conn_string: type postgresql needs one, e.g. "
+                f"{conninfo.EXAMPLE!r}"
+            )
+        return StorageSettings(kind, conn_string=conn)
     _check_keys(value, {"type", "path"}, where)
     return StorageSettings(kind, _get(value, where, "path", _file, None))
+
+
+def _conn_string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty postgresql:// URI")
+    conninfo.parse(value.strip())  # its errors hold no password
+    return value.strip()
 
 
 _LOG_KEYS = {"severity", "output", "max_size", "max_backups"}

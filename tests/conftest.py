@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.browser", "tests.pg"]
 
 
 class RealWorldInUnitTest(OSError):

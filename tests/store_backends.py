@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from teleconch.auth.backends.memory import MemoryStore
 from teleconch.auth.backends.sqlite import SQLiteStore
 from teleconch.auth.store import Store
+from tests.pg import PostgreSQLServer
 
 NOW = 1_700_000_000.0
 
@@ -36,15 +37,32 @@ def _memory(tmp_path: Path) -> MakeStore:
     return lambda: store
 
 
-BACKENDS: dict[str, Callable[[Path], MakeStore]] = {
-    "sqlite": _sqlite,
-    "memory": _memory,
+def _postgresql(request: pytest.FixtureRequest) -> MakeStore:
+    from teleconch.auth.backends.postgresql import PostgreSQLStore
+
+    server: PostgreSQLServer = request.getfixturevalue("pg_server")
+    conn_string = server.database()
+    return lambda: PostgreSQLStore(conn_string, cast(IReactorFromThreads, reactor))
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], MakeStore]] = {
+    "sqlite": lambda request, tmp_path: _sqlite(tmp_path),
+    "memory": lambda request, tmp_path: _memory(tmp_path),
+    "postgresql": lambda request, tmp_path: _postgresql(request),
 }
 
+#: A backend that needs a server of its own runs as an interop test.
+_SERVERS = {"postgresql"}
 
-@pytest.fixture(params=sorted(BACKENDS))
+
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=[pytest.mark.interop] if n in _SERVERS else [])
+        for n in sorted(BACKENDS)
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 @pytest_twisted.async_yield_fixture

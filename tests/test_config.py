@@ -216,16 +216,62 @@ def test_storage_is_sqlite_in_the_data_dir_unless_set() -> None:
     assert s.teleconch.storage == cfg.StorageSettings("sqlite", Path("/db/t.db"))
 
 
-def test_postgresql_storage_is_refused_until_it_is_built() -> None:
-    """``type: postgresql`` (with its conn_string) says it is not available
-    yet rather than starting on SQLite behind the operator's back."""
-    doc = {"teleconch": {"storage": {"type": "postgresql", "conn_string": "x"}}}
+def test_postgresql_storage_takes_a_conn_string() -> None:
+    """``type: postgresql`` keeps its conn_string (Teleport's key), and no
+    SQLite path: the auth service opens PostgreSQL, not a file."""
+    url = "postgresql://tc@db.example:5432/teleconch?sslmode=verify-full"
+    doc = {"teleconch": {"storage": {"type": "postgresql", "conn_string": url}}}
+    s = cfg.parse(doc).teleconch.storage
+    assert s == cfg.StorageSettings("postgresql", conn_string=url)
+    assert s.path is None
+
+
+@pytest.mark.parametrize(
+    ("storage", "needle"),
+    [
+        (
+            {"type": "postgresql"},
+            "teleconch.storage.conn_string: type postgresql needs",
+        ),
+        ({"type": "postgresql", "conn_string": ""}, "non-empty postgresql:// URI"),
+        (
+            {"type": "postgresql", "conn_string": "mysql://u:hunter2@h/db"},
+            "is not a postgresql:// URI; expected a URI like 'postgresql://",
+        ),
+        (
+            {"type": "postgresql", "conn_string": "postgresql://u:hunter2@/db"},
+            "names no host",
+        ),
+        (
+            {"type": "postgresql", "conn_string": "postgresql://u:hunter2@h:99999/d"},
+            "is not a valid conn_string",
+        ),
+        (
+            {"type": "postgresql", "conn_string": "postgresql://h/d", "path": "/x"},
+            "unknown key 'teleconch.storage.path'",
+        ),
+        ({"type": "sqlite", "conn_string": "postgresql://h/d"}, "conn_string"),
+    ],
+)
+def test_a_bad_conn_string_is_refused_without_its_password(
+    storage: dict, needle: str
+) -> None:
+    """A missing or malformed conn_string is a ConfigError naming the key and
+    showing the form expected, and the password in it never reaches the
+    message (it goes to logs and terminals)."""
     with pytest.raises(cfg.ConfigError) as e:
-        cfg.parse(doc)
-    assert str(e.value) == (
-        "teleconch.storage.type: 'postgresql' is not available yet; "
-        "use 'sqlite' (the default)"
-    )
+        cfg.parse({"teleconch": {"storage": storage}})
+    assert needle in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
+def test_the_settings_repr_hides_the_password() -> None:
+    """StorageSettings' repr (which a debug log may print) shows the
+    conn_string with its password, in the URI or a query, as ``***``."""
+    url = "postgresql://tc:hunter2@db:5432/t?password=hunter3&sslmode=require"
+    shown = repr(cfg.StorageSettings("postgresql", conn_string=url))
+    assert "hunter2" not in shown and "hunter3" not in shown
+    assert "postgresql://tc:***@db:5432/t?password=***&sslmode=require" in shown
 
 
 def test_the_peer_listener_is_3021_but_loopback_in_the_all_in_one() -> None:

@@ -29,6 +29,11 @@ class StoreError(Exception):
     """Base of the errors a backend raises."""
 
 
+class StoreUnavailable(StoreError):
+    """The backend's server cannot be reached (or did not answer in time);
+    the message says which and that the call may be retried."""
+
+
 class AlreadyExists(StoreError):
     """A record with that key is there already."""
 

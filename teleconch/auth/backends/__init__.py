@@ -29,6 +29,11 @@ async def open_store(
         from teleconch.auth.backends.sqlite import SQLiteStore
 
         store = SQLiteStore(str(sqlite_path(settings, data_dir)), reactor)
+    elif settings.type == "postgresql":
+        from teleconch.auth.backends.postgresql import PostgreSQLStore
+
+        assert settings.conn_string is not None  # config.py requires one
+        store = PostgreSQLStore(settings.conn_string, reactor)
     else:  # config.py refuses every other type; this is the last line of defence
         raise StoreError(f"storage type {settings.type!r} is not available")
     await store.open()
