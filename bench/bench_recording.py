@@ -28,14 +28,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.bench_proxy import (
+from bench.bench_throughput import transfer
+from bench.cluster import (
     VENV_BIN,
     Procs,
     Rig,
     build_rig,
     rss_kb,
     run,
-    transfer,
     wait_for_log,
 )
 
@@ -128,7 +128,7 @@ def main() -> None:
         ):
             t = transfer(rig, path, size, None)
             mbps[name] = size / t.seconds
-            print(f"  {name:10} {mbps[name]:7.1f} MB/s  (jump CPU {t.proxy_cpu:.1f} s)",
+            print(f"  {name:10} {mbps[name]:7.1f} MB/s  (jump CPU {t.jump_cpu:.1f} s)",
                   flush=True)  # fmt: skip
         per_session = memory_per_session(rec, args.sessions)
         print(f"  memory: {per_session:.0f} kB RSS per recorded session", flush=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_proxy import (
+from bench.cluster import (
     CLUSTER,
     PASSWORD,
     VENV_BIN,
@@ -52,7 +52,7 @@ from bench.bench_proxy import (
     start_cluster,
     start_sshd,
 )
-from bench.bench_proxy import Rig as ProxyRig
+from bench.cluster import Rig as ProxyRig
 from teleconch import totp
 
 CHROMIUM = "/usr/bin/chromium"

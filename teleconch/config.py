@@ -10,6 +10,7 @@ import difflib
 import re
 import socket
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from teleconch.addresses import HostPort as HostPort
 from teleconch.addresses import listen_endpoint as listen_endpoint
 from teleconch.addresses import local_dial_addr as local_dial_addr
 from teleconch.addresses import parse_host_port as parse_host_port
+from teleconch.algorithms import SSHAlgorithms, parse_algorithm_list
 from teleconch.durations import parse_duration
 from teleconch.logs import SEVERITIES, LogSettings
 
@@ -101,6 +103,8 @@ class ProxySettings:
     max_startups: int = 100
     max_startups_per_source: int = 10
     max_channels_per_connection: int = 64
+    #: ``ciphers``, ``kex_algos``, ``mac_algos``: what the SSH listener offers.
+    algorithms: SSHAlgorithms = attrs.field(factory=SSHAlgorithms)
 
 
 @attrs.frozen
@@ -345,6 +349,9 @@ _PROXY_KEYS = {
     "max_startups",
     "max_startups_per_source",
     "max_channels_per_connection",
+    "ciphers",
+    "kex_algos",
+    "mac_algos",
 }
 
 
@@ -467,6 +474,14 @@ def parse(
             key: _get(p, "proxy_service", key, kind, default)
             for key, kind, default in _SSH_LIMIT_KEYS
         },
+        algorithms=SSHAlgorithms(
+            **{
+                key: _get(
+                    p, "proxy_service", key, partial(parse_algorithm_list, key), None
+                )
+                for key in ("ciphers", "kex_algos", "mac_algos")
+            }
+        ),
     )
     settings = Settings(teleconch=glob, auth=auth, proxy=proxy, source=source)
     _check_consistency(settings)

@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from teleconch import config as cfg
+from teleconch import memdebug
 from teleconch.auth import protocol as api
 from teleconch.auth.agent import AuthUnavailable
 from teleconch.auth.joinclient import JoinRefused
@@ -96,6 +97,12 @@ def _serve(settings: cfg.Settings) -> IService:
     from twisted.internet import reactor  # the composition root picks the reactor
 
     service = TeleconchService(reactor, settings)
+    try:  # the benchmarks' memory hook: only with TELECONCH_MEMDEBUG set
+        debug = memdebug.from_environ(reactor, os.environ)
+    except memdebug.MemDebugError as e:
+        config_error(str(e))
+    if debug is not None:
+        debug.setServiceParent(service)
 
     def fatal(failure: Failure) -> None:
         if not failure.check(*EXPECTED_FAILURES):

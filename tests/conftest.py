@@ -34,14 +34,18 @@ def _unit_tests_stay_in_memory(
 ) -> Iterator[None]:
     if request.node.get_closest_marker("interop") is not None:
         yield
+        _no_reconnecting_client_left(request.node.nodeid)
         return
     nodeid = request.node.nodeid
     refused: list[str] = []
 
     def _refuse(what: str, nodeid: str) -> Callable[..., Any]:
         def refuse(*args: Any, **kwargs: Any) -> Any:
+            # The address dialled or bound (after the socket itself) says whose
+            # client it is when a leftover from an earlier test makes the call.
+            where = f" {args[1:]!r}" if len(args) > 1 else ""
             message = (
-                f"{nodeid} is a unit test but called {what}: use an in-memory "
+                f"{nodeid} is a unit test but called {what}{where}: use an in-memory "
                 "transport (iosim, StringTransport, StubTreq, MemoryReactor), or "
                 "mark it @pytest.mark.interop"
             )
@@ -68,3 +72,27 @@ def _unit_tests_stay_in_memory(
     yield
     if refused:
         pytest.fail(refused[0], pytrace=False)
+
+
+def _no_reconnecting_client_left(nodeid: str) -> None:
+    """Fail an interop test that leaves a ``ClientService`` retrying.
+
+    Such a client dials, with backoff, during whatever test runs next: a
+    unit test then fails at the guard above for a connect it never made.
+    """
+    from twisted.internet import reactor
+
+    left = [
+        call
+        for call in reactor.getDelayedCalls()
+        if call.active()
+        and getattr(getattr(call, "func", None), "__name__", "") == "_reconnect"
+    ]
+    for call in left:
+        call.cancel()
+    if left:
+        pytest.fail(
+            f"{nodeid} left {len(left)} reconnecting client(s) running: "
+            "stop every ClientService (AuthAgent, peering) the test started",
+            pytrace=False,
+        )

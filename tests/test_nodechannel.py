@@ -348,7 +348,10 @@ def test_a_splice_over_an_ssh_channel_moves_bytes_with_back_pressure_both_ways()
     wire.pump()
     client.poll()
     assert len(node_channel.received) == NODE_WINDOW  # the node's window, no more
-    assert client.adjusts == [] and client.send_window == 0  # the client waits
+    # The client waits: it gets back at most what the node's channel took
+    # (bytes consumed before the node stopped go back once its window shuts).
+    assert sum(client.adjusts) <= NODE_WINDOW
+    assert client.send_window == sum(client.adjusts)
     while len(node_channel.received) < len(up):
         node_channel.read()
         wire.pump()

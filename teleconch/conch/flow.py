@@ -9,7 +9,11 @@ refuses with a quadratic ``buf += data``. Here:
   confirm their open only once their target is reachable (so ``ssh -W`` to a
   dead port gets a real "open failed").
 - `FlowControlledChannel` queues output as a deque of chunks and re-opens the
-  window only when told to.
+  window only for bytes its consumer says are consumed, batched by OpenSSH's
+  rule (`open_window`): every flow-controlled channel (splice, relay, web
+  terminal, node channel, agent, client session) adjusts in this one place.
+- Nothing on the per-packet path logs: Conch's ``adjustWindow`` emits a debug
+  event per call, which twistd's observer used to format; ours does not.
 - The connection is a streaming producer on the socket under its SSH
   transport: while the socket's write buffer is full it is *congested*, its
   channels send no CHANNEL_DATA and keep their output queued (so a splice
@@ -44,6 +48,7 @@ __all__ = [
     "MAX_WINDOW",
     "FlowControlledChannel",
     "FlowControlledConnection",
+    "adjust_due",
 ]
 
 DEFAULT_WINDOW = 2 * 1024 * 1024
@@ -51,6 +56,28 @@ DEFAULT_WINDOW = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
 MAX_WINDOW = 0xFFFFFFFF
 """RFC 4254 5.2: a window "MUST NOT be increased above 2^32 - 1 bytes"."""
+_ADJUST = struct.Struct(">2L")
+
+
+def adjust_due(window: int, left: int, max_packet: int, consumed: int) -> bool:
+    """Whether a WINDOW_ADJUST for ``consumed`` bytes should go out now.
+
+    OpenSSH's ``channel_check_window`` (channels.c) adjusts once more than
+    three packets' worth is outstanding or less than half the window is
+    left, and runs once per poll loop, after a whole read's packets: that
+    batches its adjusts.  We check per consumption, so the "less than
+    half left" arm would send one adjust per chunk whenever the consumer
+    lags (the node slow, a browser acking in small pieces).  Here the
+    amount consumed decides: three packets' worth (``local_maxpacket*3``)
+    or half the window, whichever is smaller; a 2 MiB window with 32 KiB
+    packets takes one adjust per 96 KiB.  And so that batching never
+    stalls the peer (a consumer holding a partial message waits for more
+    input): once the peer cannot send a full packet, whatever was
+    consumed goes back at once.
+    """
+    if consumed <= 0:
+        return False
+    return consumed >= min(window // 2, 3 * max_packet) or left < max_packet
 
 
 class FlowControlledChannel(SSHChannel):
@@ -90,7 +117,9 @@ class FlowControlledChannel(SSHChannel):
         self._out_len = 0  # bytes queued, not counting _out_offset
         self._eof_queued = False
         self._eof_sent = False
+        self._unadjusted = 0  # consumed, not yet given back to the peer's window
         self.bytes_sent = 0  # CHANNEL_DATA bytes (not extended data)
+        self.adjusts_sent = 0  # WINDOW_ADJUST packets (for tests and benchmarks)
 
     def when_openable(self) -> Deferred[None] | None:
         """None to confirm the open now; else confirm when this fires, refuse if it fails.
@@ -114,10 +143,37 @@ class FlowControlledChannel(SSHChannel):
     def channelOpen(self, specificData: bytes) -> None:
         self._flush()
 
+    @property
+    def unadjusted(self) -> int:
+        """Bytes consumed that the peer's window has not been given back yet."""
+        return self._unadjusted
+
     def open_window(self, n: int) -> None:
-        """Give ``n`` consumed bytes back to the peer's sending window."""
-        if n > 0 and self.conn is not None and self.confirmed:
-            self.conn.adjustWindow(self, n)
+        """``n`` received bytes are consumed: give them back to the peer's window.
+
+        The one place every flow-controlled channel re-opens its window: the
+        bytes are counted and a WINDOW_ADJUST goes out when `adjust_due` says
+        so (OpenSSH's rule), carrying everything consumed so far.
+        """
+        if n > 0:
+            self._unadjusted += n
+        consumed = self._unadjusted
+        conn = self.conn
+        if (
+            conn is None
+            or self.localClosed
+            or not adjust_due(
+                self.localWindowSize,
+                self.localWindowLeft,
+                self.localMaxPacket,
+                consumed,
+            )
+            or not self.confirmed
+        ):
+            return
+        self._unadjusted = 0
+        self.adjusts_sent += 1
+        conn.adjustWindow(self, consumed)
 
     def write(self, data: bytes) -> None:
         self._queue(0, data)
@@ -283,6 +339,22 @@ class FlowControlledConnection(connection.SSHConnection):
     def _socket_lost(self) -> None:
         self.congested = True  # the socket is gone: nothing more to send into it
 
+    def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
+        """Conch's, without the debug event it emits on every call.
+
+        Stock channels on this connection get it from Conch's automatic
+        re-open (once per CHANNEL_DATA), ours from `open_window`: either way
+        it is on the per-packet path, where nothing may log.
+        """
+        if channel.localClosed:
+            return
+        assert self.transport is not None
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_WINDOW_ADJUST,
+            _ADJUST.pack(self.channelsToRemoteChannel[channel], bytesToAdd),
+        )
+        channel.localWindowLeft += bytesToAdd
+
     def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
         """Add to a channel's window, never past 2^32-1: beyond is a protocol error.
 
@@ -293,7 +365,7 @@ class FlowControlledConnection(connection.SSHConnection):
         broken or hostile, and clamping would leave it believing it may send
         what we never granted it to expect.
         """
-        localChannel, bytesToAdd = struct.unpack(">2L", packet[:8])
+        localChannel, bytesToAdd = _ADJUST.unpack(packet[:8])
         channel = self.channels[localChannel]
         if channel.remoteWindowLeft + bytesToAdd > MAX_WINDOW:
             self._log.warn(
@@ -401,6 +473,8 @@ class FlowControlledConnection(connection.SSHConnection):
             return
         channel.localWindowLeft -= dataLength
         channel.dataReceived(data)
+        if channel.localWindowLeft < channel.localMaxPacket and channel.unadjusted:
+            channel.open_window(0)  # the peer is nearly shut out: give back now
 
     def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
         """Opted-in channels get extended data without a window re-open, too."""
@@ -414,6 +488,8 @@ class FlowControlledConnection(connection.SSHConnection):
             return
         channel.localWindowLeft -= dataLength
         channel.extReceived(typeCode, data)
+        if channel.localWindowLeft < channel.localMaxPacket and channel.unadjusted:
+            channel.open_window(0)
 
     def _over_limit(self, channel: SSHChannel, declared: int, actual: int) -> bool:
         if declared == actual and declared <= min(

@@ -169,17 +169,13 @@ class RelayChannel(FlowControlledChannel):
         self._held.append(op)
 
     def _maybe_reopen(self) -> None:
-        """Give passed-on bytes back to our peer once the twin sent them, in
-        OpenSSH-sized steps."""
+        """Passed-on bytes are consumed once the twin has sent them on;
+        `open_window` batches the adjusts (OpenSSH's rule)."""
         twin = self.twin
         if twin is None or twin.pending or not self._owed:
             return
-        if (
-            self._owed > 3 * self.localMaxPacket
-            or self.localWindowLeft < self.localWindowSize // 2
-        ):
-            n, self._owed = self._owed, 0
-            self.open_window(n)
+        n, self._owed = self._owed, 0
+        self.open_window(n)
 
     # -- to our peer, from the twin ---------------------------------------
 

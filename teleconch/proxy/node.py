@@ -19,8 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -122,12 +128,28 @@ class TCPNodeTransport:
     def hostname(
         cls, reactor: Any, timeout: float = CONNECT_TIMEOUT
     ) -> TCPNodeTransport:
-        """Dial the target's host and port by name, as the proxy does."""
-        return cls(
-            lambda target: HostnameEndpoint(
-                reactor, target.host, target.port, timeout=timeout
-            )
-        )
+        """Dial the target's host and port, as the proxy does: by name, or
+        straight to an IP address.
+
+        A node registered at an IP address is dialled without name resolution:
+        HostnameEndpoint would run getaddrinfo in the reactor's thread pool for
+        every session, and a burst of sessions grows that pool (each new thread
+        with its own C-allocator arena, never given back), which kept the
+        proxy's RSS ~6 MB higher after 200 sessions had ended.
+        """
+
+        def endpoint(target: Target) -> IStreamClientEndpoint:
+            if isIPAddress(target.host):
+                return TCP4ClientEndpoint(
+                    reactor, target.host, target.port, timeout=timeout
+                )
+            if isIPv6Address(target.host):
+                return TCP6ClientEndpoint(
+                    reactor, target.host, target.port, timeout=timeout
+                )
+            return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+
+        return cls(endpoint)
 
     def connect(self, target: Target, events: NodeEvents) -> Deferred[None]:
         self._events = events

@@ -183,15 +183,12 @@ class NodeChannel(FlowControlledChannel):
         self._maybe_reopen()
 
     def _maybe_reopen(self) -> None:
-        """Give delivered bytes back to the node, in OpenSSH-sized steps, unless paused."""
+        """Delivered bytes are consumed unless paused; `open_window` batches
+        the adjusts (OpenSSH's rule)."""
         if self._paused or not self._consumed:
             return
-        if (
-            self._consumed > 3 * self.localMaxPacket
-            or self.localWindowLeft < self.localWindowSize // 2
-        ):
-            n, self._consumed = self._consumed, 0
-            self.open_window(n)
+        n, self._consumed = self._consumed, 0
+        self.open_window(n)
 
     def _report_lost(self, reason: Failure) -> None:
         if not self._done:

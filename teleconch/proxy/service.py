@@ -259,7 +259,14 @@ class ProxyService(StartingService):
             peers=self.peers,
         )
         self.ssh_factory = make_factory(
-            router, policy, host_key, host_cert, self.clock, limits, self.joining
+            router,
+            policy,
+            host_key,
+            host_cert,
+            self.clock,
+            limits,
+            self.joining,
+            s.proxy.algorithms,
         )
         ssh_port = await self._listen(
             "proxy_service.listen_addr",

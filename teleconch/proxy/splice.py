@@ -227,10 +227,12 @@ class SplicingChannel(FlowControlledChannel):
             self._reached = True
         if to is SpliceState.CLOSED:
             self._log.info(
-                "splice closed: {reason}, {up} bytes up, {down} down",
+                "splice closed: {reason}, {up} bytes up, {down} down, "
+                "{adjusts} window adjusts",
                 reason=self._reason,
                 up=self.bytes_up,
                 down=self.bytes_down,
+                adjusts=self.adjusts_sent,
             )
             try:
                 self._on_close(
@@ -280,15 +282,12 @@ class SplicingChannel(FlowControlledChannel):
                 self._node.pauseProducing()
 
     def _maybe_reopen(self) -> None:
-        """Give written bytes back to the client, in OpenSSH-sized steps."""
+        """Bytes the node's transport took are consumed, unless it asked us to
+        pause; `open_window` batches the adjusts (OpenSSH's rule)."""
         if self._node_full or not self._unreopened:
             return
-        if (
-            self._unreopened > 3 * self.localMaxPacket
-            or self.localWindowLeft < self.localWindowSize // 2
-        ):
-            n, self._unreopened = self._unreopened, 0
-            self.open_window(n)
+        n, self._unreopened = self._unreopened, 0
+        self.open_window(n)
 
     def _to_node(self, data: bytes) -> None:
         assert self._node is not None

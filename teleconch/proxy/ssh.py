@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from teleconch.algorithms import SSHAlgorithms
 from teleconch.auth.agent import AuthAgent
 from teleconch.conch.certs import Certificate
 from teleconch.conch.limits import (
@@ -365,11 +366,20 @@ class ProxySSHFactory(SecureSSHFactory):
         host_certificate: str | None,
         clock: IReactorTime,
         limits: SSHLimits,
+        algorithms: SSHAlgorithms | None = None,
     ) -> None:
         super().__init__(portal, policy, host_key, host_certificate)
         self.clock = clock
         self.limits = limits
         self.startups = StartupLimiter(limits, clock)
+        self.algorithms = algorithms or SSHAlgorithms()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Conch's transport, offering the operator's algorithms (config)."""
+        transport = super().buildProtocol(addr)
+        if transport is not None:
+            self.algorithms.apply(transport)
+        return transport
 
 
 def make_factory(
@@ -380,6 +390,7 @@ def make_factory(
     clock: IReactorTime,
     limits: SSHLimits | None = None,
     joining: Joining | None = None,
+    algorithms: SSHAlgorithms | None = None,
 ) -> ProxySSHFactory:
     class UserAuth(CertificateUserAuthServer):
         """Certificate validity read from the given clock."""
@@ -387,7 +398,13 @@ def make_factory(
     UserAuth.clock = clock
     portal = Portal(ProxyRealm(router, joining), [CertificateChecker()])
     factory = ProxySSHFactory(
-        portal, policy, host_key, host_certificate, clock, limits or SSHLimits()
+        portal,
+        policy,
+        host_key,
+        host_certificate,
+        clock,
+        limits or SSHLimits(),
+        algorithms,
     )
     factory.services = {**factory.services, b"ssh-userauth": UserAuth}
     return factory

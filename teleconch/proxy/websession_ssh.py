@@ -102,7 +102,6 @@ class WebShell:
         self._conn = conn
         self._channel = channel
         self._events = events
-        self._unopened = 0  # bytes consumed, not yet given back to the window
         channel.exit.addCallback(self._exited)
 
     def write(self, data: bytes) -> None:
@@ -112,15 +111,9 @@ class WebShell:
         self._channel.window_change(cols, rows)
 
     def consumed(self, n: int) -> None:
-        """Give bytes back to the node's window, in OpenSSH-sized steps."""
-        self._unopened += n
-        channel = self._channel
-        if (
-            self._unopened > 3 * channel.localMaxPacket
-            or channel.localWindowLeft < channel.localWindowSize // 2
-        ):
-            n, self._unopened = self._unopened, 0
-            channel.open_window(n)
+        """The browser has these bytes: give them back to the node's window
+        (`open_window` batches the adjusts, OpenSSH's rule)."""
+        self._channel.open_window(n)
 
     def close(self) -> None:
         self._conn.close()
