@@ -1,16 +1,17 @@
 """Where the proxy's time goes on a bulk transfer: ``python bench/profile_datapath.py``.
 
-Starts what ``bench_proxy.py`` starts (the cluster under twistd, a real sshd
-node, the OpenSSH client, all on 127.0.0.1), forces one cipher on every hop
-(``Ciphers`` in the client's ssh_config, which ``ssh -J`` passes on to the jump
-hop with ``-F``), then records the proxy process with py-spy while a download
+Starts the rig of ``bench/cluster.py`` (what ``bench_proxy.py`` starts: the
+cluster under twistd, a real sshd node, the OpenSSH client, all on
+127.0.0.1), forces one cipher on every hop (a ``Ciphers`` line at the top of
+the client's ssh_config, which ``ssh -J`` passes on to the jump hop with
+``-F``), then records the proxy process with py-spy while a download
 and an upload of ``--size-mb`` go through ``ssh -J``.  For each direction it
 prints the throughput, the share of samples per part of the data path (packet
 processing, ciphers, window adjusts, logging, TCP read and write, ...) and the
 hottest frames, and keeps py-spy's raw (collapsed) output and a speedscope
 file under ``--out`` to look at later (https://www.speedscope.app).
 
-Usage: python bench/profile_datapath.py [--size-mb 512]
+Usage: PYTHONPATH=. python bench/profile_datapath.py [--size-mb 512]
          [--cipher chacha20-poly1305@openssh.com] [--rate 250] [--out DIR]
 
 py-spy is in the ``bench`` extra; it needs ptrace (root, or CAP_SYS_PTRACE).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -32,17 +34,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_proxy import VENV_BIN, Procs, build_rig, negotiated, transfer  # noqa: E402
+from bench.bench_throughput import transfer  # noqa: E402
+from bench.cluster import VENV_BIN, Procs, build_rig, negotiated  # noqa: E402
 
-#: (part, substrings of a frame that put a sample in it), first match wins, so
-#: the more specific parts come first.  A frame reads "function (file:line)".
+#: (part, substrings of a frame that put a sample in it).  A frame reads
+#: "function (file:line)".  A sample goes to the part of its innermost frame
+#: that matches one (the leaf first, then its callers), so ``callWithLogger``,
+#: which Twisted wraps around every read and write, does not swallow the rest;
+#: within one frame the first part listed wins.
 PARTS: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "logging",
-        ("twisted/logger/", "twisted/python/log.py", "twisted/python/logfile.py"),
-    ),
+    ("waiting in the reactor (epoll)", ("EPollReactor.doPoll (", "select (")),
+    ("logging", ("twisted/logger/", "log.py:msg", "logfile.py", "log.msg (")),
     (
         "ciphers",
         (
@@ -51,32 +54,51 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
             "twisted/conch/ssh/transport.py:SSHCiphers",
         ),
     ),
-    ("window adjusts", ("adjustWindow", "_maybe_reopen", "WINDOW_ADJUST")),
+    (
+        "window adjusts",
+        (
+            "adjustWindow (",
+            "open_window (",
+            "addWindowBytes (",
+            "ssh_CHANNEL_WINDOW_ADJUST (",
+        ),
+    ),
+    # socket.send happens in untilConcludes, called by writeSomeData
     (
         "TCP write",
-        ("doWrite (", "writeSomeData (", "_sendmsg", "startWriting ("),
+        ("writeSomeData (", "doWrite (", "_sendmsg", "startWriting ("),
     ),
+    ("TCP read", ("Connection.doRead (tcp.py:27", "Connection.doRead (twisted/")),
     (
         "packet processing",
         (
             "teleconch/conch/transport.py",
+            "teleconch/conch/guard.py",
+            "teleconch/conch/limits.py",
             "twisted/conch/ssh/transport.py",
             "twisted/conch/ssh/connection.py",
             "twisted/conch/ssh/channel.py",
+            "twisted/conch/ssh/common.py",
         ),
     ),
     ("flow control and splicing", ("teleconch/conch/flow.py", "teleconch/proxy/")),
-    ("TCP read", ("doRead (",)),
+    (
+        "reactor dispatch",
+        (
+            "twisted/internet/",
+            "twisted/python/log.py",
+            "twisted/python/context.py",
+        ),
+    ),
 ]
 
 
 def part_of(stack: list[str]) -> str:
-    """The part of the data path a sample is in: the first of PARTS it matches."""
-    for part, needles in PARTS:
-        if any(n in frame for frame in stack for n in needles):
-            return part
-    if stack and any(w in stack[-1] for w in ("poll (", "doPoll (", "select (")):
-        return "waiting in the reactor"
+    """The part of the data path a sample is in (see PARTS)."""
+    for frame in reversed(stack):
+        for part, needles in PARTS:
+            if any(n in frame for n in needles):
+                return part
     return "other"
 
 
@@ -99,16 +121,18 @@ def summarise(samples: list[tuple[list[str], int]], top: int) -> str:
         parts[part_of(stack)] += n
         leaves[stack[-1]] += n
         for frame in set(stack):
-            inclusive[frame] += n
+            if "teleconch/" in frame or "cryptography/" in frame:
+                inclusive[frame] += n
     lines = [f"    {total} samples of the proxy's main thread"]
     lines += [
         f"    {part:28} {100 * n / total:5.1f}%" for part, n in parts.most_common()
     ]
     lines.append(f"    hottest frames (self time), top {top}:")
     lines += [
-        f"      {100 * n / total:5.1f}%  {frame}" for frame, n in leaves.most_common(top)
+        f"      {100 * n / total:5.1f}%  {frame}"
+        for frame, n in leaves.most_common(top)
     ]
-    lines.append(f"    inclusive time, top {top}:")
+    lines.append(f"    inclusive time of teleconch and cryptography frames, top {top}:")
     lines += [
         f"      {100 * n / total:5.1f}%  {frame}"
         for frame, n in inclusive.most_common(top)
@@ -116,9 +140,7 @@ def summarise(samples: list[tuple[list[str], int]], top: int) -> str:
     return "\n".join(lines)
 
 
-def record(
-    pid: int, out: Path, fmt: str, rate: int
-) -> subprocess.Popen[bytes]:
+def record(pid: int, out: Path, fmt: str, rate: int) -> subprocess.Popen[bytes]:
     """py-spy recording ``pid`` until it gets SIGINT."""
     py_spy = VENV_BIN / "py-spy"
     argv = [
@@ -172,8 +194,11 @@ def main() -> None:
         )
         stack.callback(procs.stop_all)
         rig = build_rig(tmp, procs)
-        forced = f"Host *\n    Ciphers {args.cipher}\n"
-        rig.tconf.write_text(forced + rig.tconf.read_text())
+        if args.cipher == "chacha20-poly1305@openssh.com":
+            rig.chacha = True  # the rig's own chacha20 configs
+        else:
+            forced = f"Ciphers {args.cipher}\n"  # before any Host: first wins
+            rig.tconf.write_text(forced + rig.tconf.read_text())
         hops = negotiated(rig)["teleconch"]
         print(f"proxy pid {rig.proxy_pid}; ciphers per hop (jump, node): {hops}")
         upload = tmp / "upload.bin"
@@ -188,8 +213,8 @@ def main() -> None:
                 stop(spy)
             print(
                 f"\n{direction}: {args.size_mb / t.seconds:.1f} MB/s "
-                f"({t.seconds:.2f} s, proxy CPU {t.proxy_cpu:.2f} s, "
-                f"{t.proxy_cpu / (args.size_mb / 1024):.2f} s/GB)",
+                f"({t.seconds:.2f} s, proxy CPU {t.jump_cpu:.2f} s, "
+                f"{t.jump_cpu / (args.size_mb / 1024):.2f} s/GB)",
                 flush=True,
             )
             print(summarise(read_raw(raw), args.top), flush=True)
@@ -202,7 +227,6 @@ def main() -> None:
 
 def to_speedscope(samples: list[tuple[list[str], int]], name: str) -> str:
     """A speedscope "sampled" profile of the collapsed stacks."""
-    import json
 
     index: dict[str, int] = {}
     frames: list[dict[str, str]] = []
