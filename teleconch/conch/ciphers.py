@@ -7,9 +7,20 @@ OpenSSH's naming, PROTOCOL 1.6) and the ``-etm@openssh.com`` MACs (PROTOCOL
 1.5), plus a CTR+HMAC path that keys its HMAC once per key exchange.
 
 Each direction is one object: a *sealer* turns a plaintext packet (length
-field included) into wire chunks, an *opener* reads the length, then checks
-and decrypts a whole packet.  ``PacketCiphers`` pairs them behind the shape
-of Conch's ``SSHCiphers`` so Conch's key exchange code can drive it.
+field included, given as one or more consecutive pieces so the caller need
+not join header, payload and padding) into wire chunks, an *opener* reads the
+length, then checks and decrypts a whole packet, in place when the wire view
+is writable (the transport's receive buffer), so decrypting copies nothing.
+
+Per packet, only what the construction forces is created: AES-GCM keeps one
+``AESGCM`` per key (the nonce is an argument); ChaCha20's nonce is the
+sequence number, so each packet needs its own two ChaCha20 contexts (length
+and payload) and Poly1305 (the alternatives measured in bench_ciphers.py:
+OpenSSL's per-packet contexts beat libsodium's ChaCha20 through ctypes on
+anything but tiny packets, and PyNaCl does not expose the calls).
+
+``PacketCiphers`` pairs them behind the shape of Conch's ``SSHCiphers`` so
+Conch's key exchange code can drive it.
 """
 
 from __future__ import annotations
@@ -23,7 +34,12 @@ import attrs
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import (
+    Cipher,
+    CipherContext,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
@@ -63,8 +79,12 @@ class Sealer(Protocol):
     #: 4 when the length field is outside the padded, encrypted body (AEAD, EtM).
     aadLength: int
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
-        """Wire chunks for ``packet`` (length field first) sent as number ``seq``."""
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
+        """Wire chunks for the packet sent as number ``seq``.
+
+        ``packet`` is the plaintext packet in consecutive pieces, the first
+        holding at least the 4-byte length field.
+        """
         ...
 
 
@@ -83,7 +103,11 @@ class Opener(Protocol):
         ...
 
     def open(self, seq: int, wire: memoryview) -> bytes | memoryview:
-        """The plaintext after the length field (padding_length first), or MACError."""
+        """The plaintext after the length field (padding_length first), or MACError.
+
+        A writable ``wire`` may be decrypted in place (the result is then a
+        view of it); its contents are undefined afterwards, also on MACError.
+        """
         ...
 
 
@@ -114,8 +138,8 @@ class _Plain:
     lengthBytes = 4
     macLength = 0
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
-        return [packet]
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
+        return list(packet)
 
     def packetLength(self, seq: int, head: memoryview) -> int:
         return int(_LENGTH.unpack_from(head)[0])
@@ -132,7 +156,7 @@ class _Unkeyed:
     lengthBytes = 0
     macLength = 0
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
         raise RuntimeError("packet ciphers used before setKeys")
 
     def packetLength(self, seq: int, head: memoryview) -> int:
@@ -168,12 +192,20 @@ class _CtrHmacSealer:
         self._etm = etm
         self.aadLength = 4 if etm else 0
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
+        # CTR is a stream cipher: each piece is encrypted as it comes.
+        update = self._encryptor.update
+        first = packet[0]
         if self._etm:
-            head = packet[:4]
-            body = self._encryptor.update(memoryview(packet)[4:])
-            return [head, body, self._mac.digest(seq, head, body)]
-        return [self._encryptor.update(packet), self._mac.digest(seq, packet)]
+            head = first[:4]
+            out = [head, update(memoryview(first)[4:])]
+            out += [update(piece) for piece in packet[1:]]
+            out.append(self._mac.digest(seq, *out))
+            return out
+        mac = self._mac.digest(seq, *packet)
+        out = [update(piece) for piece in packet]
+        out.append(mac)
+        return out
 
 
 class _CtrHmacOpener:
@@ -199,16 +231,27 @@ class _CtrHmacOpener:
 
     def open(self, seq: int, wire: memoryview) -> bytes | memoryview:
         end = len(wire) - self.macLength
-        tag = wire[end:]
+        tag = bytes(wire[end:])
         if self._etm:
             if not hmac.compare_digest(self._mac.digest(seq, wire[:end]), tag):
                 raise MACError
-            return self._decryptor.update(wire[4:end])
-        plain = self._first + self._decryptor.update(wire[16:end])
-        self._first = b""
-        if not hmac.compare_digest(self._mac.digest(seq, plain), tag):
+            return _decrypt(self._decryptor, wire[4:end])
+        first, self._first = self._first, b""
+        rest = _decrypt(self._decryptor, wire[16:end])
+        if not hmac.compare_digest(self._mac.digest(seq, first, rest), tag):
             raise MACError
-        return memoryview(plain)[4:]
+        if wire.readonly:
+            return memoryview(first + rest)[4:]
+        wire[:16] = first  # rest was decrypted in place behind it
+        return wire[4:end]
+
+
+def _decrypt(context: CipherContext, data: memoryview) -> bytes | memoryview:
+    """``data`` decrypted: in place (a view of it) if writable, else new bytes."""
+    if data.readonly:
+        return context.update(data)
+    context.update_into(data, data)
+    return data
 
 
 def _chacha(key: bytes, seq: int) -> Cipher[None]:
@@ -239,15 +282,18 @@ class _ChaChaPoly:
         self._mainKey = key[:32]
         self._headerKey = key[32:64]
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
-        view = memoryview(packet)
-        length = _chacha(self._headerKey, seq).encryptor().update(view[:4])
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
+        first = memoryview(packet[0])
+        length = _chacha(self._headerKey, seq).encryptor().update(first[:4])
         stream = _chacha(self._mainKey, seq).encryptor()
-        poly = Poly1305(stream.update(_ZERO_BLOCK)[:32])
-        body = stream.update(view[4:])
-        poly.update(length)
-        poly.update(body)
-        return [length, body, poly.finalize()]
+        update = stream.update
+        poly = Poly1305(update(_ZERO_BLOCK)[:32])
+        out = [length, update(first[4:])]
+        out += [update(piece) for piece in packet[1:]]
+        for chunk in out:
+            poly.update(chunk)
+        out.append(poly.finalize())
+        return out
 
     def packetLength(self, seq: int, head: memoryview) -> int:
         plain = _chacha(self._headerKey, seq).decryptor().update(head[:4])
@@ -261,7 +307,7 @@ class _ChaChaPoly:
             Poly1305.verify_tag(polyKey, wire[:end], bytes(wire[end:]))
         except InvalidSignature:
             raise MACError from None
-        return stream.update(wire[4:end])
+        return _decrypt(stream, wire[4:end])
 
 
 class _AesGcm:
@@ -288,18 +334,25 @@ class _AesGcm:
         self._counter = (self._counter + 1) & _U64_MASK
         return nonce
 
-    def seal(self, seq: int, packet: bytes) -> list[bytes]:
-        view = memoryview(packet)
-        return [packet[:4], self._aead.encrypt(self.nextNonce(), view[4:], view[:4])]
+    def seal(self, seq: int, *packet: bytes) -> list[bytes]:
+        # One-shot AEAD: the plaintext must be contiguous.
+        whole = packet[0] if len(packet) == 1 else b"".join(packet)
+        view = memoryview(whole)
+        return [whole[:4], self._aead.encrypt(self.nextNonce(), view[4:], view[:4])]
 
     def packetLength(self, seq: int, head: memoryview) -> int:
         return int(_LENGTH.unpack_from(head)[0])
 
     def open(self, seq: int, wire: memoryview) -> bytes | memoryview:
+        nonce = self.nextNonce()
         try:
-            return self._aead.decrypt(self.nextNonce(), wire[4:], wire[:4])
+            if wire.readonly:
+                return self._aead.decrypt(nonce, wire[4:], wire[:4])
+            body = wire[4:-16]
+            self._aead.decrypt_into(nonce, wire[4:], wire[:4], body)  # in place
         except InvalidTag:
             raise MACError from None
+        return body
 
 
 @attrs.frozen

@@ -11,8 +11,13 @@ algorithms, userauth and services stay Conch's (or a cooperating subclass's).
   fix, CVE-2023-48795): the peer's initial KEXINIT must be its first packet,
   nothing but key exchange messages until its NEWKEYS, and each direction's
   sequence number restarts at 0 after every NEWKEYS.
-- The input buffer is a bytearray read at an offset, padding comes from a
-  pooled random source, and packets go out as chunks without joining.
+- The packet path copies little: the input buffer is a bytearray read at an
+  offset, packets are decrypted in place in it (memoryviews), and each
+  payload is copied once, into the bytes Conch's dispatch gets.  Outgoing
+  header, payload and padding go to the cipher as separate pieces (no join),
+  padding comes from a pooled random source, and the packets made while one
+  read is handled leave in one ``writeSequence``.
+- Nothing on the per-packet path calls the logger.
 """
 
 from __future__ import annotations
@@ -150,6 +155,8 @@ class ModernTransportMixin(_Base):
     # Sequence number of the packet being dispatched (not of the next one).
     _packetSeq = 0
     _processingInput = False
+    # Wire chunks of the packets sent while a read is handled (None: write now).
+    _outbox: list[bytes] | None = None
     # Input stays in the buffer while this is set (client: keys not ready yet).
     _inputPaused = False
     _inputClosed = False
@@ -275,13 +282,17 @@ class ModernTransportMixin(_Base):
         packetLength = 1 + size + padLength
         if self.outgoingCompression:
             header = _HEADER_COMPRESSED.pack(packetLength, padLength)
-            packet = b"".join((header, body, self._padding.take(padLength)))
         else:
             header = _HEADER.pack(packetLength, padLength, messageType)
-            packet = b"".join((header, payload, self._padding.take(padLength)))
+            body = payload
         seq = self.outgoingPacketSequence
-        assert self.transport is not None
-        self.transport.writeSequence(sealer.seal(seq, packet))
+        chunks = sealer.seal(seq, header, body, self._padding.take(padLength))
+        outbox = self._outbox
+        if outbox is None:
+            assert self.transport is not None
+            self.transport.writeSequence(chunks)
+        else:
+            outbox += chunks
         if messageType == MSG_NEWKEYS:
             # RFC 4253 7.3: everything after our NEWKEYS uses the new keys.
             # Conch switches only when the peer's NEWKEYS arrives, so a
@@ -293,9 +304,21 @@ class ModernTransportMixin(_Base):
         self.outgoingPacketSequence = (seq + 1) & _SEQ_MASK
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
-        """Disconnect, and read nothing more from this peer."""
+        """Disconnect, and read nothing more from this peer.
+
+        What is batched goes out first, then DISCONNECT is written at once
+        (Conch closes the connection straight after sending it).
+        """
         self._inputClosed = True
+        self._flushOutbox()
         super().sendDisconnect(reason, desc)
+
+    def _flushOutbox(self) -> None:
+        """Write the batched packets, in one ``writeSequence``; stop batching."""
+        outbox, self._outbox = self._outbox, None
+        if outbox:
+            assert self.transport is not None
+            self.transport.writeSequence(outbox)
 
     def sendUnimplemented(self) -> None:
         """Name the rejected packet's own sequence number (RFC 4253 section 11.4)."""
@@ -363,6 +386,7 @@ class ModernTransportMixin(_Base):
         if self._processingInput:
             return
         self._processingInput = True
+        self._outbox = []
         try:
             while not (self._inputPaused or self._inputClosed):
                 packet = self._readPacket()
@@ -390,6 +414,7 @@ class ModernTransportMixin(_Base):
                         self._inputPaused = True
         finally:
             self._processingInput = False
+            self._flushOutbox()
             self._compactInput()
 
     def _compactInput(self) -> None:
@@ -466,7 +491,7 @@ class ModernTransportMixin(_Base):
             messageNum, payload = data[0], data[1:]
         else:
             messageNum = body[1]
-            payload = bytes(memoryview(body)[2:end])
+            payload = bytes(body[2:end])  # the one copy of the payload
         del body
         self._packetSeq = seq
         if messageNum == MSG_NEWKEYS and self.strictKex:
