@@ -9,6 +9,7 @@ message, except under CI=true, where they fail: scripts/test installs it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -49,6 +50,9 @@ class PostgreSQLServer:
     port: int
     as_user: list[str]
     log: Path
+    #: synchronous_commit off: faster, but a crash (stop -m immediate) may
+    #: lose the last commits; a test that kills the server wants it on.
+    fast_commits: bool = True
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # our own argv
@@ -64,7 +68,7 @@ class PostgreSQLServer:
         self.psql(f"CREATE DATABASE {name}")
         return self.conn_string(name)
 
-    def psql(self, sql: str) -> str:
+    def psql(self, sql: str, database: str = "postgres") -> str:
         out = self._run(
             str(self.bindir / "psql"),
             "-X",
@@ -73,7 +77,7 @@ class PostgreSQLServer:
             "-v",
             "ON_ERROR_STOP=1",
             "-d",
-            self.conn_string(),
+            self.conn_string(database),
             "-c",
             sql,
         )
@@ -91,7 +95,8 @@ class PostgreSQLServer:
             "60",
             "-o",
             f"-p {self.port} -k '' -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off",
+            " -c full_page_writes=off"
+            f" -c synchronous_commit={'off' if self.fast_commits else 'on'}",
             "start",
         )
 
@@ -108,7 +113,7 @@ class PostgreSQLServer:
         )
 
     @classmethod
-    def create(cls, base: Path) -> PostgreSQLServer:
+    def create(cls, base: Path, fast_commits: bool = True) -> PostgreSQLServer:
         bindir = _bindir()
         if bindir is None:
             message = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
@@ -120,7 +125,9 @@ class PostgreSQLServer:
             as_user = ["runuser", "-u", "postgres", "--"]
             shutil.chown(base, "postgres")
         datadir = base / "data"
-        server = cls(bindir, datadir, _free_port(), as_user, base / "postgres.log")
+        server = cls(
+            bindir, datadir, _free_port(), as_user, base / "postgres.log", fast_commits
+        )
         server._run(
             str(bindir / "initdb"),
             "-D",
@@ -137,16 +144,31 @@ class PostgreSQLServer:
         return server
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgreSQLServer]:
+@contextlib.contextmanager
+def running_server(fast_commits: bool = True) -> Iterator[PostgreSQLServer]:
+    """A server of its own (for a test that stops and starts it), stopped
+    and removed at the end."""
+    # Not under pytest's tmp_path: its directories are 0700, and the
+    # postgres user (as root) must reach the data directory.
     base = Path(tempfile.mkdtemp(prefix="teleconch-pg-"))
     os.chmod(base, 0o755)  # noqa: S103  # the postgres user must reach it
-    server = PostgreSQLServer.create(base)
+    try:
+        server = PostgreSQLServer.create(base, fast_commits)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     try:
         yield server
     finally:
         server.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgreSQLServer]:
+    """One server for the session; each test takes a fresh database."""
+    with running_server() as server:
+        yield server
 
 
 def wait_until_ready(server: PostgreSQLServer, timeout: float = 30) -> None:
